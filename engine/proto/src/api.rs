@@ -1,0 +1,3 @@
+//! Versioned API namespaces.
+
+pub mod v1;
