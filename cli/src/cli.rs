@@ -1,0 +1,99 @@
+//! The command line: global flags, the `Commands` enum and the one `match` that runs them.
+//!
+//! To add a command: add a variant to [`Commands`] (its arguments live in the command's own
+//! module), and one arm in [`run`]. Nothing else needs to know.
+
+use crate::error::Result;
+use crate::settings::Settings;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// nixfleet: roll NixOS configurations out to a fleet, batch by batch, gated on health.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nixfleet",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Flags every command accepts. Unset flags fall back to the environment, the credentials
+/// file and `.nixfleet.toml`, in that order.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Control plane URL [default: https://localhost:8080].
+    #[arg(
+        long,
+        global = true,
+        env = "NIXFLEET_CONTROL_PLANE_URL",
+        value_name = "URL"
+    )]
+    pub control_plane_url: Option<String>,
+    /// API key (nfk-…); by default the one saved for this URL by `bootstrap` or `keys save`.
+    #[arg(
+        long,
+        global = true,
+        env = "NIXFLEET_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) that signs the control plane's certificate.
+    #[arg(long, global = true, env = "NIXFLEET_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NIXFLEET_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NIXFLEET_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Project settings file [default: .nixfleet.toml in the current directory or a parent].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More detail on stderr (-v: commands run; -vv: also HTTP requests).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Every command. Grouped as the README presents them.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// API keys: save one locally, or create, list and revoke them on the control plane.
+    Keys {
+        #[command(subcommand)]
+        cmd: crate::commands::keys::KeysCmd,
+    },
+    /// Show the settings this invocation would use and where each came from.
+    Config,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    // Completions need no settings: they must work even when .nixfleet.toml is broken.
+    if let Commands::Completions { shell } = cli.command {
+        let mut cmd = Cli::command();
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "nixfleet", &mut buf);
+        return crate::output::line(String::from_utf8_lossy(&buf).trim_end());
+    }
+    let settings = Settings::resolve(&cli.global)?;
+    match cli.command {
+        Commands::Completions { .. } => unreachable!("handled above"),
+        Commands::Config => crate::output::json(&settings),
+        Commands::Keys { cmd } => crate::commands::keys::run(&settings, cmd),
+    }
+}

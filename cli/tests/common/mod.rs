@@ -1,0 +1,79 @@
+//! Shared helpers of the integration tests: a scratch directory and a `nixfleet` command
+//! with a clean environment (no NIXFLEET_* from the caller, HOME inside the scratch directory).
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A directory under /tmp removed on drop.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh directory named after the test.
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = PathBuf::from(format!(
+            "/tmp/nfcli-t-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("home")).expect("create scratch dir");
+        Scratch { path }
+    }
+    /// A path inside.
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+    /// The HOME the CLI sees.
+    pub fn home(&self) -> PathBuf {
+        self.path.join("home")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nixfleet")
+}
+
+/// `nixfleet` with a clean environment, run from `cwd`.
+pub fn nixfleet(scratch: &Scratch, cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("NIXFLEET_")
+            || k == "XDG_CONFIG_HOME"
+            || k == "NIX_SSHOPTS"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", scratch.home()).current_dir(cwd);
+    cmd
+}
+
+/// Runs and captures.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run nixfleet")
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
