@@ -72,6 +72,11 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::commands::keys::KeysCmd,
     },
+    /// A fleet CA and its certificates, for hand-made fleets and tests.
+    Pki {
+        #[command(subcommand)]
+        cmd: crate::commands::pki::PkiCmd,
+    },
     /// Show the settings this invocation would use and where each came from.
     Config,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -83,17 +88,19 @@ pub enum Commands {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    // Completions need no settings: they must work even when .nixfleet.toml is broken.
-    if let Commands::Completions { shell } = cli.command {
-        let mut cmd = Cli::command();
-        let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd, "nixfleet", &mut buf);
-        return crate::output::line(String::from_utf8_lossy(&buf).trim_end());
-    }
-    let settings = Settings::resolve(&cli.global)?;
+    let global = cli.global;
+    // Settings are resolved only by commands that use them, so `completions` and `pki`
+    // work even where .nixfleet.toml is broken.
+    let settings = || Settings::resolve(&global);
     match cli.command {
-        Commands::Completions { .. } => unreachable!("handled above"),
-        Commands::Config => crate::output::json(&settings),
-        Commands::Keys { cmd } => crate::commands::keys::run(&settings, cmd),
+        Commands::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "nixfleet", &mut buf);
+            crate::output::line(String::from_utf8_lossy(&buf).trim_end())
+        }
+        Commands::Pki { cmd } => crate::commands::pki::run(global.json, cmd),
+        Commands::Config => crate::output::json(&settings()?),
+        Commands::Keys { cmd } => crate::commands::keys::run(&settings()?, cmd),
     }
 }
