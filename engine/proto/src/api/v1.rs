@@ -41,7 +41,8 @@ impl HealthCheckResult {
     /// The check's name.
     pub fn check_name(&self) -> &str {
         match self {
-            HealthCheckResult::Pass { check_name, .. } | HealthCheckResult::Fail { check_name, .. } => check_name,
+            HealthCheckResult::Pass { check_name, .. }
+            | HealthCheckResult::Fail { check_name, .. } => check_name,
         }
     }
     /// Whether the check passed.
@@ -578,9 +579,15 @@ mod tests {
 
     #[test]
     fn health_results_are_tagged_by_status_as_in_v0_1() {
-        let pass = HealthCheckResult::Pass { check_name: "nginx".into(), duration_ms: 3 };
+        let pass = HealthCheckResult::Pass {
+            check_name: "nginx".into(),
+            duration_ms: 3,
+        };
         let json = serde_json::to_string(&pass).expect("serialize");
-        assert_eq!(json, r#"{"status":"pass","check_name":"nginx","duration_ms":3}"#);
+        assert_eq!(
+            json,
+            r#"{"status":"pass","check_name":"nginx","duration_ms":3}"#
+        );
         let fail: HealthCheckResult = serde_json::from_str(
             r#"{"status":"fail","check_name":"x","duration_ms":1,"message":"boom"}"#,
         )
@@ -602,13 +609,18 @@ mod tests {
     #[test]
     fn targets_serialize_as_v0_1_objects() {
         let t = RolloutTarget::Tags(vec!["web".into()]);
-        assert_eq!(serde_json::to_string(&t).expect("ser"), r#"{"tags":["web"]}"#);
+        assert_eq!(
+            serde_json::to_string(&t).expect("ser"),
+            r#"{"tags":["web"]}"#
+        );
     }
 
     #[test]
     fn health_config_accepts_the_camel_case_status_of_the_module() {
-        let c: HealthChecksConfig =
-            serde_json::from_str(r#"{"http":[{"url":"http://localhost/health","expectedStatus":204}]}"#).expect("parse");
+        let c: HealthChecksConfig = serde_json::from_str(
+            r#"{"http":[{"url":"http://localhost/health","expectedStatus":204}]}"#,
+        )
+        .expect("parse");
         assert_eq!(c.http[0].expected_status, 204);
         assert_eq!(c.http[0].timeout, 3);
     }

@@ -1,0 +1,543 @@
+//! Decisions: a command and the current state go in, events or a rejection come out.
+//!
+//! `decide` is pure: no IO, no clock (time arrives as `now`), no randomness (ids and seeds
+//! arrive inside the command). The HTTP front end only parses, authenticates, calls this,
+//! appends what it returns and answers.
+
+use crate::event::*;
+use crate::ids::*;
+use crate::plan::{plan_rollout, RolloutSpec};
+use crate::state::State;
+
+/// Why a command was refused. Expected outcomes, not failures: each maps to one 4xx.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The request is malformed or breaks a rule (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it names does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// It conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A report as the front end parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportInput {
+    /// What the machine runs.
+    pub generation: Option<StorePath>,
+    /// Success.
+    pub success: bool,
+    /// Message.
+    pub message: String,
+    /// Declared tags.
+    pub tags: Vec<Tag>,
+    /// Health results, if any.
+    pub health: Option<(Vec<CheckResult>, bool)>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Uptime.
+    pub uptime_secs: u64,
+    /// Dry run.
+    pub dry_run: bool,
+    /// The path it rolled back from.
+    pub rolled_back_from: Option<StorePath>,
+}
+
+/// Everything an operator or agent can ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Hand out the first admin key.
+    Bootstrap {
+        /// Key name.
+        name: KeyName,
+        /// SHA-256 of the minted secret.
+        hash: [u8; 32],
+    },
+    /// Create an API key.
+    CreateKey {
+        /// Name.
+        name: KeyName,
+        /// Role.
+        role: Role,
+        /// SHA-256 of the minted secret.
+        hash: [u8; 32],
+    },
+    /// Revoke an API key.
+    RevokeKey {
+        /// Name.
+        name: KeyName,
+    },
+    /// Register (or re-register) a machine.
+    Register {
+        /// Machine.
+        machine: MachineId,
+        /// Lifecycle.
+        lifecycle: Lifecycle,
+        /// Tags.
+        tags: Vec<Tag>,
+    },
+    /// Move a machine along the lifecycle graph.
+    SetLifecycle {
+        /// Machine.
+        machine: MachineId,
+        /// Target lifecycle.
+        to: Lifecycle,
+    },
+    /// An agent reports (authenticated as `machine`).
+    Report {
+        /// Machine.
+        machine: MachineId,
+        /// The report.
+        report: ReportInput,
+        /// Register the machine if unknown.
+        auto_register: bool,
+    },
+    /// An out-of-band deploy happened.
+    NotifyDeploy {
+        /// Machine.
+        machine: MachineId,
+        /// Path.
+        path: StorePath,
+    },
+    /// Forget a machine's desired generation.
+    ClearDesired {
+        /// Machine.
+        machine: MachineId,
+    },
+    /// Allow quarantined paths again.
+    ClearQuarantine {
+        /// Machine.
+        machine: MachineId,
+    },
+    /// Record a release.
+    CreateRelease {
+        /// Minted id.
+        release: ReleaseId,
+        /// Flake.
+        flake_ref: Option<String>,
+        /// Revision.
+        flake_rev: Option<String>,
+        /// Cache.
+        cache_url: Option<String>,
+        /// Entries.
+        entries: Vec<ReleaseEntry>,
+    },
+    /// Delete a release no rollout references.
+    DeleteRelease {
+        /// Release.
+        release: ReleaseId,
+    },
+    /// Create and start a rollout.
+    CreateRollout {
+        /// Minted id.
+        rollout: RolloutId,
+        /// The request.
+        spec: RolloutSpec,
+        /// Seed of the machine order.
+        seed: u64,
+    },
+    /// Resume a paused rollout.
+    ResumeRollout {
+        /// Rollout.
+        rollout: RolloutId,
+    },
+    /// Cancel an active rollout.
+    CancelRollout {
+        /// Rollout.
+        rollout: RolloutId,
+    },
+    /// Delete a finished rollout.
+    DeleteRollout {
+        /// Rollout.
+        rollout: RolloutId,
+    },
+}
+
+/// Most entries in one release.
+pub const RELEASE_ENTRIES_MAX: usize = 100_000;
+/// Longest report message kept.
+pub const MESSAGE_LEN_MAX: usize = 4096;
+/// Most tags on a machine.
+pub const TAGS_MAX: usize = 64;
+
+/// Decides what `cmd` does to `state`. Pure.
+pub fn decide(state: &State, cmd: &Command, _now: Timestamp) -> Result<Vec<Event>, Rejection> {
+    match cmd {
+        Command::Bootstrap { name, hash } => {
+            if state.bootstrapped || !state.api_keys.is_empty() {
+                return Err(Rejection::Conflict(
+                    "API keys already exist. Use an admin key to create more.".into(),
+                ));
+            }
+            Ok(vec![
+                Event::ApiKeyCreated {
+                    name: name.clone(),
+                    role: Role::Admin,
+                    hash: *hash,
+                },
+                Event::BootstrapDone { name: name.clone() },
+            ])
+        }
+        Command::CreateKey { name, role, hash } => {
+            if state.api_keys.contains_key(name) {
+                return Err(Rejection::Conflict(format!(
+                    "an API key named {name} already exists (revoked keys keep their name)"
+                )));
+            }
+            Ok(vec![Event::ApiKeyCreated {
+                name: name.clone(),
+                role: *role,
+                hash: *hash,
+            }])
+        }
+        Command::RevokeKey { name } => match state.api_keys.get(name) {
+            None => Err(Rejection::NotFound(format!("API key {name} not found"))),
+            Some(k) if k.revoked_at.is_some() => Err(Rejection::Conflict(format!(
+                "API key {name} is already revoked"
+            ))),
+            Some(_) => Ok(vec![Event::ApiKeyRevoked { name: name.clone() }]),
+        },
+        Command::Register {
+            machine,
+            lifecycle,
+            tags,
+        } => {
+            check_tags(tags)?;
+            match state.machines.get(machine) {
+                None => Ok(vec![Event::MachineRegistered {
+                    machine: machine.clone(),
+                    lifecycle: *lifecycle,
+                    tags: sorted(tags),
+                    auto: false,
+                }]),
+                Some(m) => {
+                    let mut out = Vec::new();
+                    if m.lifecycle != *lifecycle {
+                        if !m.lifecycle.can_transition_to(*lifecycle) {
+                            return Err(Rejection::Conflict(format!(
+                                "machine {machine} is registered as {}; invalid transition: {} -> {lifecycle}",
+                                m.lifecycle, m.lifecycle
+                            )));
+                        }
+                        out.push(Event::LifecycleChanged {
+                            machine: machine.clone(),
+                            from: m.lifecycle,
+                            to: *lifecycle,
+                        });
+                    }
+                    let tags = sorted(tags);
+                    if m.tags.iter().cloned().collect::<Vec<_>>() != tags {
+                        out.push(Event::TagsSet {
+                            machine: machine.clone(),
+                            tags,
+                            source: TagSource::Register,
+                        });
+                    }
+                    Ok(out)
+                }
+            }
+        }
+        Command::SetLifecycle { machine, to } => {
+            let m = machine_or_404(state, machine)?;
+            if !m.lifecycle.can_transition_to(*to) {
+                return Err(Rejection::Conflict(format!(
+                    "invalid transition: {} -> {to}",
+                    m.lifecycle
+                )));
+            }
+            Ok(vec![Event::LifecycleChanged {
+                machine: machine.clone(),
+                from: m.lifecycle,
+                to: *to,
+            }])
+        }
+        Command::Report {
+            machine,
+            report,
+            auto_register,
+        } => {
+            check_tags(&report.tags)?;
+            if report.message.len() > MESSAGE_LEN_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "message is {} bytes; at most {MESSAGE_LEN_MAX}",
+                    report.message.len()
+                )));
+            }
+            let mut out = Vec::new();
+            let tags = sorted(&report.tags);
+            match state.machines.get(machine) {
+                None if !auto_register => {
+                    return Err(Rejection::NotFound(format!(
+                        "machine {machine} is not registered"
+                    )))
+                }
+                None => out.push(Event::MachineRegistered {
+                    machine: machine.clone(),
+                    lifecycle: Lifecycle::Active,
+                    tags: tags.clone(),
+                    auto: true,
+                }),
+                Some(m) => {
+                    // Declared tags replace stored ones; an agent declaring none leaves them alone.
+                    if !tags.is_empty() && m.tags.iter().cloned().collect::<Vec<_>>() != tags {
+                        out.push(Event::TagsSet {
+                            machine: machine.clone(),
+                            tags,
+                            source: TagSource::Agent,
+                        });
+                    }
+                    if matches!(m.lifecycle, Lifecycle::Pending | Lifecycle::Provisioning) {
+                        out.push(Event::LifecycleChanged {
+                            machine: machine.clone(),
+                            from: m.lifecycle,
+                            to: Lifecycle::Active,
+                        });
+                    }
+                }
+            }
+            out.push(Event::ReportReceived {
+                machine: machine.clone(),
+                generation: report.generation.clone(),
+                success: report.success,
+                message: report.message.clone(),
+                agent_version: report.agent_version.clone(),
+                uptime_secs: report.uptime_secs,
+                dry_run: report.dry_run,
+                rolled_back_from: report.rolled_back_from.clone(),
+            });
+            if let Some((results, all_passed)) = &report.health {
+                out.push(Event::HealthReported {
+                    machine: machine.clone(),
+                    generation: report.generation.clone(),
+                    results: results.clone(),
+                    all_passed: *all_passed,
+                });
+            }
+            // Quarantine: the machine failed the path it was asked to run; never ask it again.
+            if let Some(failed) = &report.rolled_back_from {
+                let already = state
+                    .machines
+                    .get(machine)
+                    .is_some_and(|m| m.quarantined.contains_key(failed));
+                let is_desired = state
+                    .machines
+                    .get(machine)
+                    .and_then(|m| m.desired.as_ref())
+                    .is_some_and(|d| &d.path == failed);
+                if is_desired && !already {
+                    out.push(Event::MachineQuarantined {
+                        machine: machine.clone(),
+                        path: failed.clone(),
+                        reason: report.message.chars().take(512).collect(),
+                    });
+                }
+            }
+            Ok(out)
+        }
+        Command::NotifyDeploy { machine, path } => {
+            let mut out = Vec::new();
+            if !state.machines.contains_key(machine) {
+                out.push(Event::MachineRegistered {
+                    machine: machine.clone(),
+                    lifecycle: Lifecycle::Active,
+                    tags: vec![],
+                    auto: true,
+                });
+            }
+            out.push(Event::DesiredGenerationSet {
+                machine: machine.clone(),
+                path: path.clone(),
+                cache_url: None,
+                cause: DesiredCause::Notify,
+            });
+            Ok(out)
+        }
+        Command::ClearDesired { machine } => {
+            let m = machine_or_404(state, machine)?;
+            if m.desired.is_none() {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::DesiredGenerationCleared {
+                machine: machine.clone(),
+                cause: DesiredCause::Operator,
+            }])
+        }
+        Command::ClearQuarantine { machine } => {
+            let m = machine_or_404(state, machine)?;
+            Ok(m.quarantined
+                .keys()
+                .map(|p| Event::QuarantineCleared {
+                    machine: machine.clone(),
+                    path: p.clone(),
+                })
+                .collect())
+        }
+        Command::CreateRelease {
+            release,
+            flake_ref,
+            flake_rev,
+            cache_url,
+            entries,
+        } => {
+            if entries.is_empty() {
+                return Err(Rejection::Invalid("entries must not be empty".into()));
+            }
+            if entries.len() > RELEASE_ENTRIES_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "a release holds at most {RELEASE_ENTRIES_MAX} entries"
+                )));
+            }
+            if state.releases.contains_key(release) {
+                return Err(Rejection::Conflict(format!(
+                    "release {release} already exists"
+                )));
+            }
+            if let Some(url) = cache_url {
+                crate::plan::check_cache_url(url)?;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for e in entries {
+                if !seen.insert(&e.machine) {
+                    return Err(Rejection::Invalid(format!(
+                        "host {} appears twice in entries",
+                        e.machine
+                    )));
+                }
+                check_tags(&e.tags)?;
+            }
+            Ok(vec![Event::ReleaseCreated {
+                release: release.clone(),
+                flake_ref: flake_ref.clone(),
+                flake_rev: flake_rev.clone(),
+                cache_url: cache_url.clone(),
+                entries: entries.clone(),
+            }])
+        }
+        Command::DeleteRelease { release } => {
+            if !state.releases.contains_key(release) {
+                return Err(Rejection::NotFound(format!("release {release} not found")));
+            }
+            if let Some(r) = state.rollouts.values().find(|r| &r.plan.release == release) {
+                return Err(Rejection::Conflict(format!(
+                    "release {release} is used by rollout {}",
+                    r.id
+                )));
+            }
+            Ok(vec![Event::ReleaseDeleted {
+                release: release.clone(),
+            }])
+        }
+        Command::CreateRollout {
+            rollout,
+            spec,
+            seed,
+        } => {
+            if state.rollouts.contains_key(rollout) {
+                return Err(Rejection::Conflict(format!(
+                    "rollout {rollout} already exists"
+                )));
+            }
+            let plan = plan_rollout(state, spec, *seed)?;
+            Ok(vec![Event::RolloutCreated {
+                rollout: rollout.clone(),
+                plan,
+            }])
+        }
+        Command::ResumeRollout { rollout } => {
+            let r = rollout_or_404(state, rollout)?;
+            if r.status != RolloutStatus::Paused {
+                return Err(Rejection::Conflict(format!(
+                    "rollout is {}, not paused",
+                    r.status
+                )));
+            }
+            let mut out = vec![Event::RolloutResumed {
+                rollout: rollout.clone(),
+            }];
+            // The operator asks the failed machines to try again: lift their quarantine of this path.
+            for b in r
+                .batches
+                .iter()
+                .filter(|b| b.status == crate::state::BatchStatus::Failed)
+            {
+                for (m, p) in &b.machines {
+                    if state
+                        .machines
+                        .get(m)
+                        .is_some_and(|mm| mm.quarantined.contains_key(p))
+                    {
+                        out.push(Event::QuarantineCleared {
+                            machine: m.clone(),
+                            path: p.clone(),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Command::CancelRollout { rollout } => {
+            let r = rollout_or_404(state, rollout)?;
+            if !r.status.is_active() {
+                return Err(Rejection::Conflict(format!(
+                    "rollout is {}, not running or paused",
+                    r.status
+                )));
+            }
+            Ok(vec![Event::RolloutCancelled {
+                rollout: rollout.clone(),
+            }])
+        }
+        Command::DeleteRollout { rollout } => {
+            let r = rollout_or_404(state, rollout)?;
+            if r.status.is_active() {
+                return Err(Rejection::Conflict(format!(
+                    "rollout is {}; cancel it first",
+                    r.status
+                )));
+            }
+            Ok(vec![Event::RolloutDeleted {
+                rollout: rollout.clone(),
+            }])
+        }
+    }
+}
+
+fn machine_or_404<'a>(
+    state: &'a State,
+    m: &MachineId,
+) -> Result<&'a crate::state::Machine, Rejection> {
+    state
+        .machines
+        .get(m)
+        .ok_or_else(|| Rejection::NotFound(format!("machine {m} not found")))
+}
+
+fn rollout_or_404<'a>(
+    state: &'a State,
+    r: &RolloutId,
+) -> Result<&'a crate::state::Rollout, Rejection> {
+    state
+        .rollouts
+        .get(r)
+        .ok_or_else(|| Rejection::NotFound(format!("rollout {r} not found")))
+}
+
+fn check_tags(tags: &[Tag]) -> Result<(), Rejection> {
+    if tags.len() > TAGS_MAX {
+        return Err(Rejection::Invalid(format!(
+            "{} tags; at most {TAGS_MAX}",
+            tags.len()
+        )));
+    }
+    Ok(())
+}
+
+fn sorted(tags: &[Tag]) -> Vec<Tag> {
+    let mut v = tags.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}

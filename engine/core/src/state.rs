@@ -1,0 +1,880 @@
+//! Projections: the tables users see, folded from events by one pure reducer.
+//!
+//! [`State::apply`] never fails and does no IO. Projections are a cache: dropping them and
+//! replaying the log from sequence 1 gives the same value (a property test checks it).
+//! History that grows with time (health results, audit) is bounded here; the log keeps it all.
+
+use crate::event::*;
+use crate::ids::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Health results kept per machine (the log keeps every one).
+pub const HEALTH_HISTORY_MAX: usize = 32;
+/// Audit rows kept in memory (the log keeps every one; the replay tool reads older ones).
+pub const AUDIT_MAX: usize = 100_000;
+
+/// The desired generation of a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The system store path.
+    pub path: StorePath,
+    /// Where to fetch it.
+    pub cache_url: Option<String>,
+    /// Why it was set.
+    pub cause: DesiredCause,
+    /// When.
+    pub set_at: Timestamp,
+}
+
+/// The last report of a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReport {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// When it was appended.
+    pub at: Timestamp,
+    /// What the machine runs.
+    pub generation: Option<StorePath>,
+    /// Whether the last action succeeded.
+    pub success: bool,
+    /// What happened.
+    pub message: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Agent uptime.
+    pub uptime_secs: u64,
+    /// Dry-run agent.
+    pub dry_run: bool,
+}
+
+/// One health result set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEntry {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// When it was appended.
+    pub at: Timestamp,
+    /// What the machine ran.
+    pub generation: Option<StorePath>,
+    /// The results.
+    pub results: Vec<CheckResult>,
+    /// True when all passed.
+    pub all_passed: bool,
+}
+
+/// A machine row (machines, plus its machine_tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Id.
+    pub id: MachineId,
+    /// Lifecycle.
+    pub lifecycle: Lifecycle,
+    /// When it registered.
+    pub registered_at: Timestamp,
+    /// Tags.
+    pub tags: BTreeSet<Tag>,
+    /// Desired generation.
+    pub desired: Option<Desired>,
+    /// Last report.
+    pub last_report: Option<LastReport>,
+    /// Paths it must not be asked to apply again, with the reason.
+    pub quarantined: BTreeMap<StorePath, String>,
+    /// Latest health results, newest last, bounded by [`HEALTH_HISTORY_MAX`].
+    pub health: VecDeque<HealthEntry>,
+}
+
+impl Machine {
+    /// What the machine runs, from its last report.
+    pub fn current_generation(&self) -> Option<&StorePath> {
+        self.last_report
+            .as_ref()
+            .and_then(|r| r.generation.as_ref())
+    }
+    /// The latest health results.
+    pub fn latest_health(&self) -> Option<&HealthEntry> {
+        self.health.back()
+    }
+}
+
+/// A release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// Id.
+    pub id: ReleaseId,
+    /// Flake.
+    pub flake_ref: Option<String>,
+    /// Revision.
+    pub flake_rev: Option<String>,
+    /// Cache.
+    pub cache_url: Option<String>,
+    /// Entries by machine.
+    pub entries: BTreeMap<MachineId, ReleaseEntry>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// By.
+    pub created_by: Actor,
+}
+
+/// Health of a machine within a started batch, measured from its own reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineHealth {
+    /// No deciding report since the batch started.
+    Pending,
+    /// A passing health report on the release path, at this sequence.
+    Healthy(Seq),
+    /// A failure at this sequence (None: the health timeout), with the reason.
+    Unhealthy(Option<Seq>, String),
+}
+
+/// Status of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    /// Not started.
+    Pending,
+    /// Started; machines are moving and being judged.
+    Active,
+    /// Passed.
+    Succeeded,
+    /// Failed.
+    Failed,
+}
+
+/// A batch of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// 0-based.
+    pub index: u32,
+    /// Machines with their release paths, in plan order.
+    pub machines: Vec<(MachineId, StorePath)>,
+    /// Status.
+    pub status: BatchStatus,
+    /// Starts so far.
+    pub attempt: u32,
+    /// Sequence of the latest BatchStarted: only later reports count.
+    pub started_seq: Option<Seq>,
+    /// Time of the latest BatchStarted.
+    pub started_at: Option<Timestamp>,
+    /// When it was decided.
+    pub completed_at: Option<Timestamp>,
+    /// Pre-rollout generations, recorded at the first start and kept across resumes.
+    pub previous: BTreeMap<MachineId, Option<StorePath>>,
+    /// Per-machine health in the current attempt.
+    pub health: BTreeMap<MachineId, MachineHealth>,
+    /// Healthy count in the current attempt (kept in step with `health`).
+    pub healthy: u32,
+    /// Unhealthy count in the current attempt (kept in step with `health`).
+    pub unhealthy: u32,
+}
+
+impl Batch {
+    /// Machines with no deciding report yet.
+    pub fn pending(&self) -> u32 {
+        self.machines.len() as u32 - self.healthy - self.unhealthy
+    }
+    /// The release path of `m` in this batch.
+    pub fn target_of(&self, m: &MachineId) -> Option<&StorePath> {
+        self.machines.iter().find(|(id, _)| id == m).map(|(_, p)| p)
+    }
+    fn set_health(&mut self, m: &MachineId, h: MachineHealth) {
+        if let Some(old) = self.health.insert(m.clone(), h.clone()) {
+            match old {
+                MachineHealth::Healthy(_) => self.healthy -= 1,
+                MachineHealth::Unhealthy(..) => self.unhealthy -= 1,
+                MachineHealth::Pending => {}
+            }
+        }
+        match h {
+            MachineHealth::Healthy(_) => self.healthy += 1,
+            MachineHealth::Unhealthy(..) => self.unhealthy += 1,
+            MachineHealth::Pending => {}
+        }
+    }
+}
+
+/// A rollout with its batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Id.
+    pub id: RolloutId,
+    /// The validated plan.
+    pub plan: RolloutPlan,
+    /// Status.
+    pub status: RolloutStatus,
+    /// Batches.
+    pub batches: Vec<Batch>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// By.
+    pub created_by: Actor,
+    /// Why it paused, failed or was reverted.
+    pub reason: Option<String>,
+}
+
+impl Rollout {
+    /// The batch being started or judged: the first one not yet decided.
+    pub fn current_batch(&self) -> Option<&Batch> {
+        self.batches
+            .iter()
+            .find(|b| matches!(b.status, BatchStatus::Pending | BatchStatus::Active))
+    }
+}
+
+/// An API key row (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Name.
+    pub name: KeyName,
+    /// Role.
+    pub role: Role,
+    /// SHA-256 of the secret.
+    pub hash: [u8; 32],
+    /// Created.
+    pub created_at: Timestamp,
+    /// By.
+    pub created_by: Actor,
+    /// Revoked at.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// An audit row, derived from an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Sequence of the event.
+    pub seq: Seq,
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub actor: Actor,
+    /// What (v0.1 action names).
+    pub action: &'static str,
+    /// On what.
+    pub target: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// All projections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// Last applied sequence.
+    pub last_seq: Seq,
+    /// Time of the last applied event.
+    pub last_at: Timestamp,
+    /// Machines.
+    pub machines: BTreeMap<MachineId, Machine>,
+    /// Releases.
+    pub releases: BTreeMap<ReleaseId, Release>,
+    /// Rollouts.
+    pub rollouts: BTreeMap<RolloutId, Rollout>,
+    /// For each machine in a running or paused rollout, that rollout.
+    pub active_rollout_of: BTreeMap<MachineId, RolloutId>,
+    /// API keys by name.
+    pub api_keys: BTreeMap<KeyName, ApiKey>,
+    /// Key names by secret hash.
+    pub key_by_hash: BTreeMap<[u8; 32], KeyName>,
+    /// Bootstrap has happened.
+    pub bootstrapped: bool,
+    /// Audit, newest last, bounded by [`AUDIT_MAX`].
+    pub audit: VecDeque<AuditEntry>,
+    /// How many times rollouts entered each status other than running (for `nixfleet_rollouts_total`).
+    pub rollouts_reached: BTreeMap<RolloutStatus, u64>,
+    /// Events applied, by kind.
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+}
+
+impl State {
+    /// Folds one event into the projections. Never fails, does no IO, reads no clock.
+    pub fn apply(&mut self, env: &Envelope) {
+        debug_assert!(
+            env.seq > self.last_seq,
+            "sequence must increase: {:?} after {:?}",
+            env.seq,
+            self.last_seq
+        );
+        let (seq, at) = (env.seq, env.at);
+        self.last_seq = seq;
+        self.last_at = at;
+        *self.events_by_kind.entry(env.event.kind()).or_default() += 1;
+        if let Some((action, target, detail)) = audit_of(&env.event) {
+            if self.audit.len() == AUDIT_MAX {
+                self.audit.pop_front();
+            }
+            self.audit.push_back(AuditEntry {
+                seq,
+                at,
+                actor: env.actor.clone(),
+                action,
+                target,
+                detail,
+            });
+        }
+        match &env.event {
+            Event::MachineRegistered {
+                machine,
+                lifecycle,
+                tags,
+                ..
+            } => {
+                self.machines.insert(
+                    machine.clone(),
+                    Machine {
+                        id: machine.clone(),
+                        lifecycle: *lifecycle,
+                        registered_at: at,
+                        tags: tags.iter().cloned().collect(),
+                        desired: None,
+                        last_report: None,
+                        quarantined: BTreeMap::new(),
+                        health: VecDeque::new(),
+                    },
+                );
+            }
+            Event::LifecycleChanged { machine, to, .. } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.lifecycle = *to;
+                }
+            }
+            Event::TagsSet { machine, tags, .. } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.tags = tags.iter().cloned().collect();
+                }
+            }
+            Event::ReportReceived {
+                machine,
+                generation,
+                success,
+                message,
+                agent_version,
+                uptime_secs,
+                dry_run,
+                rolled_back_from,
+            } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.last_report = Some(LastReport {
+                        seq,
+                        at,
+                        generation: generation.clone(),
+                        success: *success,
+                        message: message.clone(),
+                        agent_version: agent_version.clone(),
+                        uptime_secs: *uptime_secs,
+                        dry_run: *dry_run,
+                    });
+                }
+                if !success {
+                    let reason = match rolled_back_from {
+                        Some(p) => format!("rolled back from {p}: {message}"),
+                        None => format!("report failed: {message}"),
+                    };
+                    self.judge(machine, seq, |_| {
+                        Some(MachineHealth::Unhealthy(Some(seq), reason.clone()))
+                    });
+                }
+            }
+            Event::HealthReported {
+                machine,
+                generation,
+                results,
+                all_passed,
+            } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    if m.health.len() == HEALTH_HISTORY_MAX {
+                        m.health.pop_front();
+                    }
+                    m.health.push_back(HealthEntry {
+                        seq,
+                        at,
+                        generation: generation.clone(),
+                        results: results.clone(),
+                        all_passed: *all_passed,
+                    });
+                }
+                self.judge(machine, seq, |target| {
+                    if generation.as_ref() != Some(target) {
+                        // Health of the old generation says nothing about the release.
+                        return None;
+                    }
+                    if *all_passed {
+                        Some(MachineHealth::Healthy(seq))
+                    } else {
+                        let failed: Vec<&str> = results
+                            .iter()
+                            .filter(|r| !r.passed)
+                            .map(|r| r.name.as_str())
+                            .collect();
+                        Some(MachineHealth::Unhealthy(
+                            Some(seq),
+                            format!("health checks failed: {}", failed.join(", ")),
+                        ))
+                    }
+                });
+            }
+            Event::DesiredGenerationSet {
+                machine,
+                path,
+                cache_url,
+                cause,
+            } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    // A new desired path ends the quarantine of other paths: the operator moved on.
+                    m.quarantined.retain(|p, _| p == path);
+                    m.desired = Some(Desired {
+                        path: path.clone(),
+                        cache_url: cache_url.clone(),
+                        cause: cause.clone(),
+                        set_at: at,
+                    });
+                }
+            }
+            Event::DesiredGenerationCleared { machine, .. } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.desired = None;
+                    m.quarantined.clear();
+                }
+            }
+            Event::ReleaseCreated {
+                release,
+                flake_ref,
+                flake_rev,
+                cache_url,
+                entries,
+            } => {
+                self.releases.insert(
+                    release.clone(),
+                    Release {
+                        id: release.clone(),
+                        flake_ref: flake_ref.clone(),
+                        flake_rev: flake_rev.clone(),
+                        cache_url: cache_url.clone(),
+                        entries: entries
+                            .iter()
+                            .map(|e| (e.machine.clone(), e.clone()))
+                            .collect(),
+                        created_at: at,
+                        created_by: env.actor.clone(),
+                    },
+                );
+            }
+            Event::ReleaseDeleted { release } => {
+                self.releases.remove(release);
+            }
+            Event::RolloutCreated { rollout, plan } => {
+                let batches = plan
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ms)| Batch {
+                        index: i as u32,
+                        machines: ms.clone(),
+                        status: BatchStatus::Pending,
+                        attempt: 0,
+                        started_seq: None,
+                        started_at: None,
+                        completed_at: None,
+                        previous: BTreeMap::new(),
+                        health: BTreeMap::new(),
+                        healthy: 0,
+                        unhealthy: 0,
+                    })
+                    .collect();
+                for (m, _) in plan.batches.iter().flatten() {
+                    self.active_rollout_of.insert(m.clone(), rollout.clone());
+                }
+                self.rollouts.insert(
+                    rollout.clone(),
+                    Rollout {
+                        id: rollout.clone(),
+                        plan: plan.clone(),
+                        status: RolloutStatus::Running,
+                        batches,
+                        created_at: at,
+                        updated_at: at,
+                        created_by: env.actor.clone(),
+                        reason: None,
+                    },
+                );
+            }
+            Event::BatchStarted {
+                rollout,
+                batch_index,
+                attempt,
+                previous,
+            } => {
+                if let Some(b) = self.batch_mut(rollout, *batch_index, at) {
+                    b.status = BatchStatus::Active;
+                    b.attempt = *attempt;
+                    b.started_seq = Some(seq);
+                    b.started_at = Some(at);
+                    b.completed_at = None;
+                    if b.previous.is_empty() {
+                        b.previous = previous.iter().cloned().collect();
+                    }
+                    b.health = b
+                        .machines
+                        .iter()
+                        .map(|(m, _)| (m.clone(), MachineHealth::Pending))
+                        .collect();
+                    b.healthy = 0;
+                    b.unhealthy = 0;
+                }
+            }
+            Event::BatchSucceeded {
+                rollout,
+                batch_index,
+                healthy,
+                unhealthy,
+                ..
+            }
+            | Event::BatchFailed {
+                rollout,
+                batch_index,
+                healthy,
+                unhealthy,
+                ..
+            } => {
+                let failed = matches!(env.event, Event::BatchFailed { .. });
+                if let Some(b) = self.batch_mut(rollout, *batch_index, at) {
+                    b.status = if failed {
+                        BatchStatus::Failed
+                    } else {
+                        BatchStatus::Succeeded
+                    };
+                    b.completed_at = Some(at);
+                    if *unhealthy > b.unhealthy {
+                        // The health timeout elapsed: silent machines count as unhealthy.
+                        let silent: Vec<MachineId> = b
+                            .health
+                            .iter()
+                            .filter(|(_, h)| **h == MachineHealth::Pending)
+                            .map(|(m, _)| m.clone())
+                            .collect();
+                        for m in silent {
+                            b.set_health(
+                                &m,
+                                MachineHealth::Unhealthy(
+                                    None,
+                                    "no passing health report before the health timeout".into(),
+                                ),
+                            );
+                        }
+                    }
+                    debug_assert_eq!(
+                        (b.healthy, b.unhealthy),
+                        (*healthy, *unhealthy),
+                        "batch counts drifted"
+                    );
+                }
+            }
+            Event::RolloutPaused { rollout, reason } => {
+                self.set_status(rollout, RolloutStatus::Paused, Some(reason.clone()), at)
+            }
+            Event::RolloutResumed { rollout } => {
+                if let Some(r) = self.rollouts.get_mut(rollout) {
+                    for b in r
+                        .batches
+                        .iter_mut()
+                        .filter(|b| b.status == BatchStatus::Failed)
+                    {
+                        b.status = BatchStatus::Pending;
+                        b.health.clear();
+                        b.healthy = 0;
+                        b.unhealthy = 0;
+                    }
+                }
+                self.set_status(rollout, RolloutStatus::Running, None, at);
+            }
+            Event::RolloutCancelled { rollout } => {
+                self.set_status(rollout, RolloutStatus::Cancelled, None, at)
+            }
+            Event::RolloutCompleted { rollout } => {
+                self.set_status(rollout, RolloutStatus::Completed, None, at)
+            }
+            Event::RolloutFailed { rollout, reason } => {
+                self.set_status(rollout, RolloutStatus::Failed, Some(reason.clone()), at)
+            }
+            Event::RolloutReverted { rollout, .. } => {
+                let reason = self.rollouts.get(rollout).and_then(|r| r.reason.clone());
+                self.set_status(rollout, RolloutStatus::Reverted, reason, at)
+            }
+            Event::RolloutDeleted { rollout } => {
+                self.rollouts.remove(rollout);
+            }
+            Event::MachineQuarantined {
+                machine,
+                path,
+                reason,
+            } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.quarantined.insert(path.clone(), reason.clone());
+                }
+            }
+            Event::QuarantineCleared { machine, path } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.quarantined.remove(path);
+                }
+            }
+            Event::ApiKeyCreated { name, role, hash } => {
+                self.key_by_hash.insert(*hash, name.clone());
+                self.api_keys.insert(
+                    name.clone(),
+                    ApiKey {
+                        name: name.clone(),
+                        role: *role,
+                        hash: *hash,
+                        created_at: at,
+                        created_by: env.actor.clone(),
+                        revoked_at: None,
+                    },
+                );
+            }
+            Event::ApiKeyRevoked { name } => {
+                if let Some(k) = self.api_keys.get_mut(name) {
+                    k.revoked_at = Some(at);
+                    self.key_by_hash.remove(&k.hash);
+                }
+            }
+            Event::BootstrapDone { .. } => self.bootstrapped = true,
+        }
+    }
+
+    fn batch_mut(&mut self, rollout: &RolloutId, index: u32, at: Timestamp) -> Option<&mut Batch> {
+        let r = self.rollouts.get_mut(rollout)?;
+        r.updated_at = at;
+        r.batches.get_mut(index as usize)
+    }
+
+    fn set_status(
+        &mut self,
+        rollout: &RolloutId,
+        status: RolloutStatus,
+        reason: Option<String>,
+        at: Timestamp,
+    ) {
+        let Some(r) = self.rollouts.get_mut(rollout) else {
+            return;
+        };
+        let old = r.status;
+        r.status = status;
+        r.updated_at = at;
+        if reason.is_some() || status == RolloutStatus::Running {
+            r.reason = reason;
+        }
+        if old.is_active() && !status.is_active() {
+            for (m, _) in r.plan.batches.iter().flatten() {
+                if self.active_rollout_of.get(m) == Some(rollout) {
+                    self.active_rollout_of.remove(m);
+                }
+            }
+        }
+        if status != old && status != RolloutStatus::Running {
+            *self.rollouts_reached.entry(status).or_default() += 1;
+        }
+    }
+
+    /// Updates the health of `machine` in its active batch, if `seq` is after the batch started.
+    fn judge(
+        &mut self,
+        machine: &MachineId,
+        seq: Seq,
+        verdict: impl Fn(&StorePath) -> Option<MachineHealth>,
+    ) {
+        let Some(rid) = self.active_rollout_of.get(machine) else {
+            return;
+        };
+        let Some(r) = self.rollouts.get_mut(rid) else {
+            return;
+        };
+        if r.status != RolloutStatus::Running {
+            return;
+        }
+        let Some(b) = r
+            .batches
+            .iter_mut()
+            .find(|b| b.status == BatchStatus::Active && b.health.contains_key(machine))
+        else {
+            return;
+        };
+        if b.started_seq.is_none_or(|s| seq <= s) {
+            return;
+        }
+        let Some(target) = b.target_of(machine).cloned() else {
+            return;
+        };
+        if let Some(h) = verdict(&target) {
+            b.set_health(machine, h);
+        }
+    }
+
+    /// The active rollout whose gate this event may move.
+    pub fn rollout_affected_by(&self, event: &Event) -> Option<&RolloutId> {
+        match event {
+            Event::ReportReceived { machine, .. } | Event::HealthReported { machine, .. } => {
+                self.active_rollout_of.get(machine)
+            }
+            _ => None,
+        }
+    }
+
+    /// Machines carrying every tag of `tags`.
+    pub fn machines_with_tags<'a>(
+        &'a self,
+        tags: &'a [Tag],
+    ) -> impl Iterator<Item = &'a Machine> + 'a {
+        self.machines
+            .values()
+            .filter(move |m| tags.iter().all(|t| m.tags.contains(t)))
+    }
+
+    /// The key holding this secret hash, if it exists and is not revoked.
+    pub fn key_for_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
+        self.key_by_hash
+            .get(hash)
+            .and_then(|n| self.api_keys.get(n))
+            .filter(|k| k.revoked_at.is_none())
+    }
+
+    /// The poll hint for a machine: 5 s while a running or paused rollout involves it.
+    pub fn poll_hint(&self, machine: &MachineId) -> Option<u64> {
+        self.active_rollout_of.get(machine).map(|_| 5)
+    }
+}
+
+/// The audit row of an event (v0.1 action names). Reports and health results are not audited: the log has them.
+fn audit_of(e: &Event) -> Option<(&'static str, String, String)> {
+    Some(match e {
+        Event::MachineRegistered {
+            machine,
+            lifecycle,
+            tags,
+            auto,
+        } => (
+            "register",
+            machine.to_string(),
+            format!(
+                "{}lifecycle={lifecycle} tags={}",
+                if *auto { "auto " } else { "" },
+                join(tags)
+            ),
+        ),
+        Event::LifecycleChanged { machine, from, to } => (
+            "update_lifecycle",
+            machine.to_string(),
+            format!("{from} -> {to}"),
+        ),
+        Event::TagsSet {
+            machine,
+            tags,
+            source,
+        } => (
+            "set_tags",
+            machine.to_string(),
+            format!("{source}: {}", join(tags)),
+        ),
+        Event::ReportReceived { .. } | Event::HealthReported { .. } => return None,
+        Event::DesiredGenerationSet {
+            machine,
+            path,
+            cause,
+            ..
+        } => {
+            let action = match cause {
+                DesiredCause::Notify => "notify_deploy",
+                DesiredCause::Revert { .. } => "revert",
+                _ => "set_desired",
+            };
+            (action, machine.to_string(), path.to_string())
+        }
+        Event::DesiredGenerationCleared { machine, .. } => {
+            ("clear_desired", machine.to_string(), String::new())
+        }
+        Event::ReleaseCreated {
+            release, entries, ..
+        } => (
+            "create_release",
+            release.to_string(),
+            format!("{} hosts", entries.len()),
+        ),
+        Event::ReleaseDeleted { release } => ("delete_release", release.to_string(), String::new()),
+        Event::RolloutCreated { rollout, plan } => (
+            "rollout.created",
+            rollout.to_string(),
+            format!(
+                "strategy={} machines={} batches={}",
+                plan.strategy,
+                plan.batches.iter().map(Vec::len).sum::<usize>(),
+                plan.batches.len()
+            ),
+        ),
+        Event::BatchStarted {
+            rollout,
+            batch_index,
+            ..
+        } => (
+            "batch.deploying",
+            rollout.to_string(),
+            format!("batch {batch_index}"),
+        ),
+        Event::BatchSucceeded {
+            rollout,
+            batch_index,
+            ..
+        } => (
+            "batch.succeeded",
+            rollout.to_string(),
+            format!("batch {batch_index}"),
+        ),
+        Event::BatchFailed {
+            rollout,
+            batch_index,
+            reason,
+            ..
+        } => (
+            "batch.failed",
+            rollout.to_string(),
+            format!("batch {batch_index}: {reason}"),
+        ),
+        Event::RolloutPaused { rollout, reason } => {
+            ("rollout.paused", rollout.to_string(), reason.clone())
+        }
+        Event::RolloutResumed { rollout } => {
+            ("rollout.resumed", rollout.to_string(), String::new())
+        }
+        Event::RolloutCancelled { rollout } => {
+            ("rollout.cancelled", rollout.to_string(), String::new())
+        }
+        Event::RolloutCompleted { rollout } => {
+            ("rollout.completed", rollout.to_string(), String::new())
+        }
+        Event::RolloutFailed { rollout, reason } => {
+            ("rollout.failed", rollout.to_string(), reason.clone())
+        }
+        Event::RolloutReverted { rollout, restored } => (
+            "rollout.reverted",
+            rollout.to_string(),
+            format!("{} machines", restored.len()),
+        ),
+        Event::RolloutDeleted { rollout } => {
+            ("rollout.deleted", rollout.to_string(), String::new())
+        }
+        Event::MachineQuarantined { machine, path, .. } => {
+            ("quarantine", machine.to_string(), path.to_string())
+        }
+        Event::QuarantineCleared { machine, path } => {
+            ("clear_quarantine", machine.to_string(), path.to_string())
+        }
+        Event::ApiKeyCreated { name, role, .. } => {
+            ("create_key", name.to_string(), format!("role={role}"))
+        }
+        Event::ApiKeyRevoked { name } => ("revoke_key", name.to_string(), String::new()),
+        Event::BootstrapDone { name } => ("bootstrap", name.to_string(), String::new()),
+    })
+}
+
+fn join<T: std::fmt::Display>(v: &[T]) -> String {
+    v.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
