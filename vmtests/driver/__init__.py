@@ -1,0 +1,1 @@
+"""vmtests driver: the nixosTest API on systemd-nspawn containers (see docs/vmtests.md)."""

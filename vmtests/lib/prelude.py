@@ -1,0 +1,131 @@
+# Shared prelude of every vmtests scenario: prepended to each test.py, by the local
+# driver (vmtests/run) and by the NixOS side alike. It replaces the seed's
+# testPrelude: same names (TEST_KEY, KEY_HASH, AUTH, CURL, API, seed_admin_key), but
+# the admin key comes from the bootstrap API, since our control plane has no SQL table
+# a test could write into.
+import json
+import re
+import shlex
+import time
+
+CERT_PREFIX = "cp"
+API = "https://localhost:8080"
+TLS_DIR = "/etc/nixfleet-tls"
+CA = f"{TLS_DIR}/ca.pem"
+
+
+def curl_for(cert_prefix, fail=True):
+    """curl with the fleet CA and the client certificate of `cert_prefix`."""
+    flags = "-sf" if fail else "-s"
+    return (f"curl {flags} --max-time 30 --cacert {CA} "
+            f"--cert {TLS_DIR}/{cert_prefix}-cert.pem --key {TLS_DIR}/{cert_prefix}-key.pem")
+
+
+CURL = curl_for(CERT_PREFIX)
+# Set by seed_admin_key(): the admin API key, its SHA-256, and the curl header option.
+TEST_KEY = None
+KEY_HASH = None
+AUTH = ""
+
+
+def seed_admin_key(node, name="test-admin"):
+    """Bootstrap the first admin API key on control plane `node` and keep it in TEST_KEY/AUTH."""
+    global TEST_KEY, KEY_HASH, AUTH
+    out = node.succeed(f"{CURL} -X POST -H 'Content-Type: application/json' "
+                       f"-d {shlex.quote(json.dumps({'name': name}))} {API}/api/v1/keys/bootstrap")
+    TEST_KEY = json.loads(out)["key"]
+    assert TEST_KEY.startswith("nfk-"), f"bootstrap returned an unexpected key: {TEST_KEY!r}"
+    KEY_HASH = node.succeed(f"printf %s {shlex.quote(TEST_KEY)} | sha256sum | cut -d' ' -f1").strip()
+    AUTH = f"-H 'Authorization: Bearer {TEST_KEY}'"
+    return TEST_KEY
+
+
+def api(node, method, path, body=None, expect=None):
+    """Call the control plane API from `node` as the admin; returns (status, parsed JSON or text)."""
+    data = ""
+    if body is not None:
+        data = f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+    out = node.succeed(f"{curl_for(CERT_PREFIX, fail=False)} -o /tmp/api-body -w '%{{http_code}}' "
+                       f"-X {method} {AUTH} {data} {API}{path}; echo; cat /tmp/api-body")
+    code_line, _, text = out.partition("\n")
+    status = int(code_line.strip() or 0)
+    if expect is not None:
+        assert status == expect, f"{method} {path}: expected HTTP {expect}, got {status}: {text}"
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def api_get(node, path):
+    return api(node, "GET", path, expect=200)[1]
+
+
+def list_machines(node, tags=()):
+    query = "&".join(f"tag={t}" for t in tags)
+    return api_get(node, "/api/v1/machines" + (f"?{query}" if query else ""))
+
+
+def current_system(node):
+    return node.succeed("readlink -f /run/current-system").strip()
+
+
+def create_release(node, entries, cache_url=None):
+    """POST a release; entries = {hostname: store_path}. Returns its id."""
+    body = {"entries": [{"hostname": h, "store_path": p, "platform": "x86_64-linux"} for h, p in entries.items()]}
+    if cache_url:
+        body["cache_url"] = cache_url
+    _, rel = api(node, "POST", "/api/v1/releases", body, expect=201)
+    assert rel["id"].startswith("rel-"), rel
+    return rel["id"]
+
+
+def create_rollout(node, release_id, tags=None, hosts=None, strategy="all_at_once", batch_sizes=None,
+                   failure_threshold="0", on_failure="pause", health_timeout=60):
+    """POST a rollout (defaults as the seed's helper) and return its id."""
+    body = {"release_id": release_id, "strategy": strategy, "failure_threshold": failure_threshold,
+            "on_failure": on_failure, "health_timeout": health_timeout,
+            "target": {"tags": tags} if tags is not None else {"hosts": hosts}}
+    if batch_sizes is not None:
+        body["batch_sizes"] = batch_sizes
+    _, r = api(node, "POST", "/api/v1/rollouts", body, expect=201)
+    assert r["rollout_id"].startswith("r-"), r
+    return r["rollout_id"]
+
+
+def rollout(node, rollout_id):
+    return api_get(node, f"/api/v1/rollouts/{rollout_id}")
+
+
+def wait_rollout_status(node, rollout_id, status, timeout=120):
+    """Poll the rollout every second until its status is `status`; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = rollout(node, rollout_id)
+        if last["status"] == status:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"rollout {rollout_id} not {status} within {timeout} s; last: {json.dumps(last)[:2000]}")
+
+
+def events(node, after=0, stream=None, wait=0):
+    """Raw events from GET /api/v1/events (JSON lines: seq, at_ms, actor, stream, kind, data)."""
+    query = f"after={after}"
+    if stream:
+        query += f"&stream={stream}"
+    if wait:
+        query += f"&wait={wait}"
+    out = node.succeed(f"{CURL} --max-time {30 + wait} {AUTH} '{API}/api/v1/events?{query}'")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def kinds(evs):
+    return [e["kind"] for e in evs]
+
+
+def assert_in_order(seq, expected):
+    """Every item of `expected` appears in `seq`, in this order (others may come between)."""
+    it = iter(seq)
+    for item in expected:
+        assert any(x == item for x in it), f"{item!r} missing or out of order in {seq}"
