@@ -5,12 +5,12 @@ write_nftables() {
   ssh_rules="    tcp dport 22 accept"
   if [ "${FW_SSH_LIMIT:-0}" = 1 ]; then
     ssh_rules="    tcp dport 22 ct state new limit rate 5/minute accept
-    tcp dport 22 ct state new log prefix \"nixfleet-fw ssh-rate-limit: \" level info drop
+    tcp dport 22 ct state new counter log prefix \"nixfleet-fw ssh-rate-limit: \" level info drop
     tcp dport 22 accept"
   fi
   log_rule=""
   if [ "${FW_LOG_REFUSED:-0}" = 1 ]; then
-    log_rule="    log prefix \"refused connection: \" level info"
+    log_rule="    counter log prefix \"refused connection: \" level info"
   fi
   port_rule=""
   [ -n "$ports" ] && port_rule="    tcp dport { $ports } accept"
