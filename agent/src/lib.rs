@@ -1,0 +1,23 @@
+//! The nixfleet agent as a library, so integration tests can drive its parts directly.
+//!
+//! Map: `config` (flags) → `run` (loop) → `client` (the control plane, the only HTTP to it) and
+//! `cycle` (one deploy cycle) → `nix` (fetch, profile), `switch` (switch and wait), `health`
+//! (checks), `quarantine` (paths not to apply again); `store_path` validates every path that comes
+//! in; `exec` runs every child process with a deadline; `telemetry` holds logging and metrics.
+
+pub mod client;
+pub mod config;
+pub mod cycle;
+pub mod exec;
+pub mod health;
+pub mod nix;
+pub mod quarantine;
+pub mod run;
+pub mod store_path;
+pub mod switch;
+pub mod telemetry;
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
