@@ -217,7 +217,9 @@ def write_layer(layer: Path, host: str, node: dict, network: Network, keys: Keys
             _enable(layer, "nixfleet-control-plane.service")
     if "agent" in node:
         agent = node["agent"]
-        _write(etc / "nixfleet/health-checks.json", units.health_checks_json(agent))
+        health_path = agent.get("healthConfig", "/etc/nixfleet/health-checks.json")
+        if health_path.startswith("/etc/"):
+            _write(layer / health_path.lstrip("/"), units.health_checks_json(agent))
         _write(etc / "systemd/system/nixfleet-agent.service", units.agent_unit(agent))
         if agent.get("enable", True) and agent.get("autoStart", True):
             _enable(layer, "nixfleet-agent.service")
