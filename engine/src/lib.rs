@@ -1,1 +1,6 @@
-//! placeholder
+//! The nixfleet control plane as a library: event log, engine (projections + executor) and,
+//! in later modules, the HTTPS API. The binary `nixfleet-control-plane` is a thin `main` over it.
+#![deny(missing_docs)]
+
+pub mod engine;
+pub mod log;

@@ -1,0 +1,324 @@
+//! The engine: projections kept in step with the log, commands decided and appended, and the
+//! rollout executor driven by appended events and one deadline timer.
+//!
+//! Write path, under the state lock: decide (pure) → stage in the log → apply → let the executor
+//! settle (each decision staged and applied in turn). Outside the lock the caller waits until the
+//! last staged sequence is durable, and only then answers. Readers may therefore see events up to
+//! one group commit before they are durable; nobody is told "done" before they are, and the log is
+//! a prefix-durable sequence, so a crash loses only unacknowledged events and their consequences.
+
+use crate::log::{EventLog, LogError, MemoryLog, SledLog};
+use nixfleet_core::event::BatchFailReason;
+use nixfleet_core::{
+    decide, executor, Actor, Command, Event, ExecutorInput, Rejection, Seq, State, Timestamp,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Where the engine gets the time. The core never reads a clock; the engine reads this one.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in milliseconds since the epoch.
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(d.as_millis() as u64)
+    }
+}
+
+/// A clock that moves only when told (simulation and tests).
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(AtomicU64::new(start.0))
+    }
+    /// Moves the clock forward.
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Why a command did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The command was refused (a 4xx).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The log failed (a 500; the engine stops accepting writes).
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// What a command appended.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// Sequence of the last event appended (the command's and the executor's).
+    pub seq: Seq,
+    /// The command's own events.
+    pub events: Vec<Event>,
+}
+
+/// The engine.
+pub struct Engine {
+    log: Arc<dyn EventLog>,
+    state: RwLock<State>,
+    clock: Arc<dyn Clock>,
+    wake: tokio::sync::Notify,
+    poisoned: AtomicBool,
+}
+
+impl Engine {
+    /// An engine over `log` whose projections are `state` (already replayed from it).
+    pub fn new(log: Arc<dyn EventLog>, state: State, clock: Arc<dyn Clock>) -> Self {
+        debug_assert_eq!(
+            state.last_seq,
+            log.last_seq(),
+            "projections must be caught up with the log"
+        );
+        Engine {
+            log,
+            state: RwLock::new(state),
+            clock,
+            wake: tokio::sync::Notify::new(),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the sled log in `dir`, verifies it and rebuilds the projections by replay.
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Engine, LogError> {
+        let mut state = State::default();
+        let log = SledLog::open(dir, |r| state.apply(&r.into_envelope()))?;
+        Ok(Engine::new(Arc::new(log), state, clock))
+    }
+
+    /// An engine over an empty in-memory log.
+    pub fn in_memory(clock: Arc<dyn Clock>) -> Engine {
+        Engine::new(Arc::new(MemoryLog::new()), State::default(), clock)
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// The clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Reads the projections.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self
+            .state
+            .read()
+            .expect("state lock poisoned: the engine failed stop"))
+    }
+
+    /// Decides `cmd`, stages its events and the executor's consequences, and applies them.
+    /// Not yet durable: call [`Engine::execute`] (async) or [`Engine::execute_blocking`].
+    pub fn submit(&self, actor: Actor, cmd: &Command) -> Result<Submitted, EngineError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(LogError::Closed("an earlier append failed".into()).into());
+        }
+        let now = self.clock.now();
+        let mut state = self
+            .state
+            .write()
+            .expect("state lock poisoned: the engine failed stop");
+        let events = decide(&state, cmd, now)?;
+        if events.is_empty() {
+            return Ok(Submitted {
+                seq: state.last_seq,
+                events,
+            });
+        }
+        let seq = self.stage_apply(&mut state, now, &actor, &events)?;
+        let seq = self
+            .settle(&mut state, ExecutorInput::Appended(&events), now)
+            .map(|s| s.max(seq))?;
+        drop(state);
+        self.wake.notify_one();
+        Ok(Submitted { seq, events })
+    }
+
+    /// Submits `cmd` and waits until everything it appended is durable.
+    pub async fn execute(&self, actor: Actor, cmd: &Command) -> Result<Submitted, EngineError> {
+        let s = self.submit(actor, cmd)?;
+        self.wait_durable(s.seq).await?;
+        Ok(s)
+    }
+
+    /// Submits `cmd` and blocks until everything it appended is durable.
+    pub fn execute_blocking(&self, actor: Actor, cmd: &Command) -> Result<Submitted, EngineError> {
+        let s = self.submit(actor, cmd)?;
+        self.log.wait_durable(s.seq)?;
+        Ok(s)
+    }
+
+    /// Waits (async) until `seq` is durable.
+    pub async fn wait_durable(&self, seq: Seq) -> Result<(), LogError> {
+        let mut rx = self.log.durable_watch();
+        let res = rx.wait_for(|d| *d >= seq.0).await.map(|_| ());
+        match res {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // The flusher stopped: it failed. Ask the log for the reason.
+                let r = self.log.wait_durable(seq);
+                self.poisoned.store(true, Ordering::SeqCst);
+                r.and(Err(LogError::Closed("flusher stopped".into())))
+            }
+        }
+    }
+
+    /// Fires due deadlines (the executor's timer calls this). Returns the last staged sequence.
+    pub fn tick(&self) -> Result<Seq, LogError> {
+        let now = self.clock.now();
+        let mut state = self
+            .state
+            .write()
+            .expect("state lock poisoned: the engine failed stop");
+        self.settle(&mut state, ExecutorInput::Tick, now)
+    }
+
+    /// The next health deadline, if any batch is waiting.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.read(executor::next_deadline)
+    }
+
+    /// Wakes the executor loop (an append may have moved the next deadline).
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    fn stage_apply(
+        &self,
+        state: &mut State,
+        now: Timestamp,
+        actor: &Actor,
+        events: &[Event],
+    ) -> Result<Seq, LogError> {
+        let first = state.last_seq.0 + 1;
+        let seq = self
+            .log
+            .stage(now, actor, events)
+            .inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        debug_assert_eq!(
+            seq.0,
+            first + events.len() as u64 - 1,
+            "log and projections disagree on sequence numbers"
+        );
+        for (i, event) in events.iter().enumerate() {
+            state.apply(&nixfleet_core::Envelope {
+                seq: Seq(first + i as u64),
+                at: now,
+                actor: actor.clone(),
+                event: event.clone(),
+            });
+        }
+        metrics::counter!("nixfleet_events_appended_total").increment(events.len() as u64);
+        Ok(seq)
+    }
+
+    fn settle(
+        &self,
+        state: &mut State,
+        input: ExecutorInput<'_>,
+        now: Timestamp,
+    ) -> Result<Seq, LogError> {
+        let mut last = state.last_seq;
+        executor::settle(state, input, now, |st, events| {
+            for e in &events {
+                log_decision(e);
+            }
+            last = self.stage_apply(st, now, &Actor::Executor, &events)?;
+            Ok::<(), LogError>(())
+        })?;
+        Ok(last)
+    }
+
+    /// Runs the executor's deadline timer until `shutdown` resolves.
+    pub async fn run_executor(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let sleep = match self.next_deadline() {
+                Some(t) => {
+                    std::time::Duration::from_millis(t.0.saturating_sub(self.now().0).max(1))
+                }
+                None => std::time::Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.woken() => continue,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            match self.tick() {
+                Ok(seq) => {
+                    if let Err(e) = self.wait_durable(seq).await {
+                        tracing::error!(error = %e, "executor append failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "executor append failed"),
+            }
+        }
+    }
+}
+
+fn log_decision(e: &Event) {
+    match e {
+        Event::BatchFailed {
+            rollout,
+            batch_index,
+            unhealthy,
+            threshold,
+            reason: BatchFailReason::Timeout,
+            ..
+        } => {
+            tracing::warn!(%rollout, batch_index, unhealthy, threshold, "Health timeout elapsed, treating pending machines as unhealthy");
+        }
+        Event::BatchFailed {
+            rollout,
+            batch_index,
+            unhealthy,
+            threshold,
+            ..
+        } => {
+            tracing::warn!(%rollout, batch_index, unhealthy, threshold, "batch failed");
+        }
+        Event::BatchSucceeded {
+            rollout,
+            batch_index,
+            healthy,
+            ..
+        } => tracing::info!(%rollout, batch_index, healthy, "batch succeeded"),
+        Event::BatchStarted {
+            rollout,
+            batch_index,
+            attempt,
+            ..
+        } => tracing::info!(%rollout, batch_index, attempt, "batch started"),
+        Event::RolloutPaused { rollout, reason } => {
+            tracing::warn!(%rollout, %reason, "rollout paused")
+        }
+        Event::RolloutCompleted { rollout } => tracing::info!(%rollout, "rollout completed"),
+        Event::RolloutReverted { rollout, restored } => {
+            tracing::warn!(%rollout, machines = restored.len(), "rollout reverted")
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,138 @@
+//! The storage form of an event: a versioned envelope encoded with bincode.
+//!
+//! The first encoded field is the schema version, so a reader can pick the decoder before it
+//! decodes anything else. Version 1 is the current form; when an event's shape changes, the old
+//! form stays here as `StoredEnvelopeV1` with an upcaster, and `fixtures/events/v1.bin` keeps
+//! proving that version 1 logs decode.
+
+use nixfleet_core::{Actor, Event, Seq, Timestamp};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The schema version written today.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// What is stored for each event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEnvelope {
+    /// Schema version (first, so it can be read alone).
+    pub v: u16,
+    /// Sequence number.
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Who caused it.
+    pub actor: Actor,
+    /// `machine:ID`, `rollout:ID`, …
+    pub stream: String,
+    /// SHA-256 of the previous record's bytes (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// The event.
+    pub event: Event,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number.
+    pub seq: Seq,
+    /// When it was appended.
+    pub at: Timestamp,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Its stream.
+    pub stream: String,
+    /// Hash of the previous record.
+    pub prev_hash: [u8; 32],
+    /// The event.
+    pub event: Event,
+}
+
+impl Record {
+    /// The envelope reducers read.
+    pub fn envelope(&self) -> nixfleet_core::Envelope {
+        nixfleet_core::Envelope {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor.clone(),
+            event: self.event.clone(),
+        }
+    }
+    /// Consumes the record into the envelope reducers read.
+    pub fn into_envelope(self) -> nixfleet_core::Envelope {
+        nixfleet_core::Envelope {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            event: self.event,
+        }
+    }
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes one record.
+pub fn encode_record(
+    seq: Seq,
+    at: Timestamp,
+    actor: &Actor,
+    prev_hash: [u8; 32],
+    event: &Event,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        v: u16,
+        seq: u64,
+        at_ms: u64,
+        actor: &'a Actor,
+        stream: String,
+        prev_hash: [u8; 32],
+        event: &'a Event,
+    }
+    let env = Borrowed {
+        v: SCHEMA_VERSION,
+        seq: seq.0,
+        at_ms: at.0,
+        actor,
+        stream: event.stream(),
+        prev_hash,
+        event,
+    };
+    bincode::serde::encode_to_vec(&env, config()).expect("encoding to a Vec cannot fail")
+}
+
+/// Decodes one record, upcasting older versions.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, String> {
+    let v = *bytes.first().ok_or("empty record")?;
+    match u16::from(v) {
+        1 => {
+            let (env, used): (StoredEnvelope, usize) =
+                bincode::serde::decode_from_slice(bytes, config())
+                    .map_err(|e| format!("undecodable record: {e}"))?;
+            if used != bytes.len() {
+                return Err(format!(
+                    "{} trailing bytes after the record",
+                    bytes.len() - used
+                ));
+            }
+            Ok(Record {
+                seq: Seq(env.seq),
+                at: Timestamp(env.at_ms),
+                actor: env.actor,
+                stream: env.stream,
+                prev_hash: env.prev_hash,
+                event: env.event,
+            })
+        }
+        other => Err(format!(
+            "unknown schema version {other}; this build reads versions 1..={SCHEMA_VERSION}"
+        )),
+    }
+}
+
+/// SHA-256 of a record's bytes.
+pub fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}

@@ -1,0 +1,82 @@
+//! An in-memory log with the same encoding and hash chain as the sled log, for tests and the
+//! deterministic simulation. Everything staged is durable at once.
+
+use super::{decode_record, encode_record, hash_bytes, EventLog, LogError, Record};
+use nixfleet_core::{Actor, Event, Seq, Timestamp};
+use std::sync::Mutex;
+
+/// A log in a `Vec`.
+pub struct MemoryLog {
+    inner: Mutex<Vec<Vec<u8>>>,
+    durable: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for MemoryLog {
+    fn default() -> Self {
+        MemoryLog {
+            inner: Mutex::new(Vec::new()),
+            durable: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The encoded records, e.g. to write a fixture.
+    pub fn raw(&self) -> Vec<Vec<u8>> {
+        self.inner.lock().expect("memory log lock").clone()
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn stage(&self, at: Timestamp, actor: &Actor, events: &[Event]) -> Result<Seq, LogError> {
+        let mut v = self.inner.lock().expect("memory log lock");
+        let mut prev = v.last().map(|b| hash_bytes(b)).unwrap_or([0; 32]);
+        for e in events {
+            let seq = Seq(v.len() as u64 + 1);
+            let bytes = encode_record(seq, at, actor, prev, e);
+            prev = hash_bytes(&bytes);
+            v.push(bytes);
+        }
+        let last = v.len() as u64;
+        self.durable.send_replace(last);
+        Ok(Seq(last))
+    }
+    fn wait_durable(&self, _seq: Seq) -> Result<(), LogError> {
+        Ok(())
+    }
+    fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+    fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
+        let v = self.inner.lock().expect("memory log lock");
+        v.iter()
+            .skip(after.0 as usize)
+            .take(limit)
+            .enumerate()
+            .map(|(i, b)| {
+                decode_record(b).map_err(|why| LogError::Corrupt {
+                    seq: after.0 + i as u64 + 1,
+                    why,
+                })
+            })
+            .collect()
+    }
+    fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
+        let all = self.read_after(after, usize::MAX)?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.stream == stream)
+            .take(limit)
+            .collect())
+    }
+    fn last_seq(&self) -> Seq {
+        Seq(self.inner.lock().expect("memory log lock").len() as u64)
+    }
+    fn durable_seq(&self) -> Seq {
+        self.last_seq()
+    }
+}

@@ -1,0 +1,85 @@
+//! The append-only event log: the only source of truth of the control plane.
+//!
+//! Only this module knows sled. Records are encoded with bincode as a versioned envelope and
+//! chained by SHA-256: each record carries the hash of the previous one, and a head entry written
+//! atomically with every append carries the hash of the last, so tampering, gaps and truncation
+//! are all detected when the log is opened or verified.
+//!
+//! Append steps (the durability contract):
+//! 1. `stage` assigns the next sequence numbers, chains the hashes and writes the records, their
+//!    stream index entries and the new head in one atomic sled batch. Nothing is durable yet.
+//! 2. The flusher thread sees staged records beyond the durable mark and calls `fsync` once for
+//!    all of them (group commit: every appender waiting at that moment shares one flush).
+//! 3. `wait_durable(seq)` returns once the durable mark reaches `seq`.
+//!
+//! When [`EventLog::append`] (stage + wait) returns `Ok(seq)`, the events are fsynced and will be
+//! replayed after a crash. The HTTP front end never answers 2xx before step 3.
+
+mod codec;
+mod memory;
+mod sled_log;
+
+pub use codec::{decode_record, encode_record, hash_bytes, Record, StoredEnvelope, SCHEMA_VERSION};
+pub use memory::MemoryLog;
+pub use sled_log::SledLog;
+
+use nixfleet_core::{Actor, Event, Seq, Timestamp};
+
+/// What can go wrong with the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The storage failed.
+    #[error("event log storage error: {0}")]
+    Io(String),
+    /// A record is damaged, missing or out of order; names the first bad sequence number.
+    #[error("event log is corrupt at sequence {seq}: {why}")]
+    Corrupt {
+        /// The first bad record.
+        seq: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The log was closed after a fatal storage error.
+    #[error("event log is closed after a storage failure: {0}")]
+    Closed(String),
+}
+
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> Self {
+        LogError::Io(e.to_string())
+    }
+}
+
+/// An append-only, hash-chained, durable log of events.
+pub trait EventLog: Send + Sync + 'static {
+    /// Assigns sequence numbers to `events` and writes them atomically; not yet durable.
+    /// Returns the sequence of the last one (or the current last sequence if `events` is empty).
+    fn stage(&self, at: Timestamp, actor: &Actor, events: &[Event]) -> Result<Seq, LogError>;
+
+    /// Blocks until every record up to `seq` is durable.
+    fn wait_durable(&self, seq: Seq) -> Result<(), LogError>;
+
+    /// A watch of the durable mark, for async waiters.
+    fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Appends `events` durably.
+    ///
+    /// When this returns `Ok(seq)`, the events are fsynced and will be replayed after a crash.
+    fn append(&self, at: Timestamp, actor: &Actor, events: &[Event]) -> Result<Seq, LogError> {
+        let seq = self.stage(at, actor, events)?;
+        self.wait_durable(seq)?;
+        Ok(seq)
+    }
+
+    /// Records with sequence greater than `after`, at most `limit`, in order.
+    fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Record>, LogError>;
+
+    /// Records of one stream with sequence greater than `after`, at most `limit`, in order.
+    fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError>;
+
+    /// The last staged sequence number.
+    fn last_seq(&self) -> Seq;
+
+    /// The last durable sequence number.
+    fn durable_seq(&self) -> Seq;
+}

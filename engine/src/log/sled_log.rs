@@ -1,0 +1,318 @@
+//! The sled-backed log (the embedded default), with group commit.
+//!
+//! Layout in one sled tree, so that a record, its stream index entry and the head are written
+//! by one atomic batch:
+//! - `e` + seq (big-endian u64) → encoded record
+//! - `s` + stream + `0x00` + seq (big-endian) → empty (stream index)
+//! - `h` → seq (big-endian) + SHA-256 of the last record (the head)
+//!
+//! sled is pinned at 0.34.x (see ARCHITECTURE.md); it stays behind [`super::EventLog`].
+
+use super::{decode_record, encode_record, hash_bytes, EventLog, LogError, Record};
+use nixfleet_core::{Actor, Event, Seq, Timestamp};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+const HEAD_KEY: &[u8] = b"h";
+
+fn event_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn stream_key(stream: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.len() + 10);
+    k.push(b's');
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
+}
+
+struct Flush {
+    staged: u64,
+    durable: u64,
+    failed: Option<String>,
+    shutdown: bool,
+}
+
+struct Shared {
+    db: sled::Db,
+    head: Mutex<Head>,
+    flush: Mutex<Flush>,
+    /// Wakes the flusher when something is staged.
+    staged_cv: Condvar,
+    /// Wakes appenders when the durable mark moves.
+    durable_cv: Condvar,
+    watch: tokio::sync::watch::Sender<u64>,
+}
+
+/// The sled log.
+pub struct SledLog {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl SledLog {
+    /// Opens (or creates) the log at `path`, verifies every record and the head, and hands each
+    /// record to `on_record` in order (to rebuild projections). A damaged log is an error that
+    /// names the first bad sequence number; nothing is skipped.
+    pub fn open(path: &Path, mut on_record: impl FnMut(Record)) -> Result<SledLog, LogError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let (seq, hash) = Self::scan(&db, &mut on_record)?;
+        let shared = Arc::new(Shared {
+            db,
+            head: Mutex::new(Head { seq, hash }),
+            flush: Mutex::new(Flush {
+                staged: seq,
+                durable: seq,
+                failed: None,
+                shutdown: false,
+            }),
+            staged_cv: Condvar::new(),
+            durable_cv: Condvar::new(),
+            watch: tokio::sync::watch::channel(seq).0,
+        });
+        let s = shared.clone();
+        let flusher = std::thread::Builder::new()
+            .name("nixfleet-log-flush".into())
+            .spawn(move || flush_loop(&s))
+            .map_err(|e| LogError::Io(format!("cannot start the flusher thread: {e}")))?;
+        Ok(SledLog {
+            shared,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Verifies the log at `path` without keeping it open; returns the number of records.
+    pub fn verify(path: &Path) -> Result<u64, LogError> {
+        let db = sled::Config::new().path(path).open()?;
+        let (seq, _) = Self::scan(&db, &mut |_| {})?;
+        Ok(seq)
+    }
+
+    fn scan(db: &sled::Db, on_record: &mut dyn FnMut(Record)) -> Result<(u64, [u8; 32]), LogError> {
+        let mut expect = 1u64;
+        let mut prev = [0u8; 32];
+        for item in db.scan_prefix(b"e") {
+            let (k, v) = item?;
+            let key_seq = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq: expect, why })?;
+            if key_seq != Some(expect) || rec.seq.0 != expect {
+                return Err(LogError::Corrupt {
+                    seq: expect,
+                    why: format!(
+                        "record {expect} is missing (found {} next)",
+                        key_seq.unwrap_or(0)
+                    ),
+                });
+            }
+            if rec.prev_hash != prev {
+                return Err(LogError::Corrupt {
+                    seq: expect,
+                    why: "hash chain broken: this record or the one before it was altered".into(),
+                });
+            }
+            prev = hash_bytes(&v);
+            on_record(rec);
+            expect += 1;
+        }
+        let last = expect - 1;
+        match db.get(HEAD_KEY)? {
+            None if last == 0 => {}
+            None => {
+                return Err(LogError::Corrupt {
+                    seq: last,
+                    why: "the head entry is missing".into(),
+                })
+            }
+            Some(h) => {
+                let head_seq = h
+                    .get(0..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if head_seq > last {
+                    return Err(LogError::Corrupt {
+                        seq: last + 1,
+                        why: format!("log truncated: the head says {head_seq} records, only {last} are present"),
+                    });
+                }
+                if head_seq < last || h.get(8..40) != Some(&prev[..]) {
+                    return Err(LogError::Corrupt {
+                        seq: last,
+                        why: "the last record does not match the head (altered tail)".into(),
+                    });
+                }
+            }
+        }
+        Ok((last, prev))
+    }
+
+    /// Flushes and stops the flusher.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), LogError> {
+        if let Ok(mut f) = self.shared.flush.lock() {
+            f.shutdown = true;
+        }
+        self.shared.staged_cv.notify_all();
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+        self.shared.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn flush_loop(s: &Shared) {
+    loop {
+        let target = {
+            let mut f = s.flush.lock().expect("flush lock");
+            while f.staged <= f.durable && !f.shutdown {
+                f = s.staged_cv.wait(f).expect("flush lock");
+            }
+            if f.staged <= f.durable {
+                return;
+            }
+            f.staged
+        };
+        let result = s.db.flush();
+        let mut f = s.flush.lock().expect("flush lock");
+        match result {
+            Ok(_) => {
+                f.durable = f.durable.max(target);
+                s.watch.send_replace(f.durable);
+            }
+            Err(e) => {
+                // Fail-stop: nothing staged after this point may ever be acknowledged.
+                f.failed = Some(e.to_string());
+                s.durable_cv.notify_all();
+                return;
+            }
+        }
+        s.durable_cv.notify_all();
+    }
+}
+
+impl EventLog for SledLog {
+    fn stage(&self, at: Timestamp, actor: &Actor, events: &[Event]) -> Result<Seq, LogError> {
+        let mut head = self.shared.head.lock().expect("head lock");
+        if events.is_empty() {
+            return Ok(Seq(head.seq));
+        }
+        if let Some(e) = &self.shared.flush.lock().expect("flush lock").failed {
+            return Err(LogError::Closed(e.clone()));
+        }
+        let mut batch = sled::Batch::default();
+        let (mut seq, mut hash) = (head.seq, head.hash);
+        for e in events {
+            seq += 1;
+            let bytes = encode_record(Seq(seq), at, actor, hash, e);
+            hash = hash_bytes(&bytes);
+            batch.insert(&stream_key(&e.stream(), seq)[..], &[][..]);
+            batch.insert(&event_key(seq)[..], bytes);
+        }
+        let mut h = Vec::with_capacity(40);
+        h.extend_from_slice(&seq.to_be_bytes());
+        h.extend_from_slice(&hash);
+        batch.insert(HEAD_KEY, h);
+        self.shared.db.apply_batch(batch)?;
+        head.seq = seq;
+        head.hash = hash;
+        let mut f = self.shared.flush.lock().expect("flush lock");
+        f.staged = seq;
+        drop(f);
+        self.shared.staged_cv.notify_one();
+        Ok(Seq(seq))
+    }
+
+    fn wait_durable(&self, seq: Seq) -> Result<(), LogError> {
+        let mut f = self.shared.flush.lock().expect("flush lock");
+        loop {
+            if f.durable >= seq.0 {
+                return Ok(());
+            }
+            if let Some(e) = &f.failed {
+                return Err(LogError::Closed(e.clone()));
+            }
+            f = self.shared.durable_cv.wait(f).expect("flush lock");
+        }
+    }
+
+    fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.watch.subscribe()
+    }
+
+    fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::new();
+        for item in self
+            .shared
+            .db
+            .range(event_key(after.0.saturating_add(1))..=event_key(u64::MAX))
+            .take(limit)
+        {
+            let (_, v) = item?;
+            let rec = decode_record(&v).map_err(|why| LogError::Corrupt {
+                seq: after.0 + out.len() as u64 + 1,
+                why,
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
+        let start = stream_key(stream, after.0.saturating_add(1));
+        let end = stream_key(stream, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.shared.db.range(start..=end).take(limit) {
+            let (k, _) = item?;
+            let seq = k
+                .get(k.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let v = self
+                .shared
+                .db
+                .get(event_key(seq))?
+                .ok_or(LogError::Corrupt {
+                    seq,
+                    why: "indexed record is missing".into(),
+                })?;
+            out.push(decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?);
+        }
+        Ok(out)
+    }
+
+    fn last_seq(&self) -> Seq {
+        Seq(self.shared.head.lock().expect("head lock").seq)
+    }
+
+    fn durable_seq(&self) -> Seq {
+        Seq(self.shared.flush.lock().expect("flush lock").durable)
+    }
+}
