@@ -1,0 +1,322 @@
+# The seed's VM test helpers, for NixOS test nodes built from a scenario's
+# nodes.json: mkTlsCerts, tlsCertsModule, mkCpNode, mkAgentNode, testPrelude,
+# the nix shim, and mkNode, which turns one node of a plan (vmtests/nix/nodes.nix)
+# into a NixOS module the way the local driver turns it into a container
+# (vmtests/driver/scenario.py write_layer).
+#
+# Why it exists: the same nodes.json and test.py run in both suites, so the
+# NixOS side must put the same files in the same places (/etc/nixfleet-tls,
+# /etc/nixfleet-vmtests, /root/.ssh) and start the same services.
+{
+  pkgs,
+  lib,
+  nixosModule,
+  packages,
+}:
+let
+  libDir = ../lib;
+  testKeys = import ./test-keys.nix;
+
+  # Every node of every scenario shares one key set: the certificate names are
+  # the union of all scenarios' node names (plus the fixed extra names).
+  allScenarioHosts =
+    let
+      scenarios = import ./discover.nix ../scenarios;
+      hostsOf =
+        s:
+        let
+          f = s.dir + "/nodes.json";
+        in
+        if builtins.pathExists f then builtins.attrNames ((builtins.fromJSON (builtins.readFile f)).nodes or { }) else [ ];
+    in
+    lib.unique (lib.concatMap hostsOf (builtins.attrValues scenarios));
+
+  # The fleet CA, a certificate per name, the root SSH key and the cache
+  # signing key, made once at build time. For testing only: the private keys
+  # are in the world-readable store.
+  mkTlsCerts =
+    {
+      hostnames ? allScenarioHosts,
+    }:
+    pkgs.runCommand "nixfleet-test-keys"
+      {
+        nativeBuildInputs = [
+          pkgs.openssl
+          pkgs.openssh
+          pkgs.coreutils
+        ];
+      }
+      (testKeys {
+        inherit hostnames;
+      }).script;
+
+  defaultCerts = mkTlsCerts { };
+
+  # The whole fleet PKI under /etc/nixfleet-tls (as the local driver copies
+  # it to every container): ca.pem, <name>-cert.pem, <name>-key.pem.
+  # certPrefix is kept for the seed's signature; every name's pair is present.
+  tlsCertsModule =
+    {
+      testCerts ? defaultCerts,
+      certPrefix ? null,
+    }:
+    {
+      environment.etc."nixfleet-tls".source = "${testCerts}/tls";
+    };
+
+  # The Python that comes before every test.py: the shared prelude, plus
+  # overrides when a scenario talks to the API from another node.
+  testPrelude =
+    {
+      certPrefix ? "cp",
+      api ? "https://localhost:8080",
+    }:
+    builtins.readFile (libDir + "/prelude.py")
+    + lib.optionalString (certPrefix != "cp" || api != "https://localhost:8080") ''
+
+      CERT_PREFIX = ${builtins.toJSON certPrefix}
+      API = ${builtins.toJSON api}
+      CURL = curl_for(CERT_PREFIX)
+    '';
+
+  nixShim =
+    nixPackage:
+    pkgs.writeTextFile {
+      name = "nixfleet-nix-shim";
+      destination = "/bin/nix";
+      executable = true;
+      text = import ./nix-shim.nix {
+        realNix = "${nixPackage}/bin/nix";
+        python = "${pkgs.python3}/bin/python3";
+      };
+    };
+
+  # Keeps a node's tools on PATH after test.py switched it to a fake
+  # generation, which has no sw/ (so /run/current-system/sw/bin is gone):
+  # login shells, and the test driver's shell, also search the system's own
+  # package set by store path.
+  keepToolsOnPath =
+    { config, ... }:
+    {
+      environment.extraInit = ''
+        export PATH="$PATH:${config.system.path}/bin:${config.system.path}/sbin"
+      '';
+    };
+
+  # What every test node gets, whatever its role (write_layer's common part).
+  commonModule =
+    {
+      scenario,
+      host,
+      plan,
+      testCerts,
+    }:
+    { config, ... }:
+    {
+      imports = [
+        nixosModule
+        (tlsCertsModule { inherit testCerts; })
+        keepToolsOnPath
+      ];
+
+      environment.etc = {
+        "nixfleet-vmtests/node.json".text = builtins.toJSON ({ inherit scenario host; } // plan);
+        "nixfleet-vmtests/cache-key.pub".source = "${testCerts}/cache/cache-key.pub";
+      }
+      // lib.optionalAttrs (builtins.pathExists (libDir + "/fake-system.nix.tmpl")) {
+        "nixfleet-vmtests/fake-system.nix".text = import ./fake-system-nixos.nix {
+          template = builtins.readFile (libDir + "/fake-system.nix.tmpl");
+          coreutils = "${pkgs.coreutils}";
+          systemd = "${config.systemd.package}";
+          python3 = "${pkgs.python3}/bin/python3";
+        };
+      };
+
+      # Nix as in the containers: no substituter unless the node names one,
+      # the test cache key trusted, no negative narinfo cache, no sandbox (the
+      # fake systems are built with store tools that are not declared inputs).
+      nix.settings = {
+        sandbox = false;
+        substituters = lib.mkForce (plan.nix.substituters or [ ]);
+        trusted-public-keys = lib.mkForce [ (lib.fileContents "${testCerts}/cache/cache-key.pub") ];
+        require-sigs = true;
+        narinfo-cache-negative-ttl = 0;
+        experimental-features = [
+          "nix-command"
+          "flakes"
+        ];
+      };
+
+      # Root's SSH identity, trusted by every node (the seed's test key).
+      services.openssh.enable = true;
+      users.users.root.openssh.authorizedKeys.keyFiles = [ "${testCerts}/ssh/id_ed25519.pub" ];
+      system.activationScripts.nixfleet-test-ssh-key = ''
+        install -D -m 600 ${testCerts}/ssh/id_ed25519 /root/.ssh/id_ed25519
+        install -D -m 644 ${testCerts}/ssh/id_ed25519.pub /root/.ssh/id_ed25519.pub
+      '';
+      programs.ssh.extraConfig = ''
+        Host *
+          StrictHostKeyChecking no
+          UserKnownHostsFile /dev/null
+          BatchMode yes
+          LogLevel ERROR
+      '';
+
+      # Files the scenario asks for (extraFiles), written at activation so any
+      # path works, /etc included.
+      system.activationScripts.nixfleet-test-extra-files = {
+        deps = [
+          "etc"
+          "users"
+        ];
+        text = lib.concatStrings (
+          lib.mapAttrsToList (path: content: ''
+            install -D -m 644 ${pkgs.writeText "extra-file" content} ${lib.escapeShellArg path}
+          '') (plan.extraFiles or { })
+        );
+      };
+
+      environment.systemPackages = [
+        packages.nixfleet
+        packages.nixfleet-control-plane
+        packages.nixfleet-agent
+        pkgs.curl
+        pkgs.jq
+        pkgs.openssl
+        pkgs.python3
+      ];
+
+      networking.firewall.allowedTCPPorts = plan.openPorts or [ ];
+    };
+
+  # Scopes named in nodes.json -> the framework modules.
+  scopesModule = scopes: {
+    nixfleet.core = lib.mkIf (builtins.elem "core" scopes) {
+      enable = true;
+      userName = "testuser";
+    };
+    nixfleet.role = lib.mkIf (builtins.elem "minimal" scopes) "endpoint";
+    nixfleet.firewall.enable = builtins.elem "firewall" scopes;
+    nixfleet.monitoring.nodeExporter = lib.mkIf (builtins.elem "monitoring" scopes) {
+      enable = true;
+      openFirewall = true;
+    };
+    nixfleet.backup.enable = builtins.elem "backup" scopes;
+    nixfleet.secrets.enable = builtins.elem "secrets" scopes;
+    # NetworkManager (core) must leave the test network's static addresses alone.
+    networking.networkmanager.unmanaged = [ "type:ethernet" ];
+  };
+
+  autoStartOff = unit: {
+    systemd.services.${unit}.wantedBy = lib.mkForce [ ];
+  };
+
+  # A control plane with the standard mTLS wiring. `controlPlane` holds
+  # services.nixfleet-control-plane options (node-defaults.json merged under
+  # nodes.json), plus autoStart.
+  mkCpNode =
+    {
+      testCerts ? defaultCerts,
+      controlPlane ? (builtins.fromJSON (builtins.readFile (libDir + "/node-defaults.json"))).controlPlane,
+    }:
+    {
+      imports = [
+        (tlsCertsModule { inherit testCerts; })
+      ] ++ lib.optional ((controlPlane.autoStart or true) == false) (autoStartOff "nixfleet-control-plane");
+      services.nixfleet-control-plane = {
+        enable = true;
+        openFirewall = true;
+      } // builtins.removeAttrs controlPlane [ "autoStart" ];
+      virtualisation.memorySize = lib.mkDefault 1024;
+    };
+
+  # An agent with standard TLS and fleet CA trust. `agent` holds
+  # services.nixfleet-agent options (healthChecks included) plus autoStart;
+  # agentExtraConfig is the seed's escape hatch, merged over it.
+  mkAgentNode =
+    {
+      testCerts ? defaultCerts,
+      hostName,
+      agent ? { },
+      tags ? null,
+      healthChecks ? null,
+      agentExtraConfig ? { },
+    }:
+    let
+      defaults = builtins.fromJSON (
+        builtins.replaceStrings [ "@HOST@" ] [ hostName ] (builtins.readFile (libDir + "/node-defaults.json"))
+      );
+      merged = lib.recursiveUpdate (lib.recursiveUpdate defaults.agent agent) (
+        lib.filterAttrs (_: v: v != null) { inherit tags healthChecks; } // agentExtraConfig
+      );
+    in
+    {
+      imports = [
+        (tlsCertsModule { inherit testCerts; })
+      ] ++ lib.optional ((merged.autoStart or true) == false || (merged.enable or true) == false) (autoStartOff "nixfleet-agent");
+      services.nixfleet-agent = builtins.removeAttrs merged [ "autoStart" ] // {
+        # A disabled agent keeps its unit (the timeout scenario starts none), so
+        # `enable = false` in the data means "installed, never started".
+        enable = true;
+        metricsOpenFirewall = merged.metricsOpenFirewall or (merged.metricsPort or null != null);
+      };
+    };
+
+  # One node of a scenario plan as a NixOS module.
+  mkNode =
+    {
+      scenario,
+      host,
+      plan,
+      testCerts ? defaultCerts,
+    }:
+    { config, ... }:
+    {
+      imports = [
+        (commonModule {
+          inherit
+            scenario
+            host
+            plan
+            testCerts
+            ;
+        })
+        (scopesModule plan.scopes)
+      ]
+      ++ lib.optional (plan ? controlPlane) (mkCpNode {
+        inherit testCerts;
+        controlPlane = plan.controlPlane;
+      })
+      ++ lib.optional (plan ? agent) (mkAgentNode {
+        inherit testCerts;
+        hostName = host;
+        agent = plan.agent;
+      })
+      ++ lib.optional (plan ? cacheServer) {
+        environment.etc."nixfleet-vmtests/cache-key.sec" = {
+          source = "${testCerts}/cache/cache-key.sec";
+          mode = "0400";
+        };
+        services.nixfleet-cache-server = {
+          enable = true;
+          openFirewall = true;
+        } // plan.cacheServer;
+      }
+      ++ lib.optional (builtins.elem plan.role [
+        "operator"
+        "builder"
+      ]) { environment.extraInit = lib.mkBefore ''export PATH="${nixShim config.nix.package}/bin:$PATH"''; };
+    };
+in
+{
+  inherit
+    mkTlsCerts
+    tlsCertsModule
+    mkCpNode
+    mkAgentNode
+    mkNode
+    testPrelude
+    nixShim
+    defaultCerts
+    ;
+}
