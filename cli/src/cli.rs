@@ -72,6 +72,10 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::commands::keys::KeysCmd,
     },
+    /// Build hosts of a flake and switch them over SSH (--ssh), no control plane needed.
+    Deploy(crate::commands::deploy::DeployArgs),
+    /// Switch one machine back to its previous system (or --generation), over SSH.
+    Rollback(crate::commands::rollback::RollbackArgs),
     /// A fleet CA and its certificates, for hand-made fleets and tests.
     Pki {
         #[command(subcommand)]
@@ -101,6 +105,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Commands::Pki { cmd } => crate::commands::pki::run(global.json, cmd),
         Commands::Config => crate::output::json(&settings()?),
+        Commands::Deploy(args) => crate::commands::deploy::run(&settings()?, args),
+        Commands::Rollback(args) => crate::commands::rollback::run(&settings()?, args),
         Commands::Keys { cmd } => crate::commands::keys::run(&settings()?, cmd),
     }
 }

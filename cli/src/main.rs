@@ -1,10 +1,14 @@
 //! Entry point of `nixfleet`: parse the command line, run it, turn the outcome into an exit code.
 
 mod cli;
+mod client;
 mod commands;
 mod error;
+mod nix;
 mod output;
 mod settings;
+mod ssh;
+mod store_path;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,0 +1,260 @@
+//! The control plane HTTP client: ureq over rustls (ring), extra CA, client certificate, API key.
+//!
+//! Every response is classified here, once: 2xx is decoded, 4xx becomes [`CliError::Rejected`]
+//! carrying the server's own message, 5xx becomes [`CliError::Server`], and transport failures
+//! become [`CliError::Unreachable`] with a hint about which setting to check.
+
+use crate::error::{CliError, Result};
+use crate::settings::Settings;
+use nixfleet_proto::api::v1::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+/// How long one request may take end to end.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// System roots, added next to `--ca-cert` so a public CA keeps working.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A configured client for one control plane.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    api_key: Option<String>,
+    verbose: u8,
+}
+
+/// HTTP methods the API uses.
+#[derive(Debug, Clone, Copy)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+}
+
+impl Client {
+    /// Builds a client from the resolved settings. Fails on unreadable or half-given TLS files.
+    pub fn new(settings: &Settings) -> Result<Client> {
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &settings.ca_cert {
+            let mut roots = read_certs(ca, "--ca-cert")?;
+            if roots.is_empty() {
+                return Err(CliError::usage(format!(
+                    "--ca-cert {}: no certificate in the file",
+                    ca.display()
+                )));
+            }
+            if let Ok(bundle) = std::fs::read(
+                std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| SYSTEM_BUNDLE.into()),
+            ) {
+                roots.extend(parse_certs(&bundle));
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+        }
+        match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert, "--client-cert")?;
+                if chain.is_empty() {
+                    return Err(CliError::usage(format!("--client-cert {}: no certificate in the file", cert.display())));
+                }
+                let key = read_key(key)?;
+                tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::usage(
+                    "--client-cert and --client-key go together; give both (or [tls] client-cert and client-key) or neither",
+                ))
+            }
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .tls_config(tls.build())
+            .user_agent(concat!("nixfleet/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Client {
+            agent: ureq::Agent::new_with_config(config),
+            base: settings.control_plane_url.clone(),
+            api_key: settings.api_key.clone(),
+            verbose: settings.verbose,
+        })
+    }
+
+    /// The control plane URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether an API key is configured.
+    pub fn has_api_key(&self) -> bool {
+        self.api_key.is_some()
+    }
+
+    /// Sends a request and returns (status, body) for any 2xx; errors otherwise.
+    pub fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, String)> {
+        let url = format!("{}{}", self.base, path);
+        if self.verbose >= 2 {
+            eprintln!("> {method:?} {url}");
+        }
+        let auth = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let with_auth = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &auth {
+            Some(a) => req.header("Authorization", a),
+            None => req,
+        };
+        let with_auth_b = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| match &auth {
+            Some(a) => req.header("Authorization", a),
+            None => req,
+        };
+        let payload = body.map(|b| serde_json::to_vec(b).expect("a JSON value always serializes"));
+        let sent = match method {
+            Method::Get => with_auth(self.agent.get(&url)).call(),
+            Method::Delete => with_auth(self.agent.delete(&url)).call(),
+            Method::Post | Method::Patch => {
+                let req = match method {
+                    Method::Post => self.agent.post(&url),
+                    _ => self.agent.patch(&url),
+                };
+                let req = with_auth_b(req).header("Content-Type", "application/json");
+                match &payload {
+                    Some(p) => req.send(&p[..]),
+                    None => req.send_empty(),
+                }
+            }
+        };
+        let mut resp = sent.map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|e| CliError::Server(format!("reading the answer of {url} failed: {e}")))?;
+        if self.verbose >= 2 {
+            eprintln!("< {status} ({} bytes)", text.len());
+        }
+        match status {
+            200..=299 => Ok((status, text)),
+            _ => Err(self.status_error(status, &text)),
+        }
+    }
+
+    /// GET and decode.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (_, text) = self.send(Method::Get, path, None)?;
+        decode(path, &text)
+    }
+
+    /// GET the raw JSON value (for `--json` output of whatever the server sent).
+    pub fn get_value(&self, path: &str) -> Result<serde_json::Value> {
+        self.get(path)
+    }
+
+    /// POST a body and decode the answer.
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let value = serde_json::to_value(body).expect("request types always serialize");
+        let (_, text) = self.send(Method::Post, path, Some(&value))?;
+        decode(path, &text)
+    }
+
+    /// POST a body (or none) and ignore the answer's body.
+    pub fn post_unit<B: Serialize>(&self, path: &str, body: Option<&B>) -> Result<()> {
+        let value = body.map(|b| serde_json::to_value(b).expect("request types always serialize"));
+        self.send(Method::Post, path, value.as_ref()).map(|_| ())
+    }
+
+    /// PATCH a body and ignore the answer's body.
+    pub fn patch_unit<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
+        let value = serde_json::to_value(body).expect("request types always serialize");
+        self.send(Method::Patch, path, Some(&value)).map(|_| ())
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send(Method::Delete, path, None).map(|_| ())
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> CliError {
+        let hint = match &e {
+            ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::Pem(_) => {
+                "check --ca-cert (the CA that signed the control plane) and --client-cert/--client-key (a certificate the control plane's client CA signed)"
+            }
+            ureq::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof) => {
+                "the connection was closed during the handshake: the control plane probably requires a client certificate (--client-cert/--client-key)"
+            }
+            ureq::Error::Timeout(_) => "it did not answer in time; check that it is running and reachable",
+            _ => "check --control-plane-url and that the control plane is running",
+        };
+        CliError::Unreachable(format!(
+            "cannot reach the control plane at {}: {e}; {hint}",
+            self.base
+        ))
+    }
+
+    fn status_error(&self, status: u16, text: &str) -> CliError {
+        let server = serde_json::from_str::<ErrorBody>(text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| text.trim().chars().take(300).collect());
+        let message = match status {
+            401 => format!(
+                "the control plane refused the API key (401{}); pass --api-key, set NIXFLEET_API_KEY, or save one with `nixfleet keys save`",
+                if server.is_empty() { String::new() } else { format!(": {server}") }
+            ),
+            403 => format!("forbidden (403): {server}; use a key or certificate with the needed role"),
+            _ if server.is_empty() => format!("the control plane answered {status}"),
+            _ => format!("{server} ({status})"),
+        };
+        if status >= 500 {
+            CliError::Server(format!("{message}; see the control plane's log"))
+        } else {
+            CliError::Rejected { status, message }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        CliError::Server(format!(
+            "unexpected answer from {path}: {e}; is the control plane the same version as this CLI ({})?",
+            env!("CARGO_PKG_VERSION")
+        ))
+    })
+}
+
+fn parse_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_certs(path: &Path, flag: &str) -> Result<Vec<Certificate<'static>>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::usage(format!("{flag} {}: {e}", path.display())))?;
+    Ok(parse_certs(&bytes))
+}
+
+fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::usage(format!("--client-key {}: {e}", path.display())))?;
+    PrivateKey::from_pem(&bytes).map_err(|e| {
+        CliError::usage(format!(
+            "--client-key {}: not a PEM private key ({e})",
+            path.display()
+        ))
+    })
+}

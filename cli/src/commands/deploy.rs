@@ -1,0 +1,193 @@
+//! `nixfleet deploy --ssh`: build each host's system and switch it over SSH, no control plane.
+//!
+//! Per host: `nix build` the toplevel → `nix-copy-closure` → check the path on the target →
+//! `nix-env --set` the system profile → `switch-to-configuration switch` → notify the control
+//! plane if one is configured (only now, after the switch succeeded). Hosts are independent:
+//! one failing does not stop the others; the exit code says whether any failed.
+
+use crate::commands::notify;
+use crate::error::{CliError, Result};
+use crate::nix;
+use crate::output;
+use crate::settings::Settings;
+use crate::ssh::{Remote, SshTarget, Step, StepError};
+use crate::store_path::StorePath;
+use clap::Args;
+use serde::Serialize;
+use std::time::Instant;
+
+/// `nixfleet deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Deploy over SSH directly, without the control plane.
+    #[arg(long)]
+    pub ssh: bool,
+    /// SSH destination (user@host); only when exactly one host matches [default: root@<host>].
+    #[arg(long, requires = "ssh")]
+    pub target: Option<String>,
+    /// The flake holding nixosConfigurations.
+    #[arg(long, default_value = ".")]
+    pub flake: String,
+    /// Hosts to deploy: comma-separated globs over nixosConfigurations names.
+    #[arg(long, default_value = "*")]
+    pub hosts: String,
+    /// Extra ssh options, as in NIX_SSHOPTS (e.g. "-i key -p 2222") [default: $NIX_SSHOPTS].
+    #[arg(
+        long,
+        env = "NIX_SSHOPTS",
+        value_name = "OPTS",
+        allow_hyphen_values = true
+    )]
+    pub ssh_opts: Option<String>,
+    /// Build and show what would be switched; copy and switch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct HostDone {
+    host: String,
+    store_path: String,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct HostFailed {
+    host: String,
+    step: String,
+    error: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct Summary {
+    succeeded: Vec<HostDone>,
+    failed: Vec<HostFailed>,
+}
+
+/// Runs `nixfleet deploy`.
+pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
+    if !args.ssh {
+        return Err(CliError::usage(
+            "deploy without --ssh goes through the control plane: use `nixfleet release create` then `nixfleet rollout create`, or pass --ssh to switch hosts directly",
+        ));
+    }
+    nix::check_flake_ref(&args.flake).map_err(CliError::Usage)?;
+    let started = Instant::now();
+    let all = nix::discover_hosts(&args.flake, settings.verbose).map_err(|e| {
+        CliError::usage(format!(
+            "{e}; is --flake {} a flake with nixosConfigurations?",
+            args.flake
+        ))
+    })?;
+    let hosts = nix::filter_hosts(&all, &args.hosts);
+    if hosts.is_empty() {
+        return Err(CliError::usage(format!(
+            "--hosts {:?} matches none of the flake's hosts ({}); adjust the globs",
+            args.hosts,
+            all.join(", ")
+        )));
+    }
+    let target = match &args.target {
+        Some(_) if hosts.len() != 1 => {
+            return Err(CliError::usage(format!(
+                "--target works with exactly one host but --hosts matches {} ({}); narrow --hosts",
+                hosts.len(),
+                hosts.join(", ")
+            )))
+        }
+        Some(t) => Some(SshTarget::parse(t).map_err(CliError::Usage)?),
+        None => None,
+    };
+    let ssh_opts = args.ssh_opts.clone().unwrap_or_default();
+
+    let mut summary = Summary::default();
+    for host in &hosts {
+        let host_started = Instant::now();
+        let result = nix::check_host_name(host)
+            .map_err(|m| StepError::new(Step::Eval, m))
+            .and_then(|()| {
+                let target = match &target {
+                    Some(t) => t.clone(),
+                    None => SshTarget::root_at(host).map_err(|m| StepError::new(Step::Eval, m))?,
+                };
+                deploy_host(
+                    settings,
+                    host,
+                    Remote::new(target, &ssh_opts, settings.verbose),
+                    &args,
+                )
+            });
+        match result {
+            Ok(path) => {
+                let seconds = host_started.elapsed().as_secs_f64();
+                eprintln!(
+                    "[{host}] {} {path} in {seconds:.2}s",
+                    if args.dry_run {
+                        "would switch to"
+                    } else {
+                        "switched to"
+                    }
+                );
+                summary.succeeded.push(HostDone {
+                    host: host.clone(),
+                    store_path: path.to_string(),
+                    seconds,
+                });
+            }
+            Err(e) => {
+                eprintln!("[{host}] FAILED at {}: {}", e.step, e.message);
+                for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(20) {
+                    eprintln!("[{host}]   {line}");
+                }
+                summary.failed.push(HostFailed {
+                    host: host.clone(),
+                    step: e.step.to_string(),
+                    error: e.message,
+                });
+            }
+        }
+    }
+    if settings.json {
+        output::json(&summary)?;
+    } else {
+        output::line(format!(
+            "Deploy complete: {} succeeded, {} failed ({:.1}s)",
+            summary.succeeded.len(),
+            summary.failed.len(),
+            started.elapsed().as_secs_f64()
+        ))?;
+    }
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = summary.failed.iter().map(|f| f.host.as_str()).collect();
+        Err(CliError::failed(format!(
+            "deploy failed on {} host(s): {}; fix the errors above and re-run with --hosts {}",
+            names.len(),
+            names.join(", "),
+            names.join(",")
+        )))
+    }
+}
+
+fn deploy_host(
+    settings: &Settings,
+    host: &str,
+    remote: Remote,
+    args: &DeployArgs,
+) -> Result<StorePath, StepError> {
+    eprintln!("[{host}] building");
+    let path = nix::build_toplevel(&args.flake, host, settings.verbose)
+        .map_err(|e| StepError::from_command(Step::Build, e))?;
+    if args.dry_run {
+        return Ok(path);
+    }
+    eprintln!("[{host}] copying {path} to {}", remote.target);
+    remote.copy_closure(&path)?;
+    remote.check_system(&path)?;
+    eprintln!("[{host}] setting the system profile and switching");
+    remote.set_profile(&path)?;
+    remote.switch(&path)?;
+    notify::notify_deploy(settings, host, &path);
+    Ok(path)
+}

@@ -1,0 +1,96 @@
+//! `nixfleet rollback --ssh`: switch one machine back, and make the choice survive a reboot.
+//!
+//! The target is `--generation P` (which must already be in the machine's store) or the system
+//! profile's generation just before the current one, resolved on the machine itself. The
+//! profile is set to it (`nix-env --set`, a new generation; nothing is deleted) before
+//! `switch-to-configuration switch`, unlike v0.1 which left the boot default on the newer system.
+
+use crate::commands::notify;
+use crate::error::{CliError, Result};
+use crate::nix;
+use crate::output;
+use crate::settings::Settings;
+use crate::ssh::{previous_generation, Remote, SshTarget, StepError};
+use crate::store_path::StorePath;
+use clap::Args;
+
+/// `nixfleet rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The machine (its id; also the default ssh host).
+    #[arg(long)]
+    pub host: String,
+    /// Roll back over SSH (the only mode; a fleet-wide rollback is a rollout of an older release).
+    #[arg(long)]
+    pub ssh: bool,
+    /// SSH destination [default: root@<host>].
+    #[arg(long)]
+    pub target: Option<String>,
+    /// The system store path to switch to [default: the previous system profile generation].
+    #[arg(long, value_name = "STORE_PATH")]
+    pub generation: Option<String>,
+    /// Extra ssh options, as in NIX_SSHOPTS [default: $NIX_SSHOPTS].
+    #[arg(
+        long,
+        env = "NIX_SSHOPTS",
+        value_name = "OPTS",
+        allow_hyphen_values = true
+    )]
+    pub ssh_opts: Option<String>,
+}
+
+fn step(e: StepError) -> CliError {
+    CliError::failed(format!("rollback failed at {}: {}", e.step, e.message))
+}
+
+/// Runs `nixfleet rollback`.
+pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
+    if !args.ssh {
+        return Err(CliError::usage(
+            "rollback works over SSH: pass --ssh; to roll the whole fleet back, create a rollout of the previous release",
+        ));
+    }
+    nix::check_host_name(&args.host).map_err(|m| CliError::usage(format!("--host: {m}")))?;
+    let generation = args
+        .generation
+        .as_deref()
+        .map(|g| StorePath::try_from(g).map_err(|m| CliError::usage(format!("--generation: {m}"))))
+        .transpose()?;
+    let target = match &args.target {
+        Some(t) => SshTarget::parse(t),
+        None => SshTarget::root_at(&args.host),
+    }
+    .map_err(CliError::Usage)?;
+    let remote = Remote::new(
+        target,
+        args.ssh_opts.as_deref().unwrap_or(""),
+        settings.verbose,
+    );
+
+    let path = match generation {
+        Some(p) => p,
+        None => {
+            let (current, gens) = remote.generations().map_err(step)?;
+            let prev = previous_generation(current, &gens).ok_or_else(|| {
+                CliError::failed(format!(
+                    "{} has no system generation before {current}; pass --generation /nix/store/… explicitly",
+                    remote.target
+                ))
+            })?;
+            eprintln!(
+                "[{}] previous generation: {} ({})",
+                args.host, prev.number, prev.path
+            );
+            prev.path.clone()
+        }
+    };
+    remote.check_system(&path).map_err(step)?;
+    remote.set_profile(&path).map_err(step)?;
+    remote.switch(&path).map_err(step)?;
+    notify::notify_deploy(settings, &args.host, &path);
+    if settings.json {
+        output::json(&serde_json::json!({ "host": args.host, "store_path": path.to_string() }))
+    } else {
+        output::line(format!("Rolled back {} to {path}", args.host))
+    }
+}

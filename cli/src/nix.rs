@@ -1,0 +1,271 @@
+//! Running local tools (`nix`, `nix-copy-closure`, `ssh`) and reading their answers.
+//!
+//! Commands are spawned with an argument vector, never through a shell. Failures keep the
+//! tail of stderr, which is where Nix says what went wrong.
+
+use crate::store_path::StorePath;
+use std::process::{Command, Stdio};
+
+/// How much of a failing command's stderr is kept.
+const STDERR_TAIL_BYTES: usize = 2048;
+
+/// Nix flags every `nix` call gets: flakes on (Nix 2.8 needs them spelled out).
+const NIX_FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+/// A failed local command.
+#[derive(Debug)]
+pub struct CommandFailed {
+    /// What we tried, in words.
+    pub what: String,
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// The end of its stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let last = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        match self.code {
+            Some(c) => write!(f, "{} failed (exit {c})", self.what)?,
+            None => write!(f, "{} was killed", self.what)?,
+        }
+        if !last.is_empty() {
+            write!(f, ": {last}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `cmd`, returning stdout on success. `what` names the step for error messages.
+pub fn run(cmd: &mut Command, what: &str, verbose: u8) -> Result<String, CommandFailed> {
+    if verbose >= 1 {
+        eprintln!("+ {}", describe(cmd));
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| CommandFailed {
+            what: what.to_string(),
+            code: None,
+            stderr: format!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
+        })?;
+    if out.status.success() {
+        if verbose >= 2 && !out.stderr.is_empty() {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let start = err.len().saturating_sub(STDERR_TAIL_BYTES);
+        let start = (start..err.len())
+            .find(|i| err.is_char_boundary(*i))
+            .unwrap_or(err.len());
+        Err(CommandFailed {
+            what: what.to_string(),
+            code: out.status.code(),
+            stderr: err[start..].to_string(),
+        })
+    }
+}
+
+/// A printable form of a command line, for `-v`.
+pub fn describe(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(
+        cmd.get_args()
+            .map(|a| crate::ssh::quote(&a.to_string_lossy())),
+    );
+    parts.join(" ")
+}
+
+/// A `nix` command with flakes enabled.
+pub fn nix() -> Command {
+    let mut cmd = Command::new("nix");
+    cmd.args(NIX_FEATURES);
+    cmd
+}
+
+/// Refuses flake references that `nix` would read as an option.
+pub fn check_flake_ref(flake: &str) -> Result<(), String> {
+    if flake.is_empty() || flake.starts_with('-') || flake.contains('#') {
+        Err(format!(
+            "--flake {flake:?}: give a flake reference without '#' such as . or github:org/fleet"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Host names as they appear in `nixosConfigurations` and as machine ids.
+pub fn check_host_name(host: &str) -> Result<(), String> {
+    let ok = !host.is_empty()
+        && host.len() <= 128
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "host name {host:?} is not usable as a machine id (letters, digits, '-', '_', '.')"
+        ))
+    }
+}
+
+/// `nix eval <flake>#nixosConfigurations --apply builtins.attrNames --json`.
+pub fn discover_hosts(flake: &str, verbose: u8) -> Result<Vec<String>, CommandFailed> {
+    let attr = format!("{flake}#nixosConfigurations");
+    let out = run(
+        nix().args(["eval", "--json", &attr, "--apply", "builtins.attrNames"]),
+        &format!("nix eval {attr}"),
+        verbose,
+    )?;
+    serde_json::from_str(&out).map_err(|e| CommandFailed {
+        what: format!("nix eval {attr}"),
+        code: Some(0),
+        stderr: format!("unexpected output ({e}): {}", out.trim()),
+    })
+}
+
+/// The installable of a host's system toplevel.
+pub fn toplevel_attr(flake: &str, host: &str) -> String {
+    format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel")
+}
+
+/// `nix build <toplevel> --no-link --json` → the out path. (Nix 2.8 has no --print-out-paths.)
+pub fn build_toplevel(flake: &str, host: &str, verbose: u8) -> Result<StorePath, CommandFailed> {
+    let attr = toplevel_attr(flake, host);
+    let what = format!("nix build of {host}");
+    let out = run(
+        nix().args(["build", "--no-link", "--json", &attr]),
+        &what,
+        verbose,
+    )?;
+    parse_build_json(&out).map_err(|why| CommandFailed {
+        what,
+        code: Some(0),
+        stderr: why,
+    })
+}
+
+/// `nix eval --raw <toplevel>.outPath` → the out path, without building.
+pub fn eval_toplevel(flake: &str, host: &str, verbose: u8) -> Result<StorePath, CommandFailed> {
+    let attr = format!("{}.outPath", toplevel_attr(flake, host));
+    let what = format!("nix eval of {host}");
+    let out = run(nix().args(["eval", "--raw", &attr]), &what, verbose)?;
+    StorePath::try_from(out.trim()).map_err(|why| CommandFailed {
+        what,
+        code: Some(0),
+        stderr: why,
+    })
+}
+
+/// Evaluates a JSON attribute of a host's configuration; `None` if it does not exist or fails.
+pub fn eval_host_json(
+    flake: &str,
+    host: &str,
+    attr: &str,
+    verbose: u8,
+) -> Option<serde_json::Value> {
+    let installable = format!("{flake}#nixosConfigurations.\"{host}\".{attr}");
+    let out = run(
+        nix().args(["eval", "--json", &installable]),
+        "nix eval",
+        verbose,
+    )
+    .ok()?;
+    serde_json::from_str(&out).ok()
+}
+
+/// Reads the out path from `nix build --json`: `[{"drvPath":…,"outputs":{"out":"/nix/store/…"}}]`.
+pub fn parse_build_json(out: &str) -> Result<StorePath, String> {
+    let v: serde_json::Value = serde_json::from_str(out).map_err(|e| {
+        format!(
+            "unexpected output of nix build --json ({e}): {}",
+            out.trim()
+        )
+    })?;
+    let path = v
+        .get(0)
+        .and_then(|b| b.get("outputs"))
+        .and_then(|o| o.get("out"))
+        .and_then(|p| p.as_str())
+        .ok_or_else(|| format!("nix build --json did not name an out path: {}", out.trim()))?;
+    StorePath::try_from(path)
+}
+
+/// Shell-style glob on host names: `*` any run, `?` one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// Hosts matching any of the comma-separated globs, in discovery order.
+pub fn filter_hosts(hosts: &[String], globs: &str) -> Vec<String> {
+    let patterns: Vec<&str> = globs
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .collect();
+    hosts
+        .iter()
+        .filter(|h| patterns.iter().any(|g| glob_match(g, h)))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        assert!(glob_match("web-*", "web-01"));
+        assert!(glob_match("*", "db"));
+        assert!(glob_match("web-0?", "web-01"));
+        assert!(!glob_match("web-0?", "web-010"));
+        assert!(!glob_match("web-*", "db-01"));
+        let hosts: Vec<String> = ["web-01", "web-02", "db-01"].map(String::from).to_vec();
+        assert_eq!(
+            filter_hosts(&hosts, "db-*, web-02"),
+            vec!["web-02", "db-01"]
+        );
+    }
+
+    #[test]
+    fn the_out_path_is_read_from_nix_build_json() {
+        let out = r#"[{"drvPath":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv","outputs":{"out":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"}}]"#;
+        assert_eq!(
+            parse_build_json(out).expect("parses").as_str(),
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"
+        );
+        assert!(parse_build_json("[]").is_err());
+    }
+
+    #[test]
+    fn flake_refs_that_look_like_options_are_refused() {
+        assert!(check_flake_ref("--impure").is_err());
+        assert!(check_flake_ref(".#web").is_err());
+        assert!(check_flake_ref("github:org/fleet").is_ok());
+        assert!(check_host_name("web-01").is_ok());
+        assert!(check_host_name("-oProxyCommand=x").is_err());
+    }
+}
