@@ -1,0 +1,58 @@
+start_all()
+cache.wait_for_unit("nixfleet-cache-server.service")
+cache.wait_for_open_port(5000)
+
+with subtest("The cache answers nix-cache-info"):
+    info = client.wait_until_succeeds("curl -sf http://cache:5000/nix-cache-info", timeout=30)
+    assert "StoreDir: /nix/store" in info, info
+
+# A new generation for `client`, built in the cache host's own store only.
+gen2 = cache.succeed(
+    "nix-build /etc/nixfleet-vmtests/fake-system.nix --argstr host client --argstr version 2 --no-out-link"
+).strip()
+
+with subtest("The closure is registered on the cache host and not on the client"):
+    cache.succeed(f"nix-store -q --references {gen2}")
+    client.fail(f"nix-store -q --references {gen2}")
+    client.fail(f"test -e {gen2}")
+
+with subtest("A narinfo is signed with the cache key and a missing path is a 404"):
+    narinfo = client.succeed(f"curl -sf http://cache:5000/$(basename {gen2} | cut -c1-32).narinfo")
+    assert f"StorePath: {gen2}" in narinfo, narinfo
+    assert "Sig: nixfleet-test-cache-1:" in narinfo, narinfo
+    client.fail("curl -sf http://cache:5000/" + "0" * 32 + ".narinfo")
+
+with subtest("A client that does not trust the key refuses the closure"):
+    client.succeed("nix-store --generate-binary-cache-key other-1 /tmp/other.sec /tmp/other.pub")
+    out = client.fail(
+        f"nix copy --from http://cache:5000 {gen2} --option trusted-public-keys \"$(cat /tmp/other.pub)\" 2>&1"
+    )
+    assert "signature" in out, out
+    client.fail(f"nix-store -q --references {gen2}")
+
+with subtest("The client fetches it over HTTP and registers it in its own database"):
+    client.succeed(f"nix-store -r {gen2}")
+    client.succeed(f"nix-store -q --references {gen2}")
+
+with subtest("switch-to-configuration switches the running demo service"):
+    gen1 = current_system(client)
+    assert gen1 != gen2
+    client.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'version 1'", timeout=30)
+    client.succeed(f"nix-env -p /nix/var/nix/profiles/system --set {gen2}",
+                   "/nix/var/nix/profiles/system/bin/switch-to-configuration switch")
+    assert current_system(client) == gen2
+    client.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'client version 2'", timeout=15)
+    assert client.succeed("cat /var/lib/fake-system/active").strip() == "active=2"
+    assert client.succeed("cat /tmp/stub-switch-called").strip() == "switch"
+
+with subtest("A rollback of the profile brings back generation 1"):
+    client.succeed("nix-env -p /nix/var/nix/profiles/system --rollback",
+                   "/nix/var/nix/profiles/system/bin/switch-to-configuration switch")
+    assert current_system(client) == gen1
+    client.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'client version 1'", timeout=15)
+
+with subtest("A failing switch leaves the current system untouched"):
+    client.succeed("touch /var/lib/fail-next-switch")
+    client.fail(f"{gen2}/bin/switch-to-configuration switch")
+    assert current_system(client) == gen1
+    client.succeed("rm /var/lib/fail-next-switch")
