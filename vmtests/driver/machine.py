@@ -202,16 +202,28 @@ class Machine:
         self.leader = None
         self.booted = False
 
-    def stop_for_cleanup(self) -> None:
-        """Stop whatever runs (politely first) and release the mount and cgroups."""
+    def request_halt(self) -> None:
+        """Ask nspawn to halt the container cleanly (it forwards SIGTERM as a halt request)."""
+        if self.is_up():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop_for_cleanup(self, deadline: float) -> None:
+        """Wait for the halt until `deadline` (monotonic), then kill; release the mount and cgroups."""
         if self.is_up():
             assert self.proc is not None
             try:
-                self.proc.send_signal(signal.SIGTERM)  # nspawn halts the container cleanly
-                self.proc.wait(8)
+                self.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.info(self.name, "did not halt in time, killing")
                 self.crash()
         self._kill_cgroup()
+        for _ in range(50):
+            if not any(p.read_text().strip() for d in self._cgroup_dirs() if d.exists()
+                       for p in d.rglob("cgroup.procs")):
+                break
+            time.sleep(0.1)
+            self._kill_cgroup()
         remove_cgroup(self.cgroup_name)
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.root)], check=False)

@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started in the background with SIGINT ignored
     work_root = Path(os.environ.get("NIXFLEET_VMTESTS_RUNDIR", "/var/tmp/nixfleet-vmtests"))
     work = work_root / str(os.getpid())
     prefix = f"{PREFIX_ROOT}{os.getpid()}"

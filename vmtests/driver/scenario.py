@@ -275,9 +275,13 @@ class Run:
             m.start()
 
     def cleanup(self) -> None:
+        # Halt all at once (a clean halt takes about 0.2 s each), then collect them.
+        for m in self.machines.values():
+            m.request_halt()
+        deadline = time.monotonic() + 5
         for m in self.machines.values():
             try:
-                m.stop_for_cleanup()
+                m.stop_for_cleanup(deadline)
             except Exception as e:  # cleanup must go on for the others
                 log.err(f"vmtests: cleanup of {m.name}: {e}")
         self.network.down()
