@@ -92,19 +92,46 @@ pub fn run(mut rt: Runtime) {
         "NixFleet agent starting"
     );
     let mut hint: Option<u64> = None;
-    let first = poll(&mut rt, &mut hint);
-    if !first {
-        tracing::warn!(
-            retry_in_secs = rt.cfg.retry_interval.as_secs(),
-            "Initial poll failed, scheduling retry"
-        );
-    }
-    let mut next_poll = Instant::now() + poll_delay(&rt.cfg, first, hint);
+    let mut first = true;
+    let mut next_poll = Instant::now();
     loop {
+        let now = Instant::now();
+        if now >= next_poll {
+            let previous_hint = hint;
+            let ok = poll(&mut rt, &mut hint);
+            let retry_in_secs = rt.cfg.retry_interval.as_secs();
+            if !ok && first {
+                // Grepped by the seed's vm-fleet-poll-retry: keep the wording.
+                tracing::warn!(retry_in_secs, "Initial poll failed, scheduling retry");
+            } else if !ok {
+                tracing::warn!(retry_in_secs, "Poll failed, scheduling retry");
+            } else if hint != previous_hint {
+                match hint {
+                    Some(h) => tracing::info!(
+                        from_secs = rt.cfg.poll_interval.as_secs(),
+                        to_secs = h,
+                        "Adjusting poll interval from CP hint"
+                    ),
+                    None => tracing::info!(
+                        secs = rt.cfg.poll_interval.as_secs(),
+                        "CP hint withdrawn; back to the poll interval"
+                    ),
+                }
+            }
+            first = false;
+            next_poll = Instant::now() + poll_delay(&rt.cfg, ok, hint);
+        } else if now >= rt.agent.next_health_due(now) {
+            tracing::info!("Running periodic health check");
+            let report = rt.agent.health_report();
+            set_state(State::Reporting);
+            match rt.client.report(&report) {
+                Ok(()) => tracing::info!(all_passed = report.success, "Health report sent"),
+                Err(e) => tracing::warn!(error = %e, "Health report failed"),
+            }
+        }
         set_state(State::Idle);
         let now = Instant::now();
-        let next_health = rt.agent.next_health_due(now);
-        let wake = next_poll.min(next_health);
+        let wake = next_poll.min(rt.agent.next_health_due(now));
         match rt.signals.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(sig) => {
                 let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
@@ -116,34 +143,6 @@ pub fn run(mut rt: Runtime) {
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
-        }
-        let now = Instant::now();
-        if now >= next_poll {
-            let previous_hint = hint;
-            let ok = poll(&mut rt, &mut hint);
-            if !ok {
-                tracing::warn!(
-                    retry_in_secs = rt.cfg.retry_interval.as_secs(),
-                    "Poll failed, scheduling retry"
-                );
-            } else if hint != previous_hint {
-                if let Some(h) = hint {
-                    tracing::info!(
-                        from_secs = rt.cfg.poll_interval.as_secs(),
-                        to_secs = h,
-                        "Adjusting poll interval from CP hint"
-                    );
-                }
-            }
-            next_poll = Instant::now() + poll_delay(&rt.cfg, ok, hint);
-        } else if now >= rt.agent.next_health_due(now) {
-            tracing::info!("Running periodic health check");
-            let report = rt.agent.health_report();
-            set_state(State::Reporting);
-            match rt.client.report(&report) {
-                Ok(()) => tracing::info!(all_passed = report.success, "Health report sent"),
-                Err(e) => tracing::warn!(error = %e, "Health report failed"),
-            }
         }
     }
 }

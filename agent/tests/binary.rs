@@ -1,0 +1,558 @@
+//! The `nixfleet-agent` binary: flag validation, the main loop against a recording stand-in for the
+//! control plane (the real control plane lands in the engine crate; an end-to-end test against it
+//! follows), signals, and the metrics endpoint.
+
+use nixfleet_proto::api::v1::{DesiredGeneration, Report};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
+const RUNNING: &str = "/nix/store/0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8q-nixos-system-web-01";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Runs the agent with `args` and returns (exit code, stderr lines).
+fn refused(args: &[&str]) -> (i32, Vec<String>) {
+    let out = Command::new(AGENT)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.code().expect("exit code"), stderr)
+}
+
+fn assert_one_line_refusal(args: &[&str], code: i32, needle: &str) {
+    let (got, stderr) = refused(args);
+    assert_eq!(got, code, "{stderr:?}");
+    assert_eq!(stderr.len(), 1, "exactly one line: {stderr:?}");
+    assert!(stderr[0].starts_with("nixfleet-agent: "), "{stderr:?}");
+    assert!(
+        stderr[0].contains(needle),
+        "{:?} should contain {needle:?}",
+        stderr[0]
+    );
+}
+
+#[test]
+fn plain_http_is_refused_unless_insecure_is_allowed() {
+    assert_one_line_refusal(
+        &["--control-plane-url", "http://cp:8080", "--machine-id", "web-01"],
+        2,
+        "refusing insecure HTTP connection to control plane http://cp:8080: use https:// or pass --allow-insecure",
+    );
+}
+
+#[test]
+fn a_client_certificate_without_its_key_is_refused() {
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp:8080",
+            "--machine-id",
+            "web-01",
+            "--client-cert",
+            "/etc/c.pem",
+        ],
+        2,
+        "--client-cert was given without --client-key",
+    );
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp:8080",
+            "--machine-id",
+            "web-01",
+            "--client-key",
+            "/etc/k.pem",
+        ],
+        2,
+        "--client-key was given without --client-cert",
+    );
+}
+
+#[test]
+fn an_invalid_machine_id_is_refused() {
+    let long = "a".repeat(129);
+    for bad in [
+        "web 01",
+        "../web-01",
+        "web/01",
+        "",
+        "..",
+        long.as_str(),
+        "wéb",
+    ] {
+        assert_one_line_refusal(
+            &["--control-plane-url", "https://cp", "--machine-id", bad],
+            2,
+            "invalid --machine-id",
+        );
+    }
+}
+
+#[test]
+fn missing_required_settings_and_bad_values_are_one_line_each() {
+    assert_one_line_refusal(
+        &["--machine-id", "web-01"],
+        2,
+        "missing --control-plane-url (or NIXFLEET_CONTROL_PLANE_URL)",
+    );
+    assert_one_line_refusal(
+        &["--control-plane-url", "https://cp"],
+        2,
+        "missing --machine-id",
+    );
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp",
+            "--machine-id",
+            "w",
+            "--switch-mode",
+            "sometimes",
+        ],
+        2,
+        "invalid value 'sometimes' for '--switch-mode",
+    );
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp",
+            "--machine-id",
+            "w",
+            "--poll-interval",
+            "0",
+        ],
+        2,
+        "--poll-interval",
+    );
+    assert_one_line_refusal(
+        &["--control-plane-url", "ftp://cp", "--machine-id", "w"],
+        2,
+        "it must start with https://",
+    );
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp",
+            "--machine-id",
+            "w",
+            "--cache-url=-oops",
+        ],
+        2,
+        "--cache-url",
+    );
+}
+
+#[test]
+fn an_unreadable_ca_file_stops_the_agent_with_one_line() {
+    let (code, stderr) = refused(&[
+        "--control-plane-url",
+        "https://cp",
+        "--machine-id",
+        "w",
+        "--ca-cert",
+        "/nonexistent/ca.pem",
+        "--log-format",
+        "human",
+    ]);
+    assert_eq!(code, 1);
+    let last = stderr.last().expect("a line");
+    assert_eq!(last, "nixfleet-agent: cannot read --ca-cert /nonexistent/ca.pem: No such file or directory (os error 2)");
+}
+
+/// A recording stand-in for the control plane's two agent routes.
+#[derive(Clone, Default)]
+struct StubCp {
+    desired: Arc<Mutex<Option<DesiredGeneration>>>,
+    polls: Arc<Mutex<Vec<Instant>>>,
+    reports: Arc<Mutex<Vec<Report>>>,
+}
+
+impl StubCp {
+    /// Starts a stand-in on an ephemeral loopback port.
+    fn start() -> (StubCp, u16) {
+        let cp = StubCp::default();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        cp.serve(listener);
+        (cp, port)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let me = me.clone();
+                std::thread::spawn(move || me.handle(stream));
+            }
+        });
+    }
+
+    fn handle(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            return;
+        }
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        let _ = reader.read_exact(&mut body);
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (status, reply) = match (method, path) {
+            ("GET", "/api/v1/machines/web-01/desired-generation") => {
+                self.polls.lock().expect("lock").push(Instant::now());
+                match self.desired.lock().expect("lock").clone() {
+                    Some(d) => ("200 OK", serde_json::to_string(&d).expect("json")),
+                    None => (
+                        "404 Not Found",
+                        r#"{"error":"no desired generation"}"#.to_owned(),
+                    ),
+                }
+            }
+            ("POST", "/api/v1/machines/web-01/report") => {
+                let report: Report =
+                    serde_json::from_slice(&body).expect("the agent sends a valid Report");
+                self.reports.lock().expect("lock").push(report);
+                ("200 OK", String::new())
+            }
+            _ => ("404 Not Found", r#"{"error":"no such route"}"#.to_owned()),
+        };
+        let mut stream = reader.into_inner();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
+    }
+
+    fn reports(&self) -> Vec<Report> {
+        self.reports.lock().expect("lock").clone()
+    }
+
+    fn polls(&self) -> usize {
+        self.polls.lock().expect("lock").len()
+    }
+}
+
+/// A running agent whose stderr (JSON logs) is collected line by line.
+struct RunningAgent {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningAgent {
+    fn start(port: u16, extra: &[&str], health_json: &str, env_path: Option<&str>) -> RunningAgent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = dir.path().join("current-system");
+        std::os::unix::fs::symlink(RUNNING, &current).expect("symlink");
+        let health = dir.path().join("health-checks.json");
+        std::fs::write(&health, health_json).expect("write health config");
+        let mut cmd = Command::new(AGENT);
+        cmd.args([
+            "--control-plane-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--allow-insecure",
+        ])
+        .args([
+            "--machine-id",
+            "web-01",
+            "--tags",
+            "web,canary,eu-west",
+            "--retry-interval",
+            "1",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--current-system")
+        .arg(&current)
+        .arg("--health-config")
+        .arg(&health)
+        .args(["--switch-mode", "direct"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        match env_path {
+            Some(p) => cmd.env("PATH", p),
+            None => cmd.env_remove("PATH"),
+        };
+        let mut child = cmd.spawn().expect("spawn agent");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        RunningAgent {
+            child,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; logs: {:#?}",
+                self.logs.lock().expect("lock")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(mut self) -> i32 {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                self.wait_for_log(
+                    "Received SIGTERM, exiting gracefully",
+                    Duration::from_secs(2),
+                );
+                return status.code().expect("exit code");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const PASSING_COMMAND_CHECK: &str = r#"{"command":[{"name":"app","command":"test -d /"}]}"#;
+
+#[test]
+fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_with_exactly_its_tags(
+) {
+    let port = free_port();
+    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    let line = agent.wait_for_log(
+        "Initial poll failed, scheduling retry",
+        Duration::from_secs(10),
+    );
+    assert!(line.starts_with('{'), "logs are JSON by default: {line}");
+    agent.wait_for_log("NixFleet agent starting", Duration::from_secs(1));
+
+    let cp = StubCp::default();
+    cp.serve(TcpListener::bind(("127.0.0.1", port)).expect("bind the CP port"));
+    wait_until("a report", Duration::from_secs(10), || {
+        !cp.reports().is_empty()
+    });
+
+    let report = &cp.reports()[0];
+    assert_eq!(report.machine_id, "web-01");
+    assert_eq!(report.tags, vec!["web", "canary", "eu-west"]);
+    assert_eq!(report.current_generation, RUNNING);
+    assert!(report.success);
+    assert_eq!(report.message, "no desired generation");
+    assert!(report.health.as_ref().expect("health attached").all_passed);
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() {
+    let (cp, port) = StubCp::start();
+    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
+        hash: RUNNING.into(),
+        cache_url: None,
+        poll_hint: None,
+        quarantined: false,
+    });
+    // No PATH at all, like a bare systemd unit: a relative "sh" would fail with ENOENT.
+    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, None);
+    wait_until("a report", Duration::from_secs(10), || {
+        !cp.reports().is_empty()
+    });
+    let report = &cp.reports()[0];
+    assert_eq!(report.message, "up-to-date");
+    let health = report
+        .health
+        .as_ref()
+        .expect("up-to-date reports carry health");
+    assert!(health.all_passed, "{health:?}");
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn the_poll_hint_of_the_control_plane_shortens_polling() {
+    let (cp, port) = StubCp::start();
+    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
+        hash: RUNNING.into(),
+        cache_url: None,
+        poll_hint: Some(1),
+        quarantined: false,
+    });
+    let agent = RunningAgent::start(
+        port,
+        &["--poll-interval", "3600"],
+        PASSING_COMMAND_CHECK,
+        Some("/usr/bin:/bin"),
+    );
+    wait_until(
+        "three polls at the hinted interval",
+        Duration::from_secs(8),
+        || cp.polls() >= 3,
+    );
+    agent.wait_for_log(
+        "Adjusting poll interval from CP hint",
+        Duration::from_secs(1),
+    );
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn periodic_health_reports_follow_the_health_interval() {
+    let (cp, port) = StubCp::start();
+    let agent = RunningAgent::start(
+        port,
+        &["--health-interval", "1", "--poll-interval", "3600"],
+        PASSING_COMMAND_CHECK,
+        Some("/usr/bin:/bin"),
+    );
+    wait_until(
+        "two periodic health reports",
+        Duration::from_secs(8),
+        || {
+            cp.reports()
+                .iter()
+                .filter(|r| r.message == "health-check")
+                .count()
+                >= 2
+        },
+    );
+    let r = cp
+        .reports()
+        .into_iter()
+        .find(|r| r.message == "health-check")
+        .expect("one");
+    assert!(r.success);
+    assert_eq!(r.health.expect("health").results[0].check_name(), "app");
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn sigint_also_ends_the_agent_cleanly() {
+    let (cp, port) = StubCp::start();
+    let mut agent = RunningAgent::start(
+        port,
+        &["--log-format", "human"],
+        PASSING_COMMAND_CHECK,
+        Some("/usr/bin:/bin"),
+    );
+    wait_until("a report", Duration::from_secs(10), || {
+        !cp.reports().is_empty()
+    });
+    let pid = rustix::process::Pid::from_raw(agent.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let status = agent.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    agent.wait_for_log(
+        "Received SIGINT, exiting gracefully",
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_format_on_the_metrics_port() {
+    let (cp, port) = StubCp::start();
+    let agent = RunningAgent::start(
+        port,
+        &["--metrics-port", "0"],
+        PASSING_COMMAND_CHECK,
+        Some("/usr/bin:/bin"),
+    );
+    let line = agent.wait_for_log("Serving Prometheus metrics", Duration::from_secs(10));
+    let metrics_port: u16 = line
+        .split("0.0.0.0:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    wait_until("a report", Duration::from_secs(10), || {
+        !cp.reports().is_empty()
+    });
+    let mut text = String::new();
+    wait_until("the poll metrics", Duration::from_secs(5), || {
+        text = scrape(metrics_port);
+        text.contains("nixfleet_agent_last_poll_timestamp_seconds")
+    });
+    for needle in [
+        "nixfleet_agent_state{state=\"idle\"}",
+        "nixfleet_agent_state{state=\"rolling_back\"} 0",
+        "nixfleet_agent_poll_duration_seconds",
+        "nixfleet_agent_health_check_status{check_name=\"app\"} 1",
+        "nixfleet_agent_health_check_duration_seconds",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect");
+    write!(s, "GET /other HTTP/1.0\r\n\r\n").expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.0 404"), "{reply}");
+    assert_eq!(agent.terminate(), 0);
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.0 200 OK"), "{reply}");
+    reply
+}

@@ -1,0 +1,128 @@
+//! Store path validation: what the control plane sends must never reach a command as anything but
+//! one plain top-level store path.
+
+use nixfleet_agent::store_path::{StorePath, StorePathError};
+
+const HASH: &str = "0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8q";
+
+fn ok(s: &str) -> StorePath {
+    StorePath::try_from(s).unwrap_or_else(|e| panic!("{s:?} should be accepted: {e}"))
+}
+
+fn rejected(s: &str) -> StorePathError {
+    match StorePath::try_from(s) {
+        Ok(p) => panic!("{p} should be rejected"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_nixos_toplevel_is_accepted_and_split_into_hash_and_name() {
+    let p = ok(&format!(
+        "/nix/store/{HASH}-nixos-system-web-01-26.05.20260101.abcdef0"
+    ));
+    assert_eq!(p.hash_part(), HASH);
+    assert_eq!(p.name(), "nixos-system-web-01-26.05.20260101.abcdef0");
+}
+
+#[test]
+fn every_character_nix_allows_in_a_name_is_accepted() {
+    ok(&format!("/nix/store/{HASH}-a+b-c.d_e?f=g"));
+}
+
+#[test]
+fn paths_outside_the_store_are_rejected() {
+    assert!(matches!(
+        rejected("/etc/passwd"),
+        StorePathError::NotInStore(_)
+    ));
+    assert!(matches!(
+        rejected(&format!("nix/store/{HASH}-x")),
+        StorePathError::NotInStore(_)
+    ));
+    assert!(matches!(
+        rejected(&format!("/nix/store2/{HASH}-x")),
+        StorePathError::NotInStore(_)
+    ));
+    assert!(matches!(rejected(""), StorePathError::NotInStore(_)));
+}
+
+#[test]
+fn traversal_is_rejected() {
+    rejected(&format!("/nix/store/{HASH}-x/../../../etc/passwd"));
+    rejected("/nix/store/../etc/passwd");
+    rejected(&format!("/nix/store/{HASH}-.."));
+    rejected(&format!("/nix/store/{HASH}-a..b"));
+    rejected(&format!("/nix/store/{HASH}-.hidden"));
+    rejected(&format!("/nix/store/{HASH}-x/bin/switch-to-configuration"));
+}
+
+#[test]
+fn shell_metacharacters_and_whitespace_are_rejected() {
+    for bad in [
+        ";",
+        "$(reboot)",
+        "`id`",
+        "|",
+        "&",
+        ">",
+        "<",
+        " ",
+        "\n",
+        "'",
+        "\"",
+        "\\",
+        "*",
+        "{a,b}",
+        "#",
+        "~",
+        "%",
+        "!",
+        "\0",
+    ] {
+        let e = rejected(&format!("/nix/store/{HASH}-x{bad}y"));
+        assert!(matches!(e, StorePathError::BadName(_)), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn a_hash_of_the_wrong_length_or_alphabet_is_rejected() {
+    // 'e', 'o', 'u' and 't' are not in Nix's base-32 alphabet.
+    for bad in [
+        "0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8",
+        "0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8qq",
+        "ec5arqvvcm6n9a3xm1z2b8lvl8k7yq8q",
+        "0C5ARQVVCM6N9A3XM1Z2B8LVL8K7YQ8Q",
+        "-c5arqvvcm6n9a3xm1z2b8lvl8k7yq8q",
+    ] {
+        assert!(
+            matches!(
+                rejected(&format!("/nix/store/{bad}-x")),
+                StorePathError::BadHash(_)
+            ),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        rejected(&format!("/nix/store/{HASH}")),
+        StorePathError::BadHash(_)
+    ));
+    assert!(matches!(
+        rejected(&format!("/nix/store/{HASH}x")),
+        StorePathError::BadHash(_)
+    ));
+}
+
+#[test]
+fn an_empty_or_overlong_name_is_rejected() {
+    rejected(&format!("/nix/store/{HASH}-"));
+    ok(&format!("/nix/store/{HASH}-{}", "a".repeat(211)));
+    rejected(&format!("/nix/store/{HASH}-{}", "a".repeat(212)));
+}
+
+#[test]
+fn the_error_names_the_offending_value_in_one_line() {
+    let e = rejected("/nix/store/x; rm -rf /").to_string();
+    assert!(e.contains("\"/nix/store/x; rm -rf /\""), "{e}");
+    assert!(!e.contains('\n'));
+}
