@@ -3,6 +3,7 @@
 //! To add a command: add a variant to [`Commands`] (its arguments live in the command's own
 //! module), and one arm in [`run`]. Nothing else needs to know.
 
+use crate::commands;
 use crate::error::Result;
 use crate::settings::Settings;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -64,22 +65,43 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
-/// Every command. Grouped as the README presents them.
+/// Every command, in the order `--help` lists them.
+///
+/// To add one: a variant here (arguments in the command's own module) and an arm in [`run`].
 #[derive(Debug, Subcommand)]
 pub enum Commands {
-    /// API keys: save one locally, or create, list and revoke them on the control plane.
-    Keys {
+    /// Mint the first admin API key of a fresh control plane and save it.
+    Bootstrap(commands::bootstrap::BootstrapArgs),
+    /// Fleet overview: which machines run their desired generation (in sync / outdated / stale).
+    Status(commands::machines::StatusArgs),
+    /// Machines: list, register, set lifecycle, clear the desired generation.
+    Machines {
         #[command(subcommand)]
-        cmd: crate::commands::keys::KeysCmd,
+        cmd: commands::machines::MachinesCmd,
+    },
+    /// Releases: build a flake's hosts, push the closures, record host → store path.
+    Release {
+        #[command(subcommand)]
+        cmd: commands::release::ReleaseCmd,
+    },
+    /// Rollouts: move machines to a release batch by batch, gated on health.
+    Rollout {
+        #[command(subcommand)]
+        cmd: commands::rollout::RolloutCmd,
     },
     /// Build hosts of a flake and switch them over SSH (--ssh), no control plane needed.
-    Deploy(crate::commands::deploy::DeployArgs),
+    Deploy(commands::deploy::DeployArgs),
     /// Switch one machine back to its previous system (or --generation), over SSH.
-    Rollback(crate::commands::rollback::RollbackArgs),
+    Rollback(commands::rollback::RollbackArgs),
+    /// API keys: create, list, revoke; save one locally.
+    Keys {
+        #[command(subcommand)]
+        cmd: commands::keys::KeysCmd,
+    },
     /// A fleet CA and its certificates, for hand-made fleets and tests.
     Pki {
         #[command(subcommand)]
-        cmd: crate::commands::pki::PkiCmd,
+        cmd: commands::pki::PkiCmd,
     },
     /// Show the settings this invocation would use and where each came from.
     Config,
@@ -103,10 +125,15 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "nixfleet", &mut buf);
             crate::output::line(String::from_utf8_lossy(&buf).trim_end())
         }
-        Commands::Pki { cmd } => crate::commands::pki::run(global.json, cmd),
+        Commands::Pki { cmd } => commands::pki::run(global.json, cmd),
         Commands::Config => crate::output::json(&settings()?),
-        Commands::Deploy(args) => crate::commands::deploy::run(&settings()?, args),
-        Commands::Rollback(args) => crate::commands::rollback::run(&settings()?, args),
-        Commands::Keys { cmd } => crate::commands::keys::run(&settings()?, cmd),
+        Commands::Bootstrap(args) => commands::bootstrap::run(&settings()?, args),
+        Commands::Status(args) => commands::machines::status(&settings()?, args),
+        Commands::Machines { cmd } => commands::machines::run(&settings()?, cmd),
+        Commands::Release { cmd } => commands::release::run(&settings()?, cmd),
+        Commands::Rollout { cmd } => commands::rollout::run(&settings()?, cmd),
+        Commands::Deploy(args) => commands::deploy::run(&settings()?, args),
+        Commands::Rollback(args) => commands::rollback::run(&settings()?, args),
+        Commands::Keys { cmd } => commands::keys::run(&settings()?, cmd),
     }
 }

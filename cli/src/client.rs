@@ -88,16 +88,6 @@ impl Client {
         })
     }
 
-    /// The control plane URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// Whether an API key is configured.
-    pub fn has_api_key(&self) -> bool {
-        self.api_key.is_some()
-    }
-
     /// Sends a request and returns (status, body) for any 2xx; errors otherwise.
     pub fn send(
         &self,
@@ -155,11 +145,6 @@ impl Client {
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (_, text) = self.send(Method::Get, path, None)?;
         decode(path, &text)
-    }
-
-    /// GET the raw JSON value (for `--json` output of whatever the server sent).
-    pub fn get_value(&self, path: &str) -> Result<serde_json::Value> {
-        self.get(path)
     }
 
     /// POST a body and decode the answer.
@@ -257,4 +242,46 @@ fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
             path.display()
         ))
     })
+}
+
+/// Checks an id before it becomes a URL path segment (machine ids, key names, `rel-…`, `r-…`).
+pub fn path_id(what: &str, id: &str) -> Result<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(CliError::usage(format!(
+            "{what} {id:?}: use letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Builds `?a=1&b=2` from pairs, skipping nothing; empty when no pairs.
+pub fn query(pairs: &[(&str, String)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", query_value(v)))
+        .collect();
+    format!("?{}", parts.join("&"))
 }

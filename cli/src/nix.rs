@@ -156,35 +156,6 @@ pub fn build_toplevel(flake: &str, host: &str, verbose: u8) -> Result<StorePath,
     })
 }
 
-/// `nix eval --raw <toplevel>.outPath` → the out path, without building.
-pub fn eval_toplevel(flake: &str, host: &str, verbose: u8) -> Result<StorePath, CommandFailed> {
-    let attr = format!("{}.outPath", toplevel_attr(flake, host));
-    let what = format!("nix eval of {host}");
-    let out = run(nix().args(["eval", "--raw", &attr]), &what, verbose)?;
-    StorePath::try_from(out.trim()).map_err(|why| CommandFailed {
-        what,
-        code: Some(0),
-        stderr: why,
-    })
-}
-
-/// Evaluates a JSON attribute of a host's configuration; `None` if it does not exist or fails.
-pub fn eval_host_json(
-    flake: &str,
-    host: &str,
-    attr: &str,
-    verbose: u8,
-) -> Option<serde_json::Value> {
-    let installable = format!("{flake}#nixosConfigurations.\"{host}\".{attr}");
-    let out = run(
-        nix().args(["eval", "--json", &installable]),
-        "nix eval",
-        verbose,
-    )
-    .ok()?;
-    serde_json::from_str(&out).ok()
-}
-
 /// Reads the out path from `nix build --json`: `[{"drvPath":…,"outputs":{"out":"/nix/store/…"}}]`.
 pub fn parse_build_json(out: &str) -> Result<StorePath, String> {
     let v: serde_json::Value = serde_json::from_str(out).map_err(|e| {

@@ -41,11 +41,6 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     /// Renders the table as text (no trailing newline).
     pub fn render(&self) -> String {
         let cols = self.header.len();

@@ -1,7 +1,12 @@
 //! One module per command group; each owns its clap arguments and its run function.
 
+pub mod bootstrap;
 pub mod deploy;
 pub mod keys;
+pub mod machines;
 pub mod notify;
 pub mod pki;
+pub mod release;
 pub mod rollback;
+pub mod rollout;
+pub mod time;

@@ -1,0 +1,57 @@
+//! `nixfleet bootstrap`: mint the first admin key of a fresh control plane and save it.
+//!
+//! The bootstrap route works once; afterwards it answers 409 and this command exits non-zero
+//! with the server's message, so a script can never silently replace the first key.
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::output;
+use crate::settings::Settings;
+use clap::Args;
+use nixfleet_proto::api::v1::{ApiKeyCreated, BootstrapRequest};
+
+/// `nixfleet bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Name of the first admin key.
+    #[arg(long, default_value = "admin")]
+    pub name: String,
+    /// Print the key but do not save it in the credentials file.
+    #[arg(long)]
+    pub no_save: bool,
+}
+
+/// Runs `nixfleet bootstrap`.
+pub fn run(settings: &Settings, args: BootstrapArgs) -> Result<()> {
+    let client = Client::new(settings)?;
+    let created: ApiKeyCreated = client.post(
+        "/api/v1/keys/bootstrap",
+        &BootstrapRequest {
+            name: Some(args.name.clone()),
+        },
+    )?;
+    let saved = if args.no_save {
+        None
+    } else {
+        Some(settings.save_api_key(&created.key)?)
+    };
+    if settings.json {
+        output::json(&serde_json::json!({
+            "key": created.key, "name": created.name, "role": created.role,
+            "saved_to": saved.as_ref().map(|p| p.display().to_string()),
+        }))
+    } else {
+        output::line(&created.key)?;
+        match saved {
+            Some(p) => eprintln!(
+                "Saved {} key {:?} for {} to {}",
+                created.role,
+                created.name,
+                settings.control_plane_url,
+                p.display()
+            ),
+            None => eprintln!("Not saved; keep the key: it is shown only once"),
+        }
+        Ok(())
+    }
+}

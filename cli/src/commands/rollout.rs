@@ -1,0 +1,499 @@
+//! `nixfleet rollout`: create (or plan), watch, resume, cancel and delete rollouts.
+//!
+//! Parameters are validated here before anything is sent (v0.1 accepted a bad threshold and
+//! then failed on every executor tick), and `status --wait` turns the rollout's end state into
+//! the exit code: completed or cancelled → 0, paused, failed or reverted → 1.
+
+use crate::client::{path_id, query, Client};
+use crate::commands::time;
+use crate::error::{CliError, Result};
+use crate::output::{self, Table};
+use crate::settings::Settings;
+use clap::{Args, Subcommand};
+use nixfleet_proto::api::v1::{
+    CreateRolloutRequest, CreateRolloutResponse, MachineHealth, RolloutDetail, RolloutTarget,
+};
+use std::time::{Duration, Instant};
+
+/// `nixfleet rollout …`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Start a rollout of a release (or, with --plan, show its batches without starting it).
+    Create(CreateArgs),
+    /// Rollouts, newest first.
+    List {
+        /// Only rollouts in this status (running, paused, completed, failed, cancelled, reverted).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Batches, per-machine health and timeline of one rollout.
+    Status(StatusArgs),
+    /// Resume a paused rollout (its failed batch is tried again).
+    Resume {
+        /// r-….
+        id: String,
+    },
+    /// Stop a rollout; machines already switched stay switched.
+    Cancel {
+        /// r-….
+        id: String,
+    },
+    /// Delete a finished rollout.
+    Delete {
+        /// r-….
+        id: String,
+    },
+}
+
+/// `rollout create`.
+#[derive(Debug, Args, Clone)]
+pub struct CreateArgs {
+    /// The release to roll out (rel-…).
+    #[arg(long)]
+    pub release: String,
+    /// canary (1 machine, then the rest), staged (--batch-size) or all-at-once
+    /// [default: [deploy] strategy, else canary; staged when --batch-size is given].
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Batch sizes for staged: counts or percentages of the remaining machines, e.g. 1,25%,100%.
+    #[arg(long, value_delimiter = ',')]
+    pub batch_size: Vec<String>,
+    /// Unhealthy machines tolerated per batch: N or P% [default: [deploy] failure-threshold, else 0].
+    #[arg(long)]
+    pub failure_threshold: Option<String>,
+    /// What a failed batch does: pause or revert [default: [deploy] on-failure, else pause].
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    /// Seconds a batch waits for health reports [default: [deploy] health-timeout, else 300].
+    #[arg(long)]
+    pub health_timeout: Option<u64>,
+    /// Target machines carrying all these tags (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "hosts",
+        required_unless_present = "hosts"
+    )]
+    pub tags: Vec<String>,
+    /// Target these machines (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Overrides the release's cache URL for this rollout.
+    #[arg(long, value_name = "URL")]
+    pub cache_url: Option<String>,
+    /// Seed of the machine order (the same seed gives the same batches).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Show the batches the control plane would make, and start nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// After creating, wait for the end like `rollout status --wait`.
+    #[arg(long, conflicts_with = "plan")]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (0: never).
+    #[arg(long, default_value_t = 600)]
+    pub wait_timeout: u64,
+}
+
+/// `rollout status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// r-….
+    pub id: String,
+    /// Poll until the rollout ends or pauses; the exit code says how it ended.
+    #[arg(long, conflicts_with = "watch")]
+    pub wait: bool,
+    /// Redraw the status every --interval seconds until the rollout ends or pauses.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Give up after this many seconds (0: never).
+    #[arg(long, default_value_t = 600)]
+    pub wait_timeout: u64,
+}
+
+fn check_size(spec: &str, what: &str, allow_zero: bool) -> Result<()> {
+    let bad = || {
+        CliError::usage(format!(
+            "{what} {spec:?}: use a count like 2 or a percentage like 25% ({})",
+            if allow_zero {
+                "0 to 100%"
+            } else {
+                "at least 1, at most 100%"
+            }
+        ))
+    };
+    match spec.strip_suffix('%') {
+        Some(p) => {
+            let p: u32 = p.parse().map_err(|_| bad())?;
+            if p > 100 || (!allow_zero && p == 0) {
+                return Err(bad());
+            }
+        }
+        None => {
+            let n: u64 = spec.parse().map_err(|_| bad())?;
+            if !allow_zero && n == 0 {
+                return Err(bad());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates the arguments and fills in defaults from `[deploy]`.
+pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutRequest> {
+    let release_id = path_id("--release", &a.release)?;
+    let strategy = a
+        .strategy
+        .clone()
+        .or_else(|| (!a.batch_size.is_empty()).then(|| "staged".to_string()))
+        .or_else(|| settings.deploy.strategy.clone())
+        .unwrap_or_else(|| "canary".to_string())
+        .replace('-', "_");
+    if !["canary", "staged", "all_at_once"].contains(&strategy.as_str()) {
+        return Err(CliError::usage(format!(
+            "--strategy {strategy:?}: use canary, staged or all-at-once"
+        )));
+    }
+    if !a.batch_size.is_empty() && strategy != "staged" {
+        return Err(CliError::usage(
+            "--batch-size only applies to --strategy staged",
+        ));
+    }
+    for s in &a.batch_size {
+        check_size(s, "--batch-size", false)?;
+    }
+    let failure_threshold = a
+        .failure_threshold
+        .clone()
+        .or_else(|| settings.deploy.failure_threshold.clone())
+        .unwrap_or_else(|| "0".into());
+    check_size(&failure_threshold, "--failure-threshold", true)?;
+    let on_failure = a
+        .on_failure
+        .clone()
+        .or_else(|| settings.deploy.on_failure.clone())
+        .unwrap_or_else(|| "pause".into());
+    if !["pause", "revert"].contains(&on_failure.as_str()) {
+        return Err(CliError::usage(format!(
+            "--on-failure {on_failure:?}: use pause or revert"
+        )));
+    }
+    let health_timeout = a
+        .health_timeout
+        .or(settings.deploy.health_timeout)
+        .unwrap_or(300);
+    if health_timeout == 0 {
+        return Err(CliError::usage(
+            "--health-timeout must be at least 1 second",
+        ));
+    }
+    let target = if a.hosts.is_empty() {
+        RolloutTarget::Tags(a.tags.clone())
+    } else {
+        for h in &a.hosts {
+            path_id("--hosts", h)?;
+        }
+        RolloutTarget::Hosts(a.hosts.clone())
+    };
+    Ok(CreateRolloutRequest {
+        release_id,
+        cache_url: a.cache_url.clone(),
+        strategy,
+        batch_sizes: (!a.batch_size.is_empty()).then(|| a.batch_size.clone()),
+        failure_threshold: Some(failure_threshold),
+        on_failure: Some(on_failure),
+        health_timeout: Some(health_timeout),
+        target,
+        seed: a.seed,
+    })
+}
+
+/// Runs `rollout create`.
+pub fn create(settings: &Settings, a: &CreateArgs) -> Result<()> {
+    let req = request(settings, a)?;
+    let client = Client::new(settings)?;
+    let path = if a.plan {
+        "/api/v1/rollouts/plan"
+    } else {
+        "/api/v1/rollouts"
+    };
+    let resp: CreateRolloutResponse = client.post(path, &req)?;
+    if settings.json {
+        output::json(&resp)?;
+    } else {
+        if a.plan {
+            output::line(format!(
+                "Plan (nothing started): {} machines in {} batches, seed {}",
+                resp.total_machines,
+                resp.batches.len(),
+                resp.seed
+            ))?;
+        } else {
+            output::line(format!(
+                "Rollout {} created ({} batches, {} machines)",
+                resp.rollout_id,
+                resp.batches.len(),
+                resp.total_machines
+            ))?;
+        }
+        let mut t = Table::new(&["BATCH", "MACHINES"]);
+        for b in &resp.batches {
+            t.row(vec![b.batch_index.to_string(), b.machine_ids.join(", ")]);
+        }
+        t.print()?;
+    }
+    if a.wait {
+        wait(
+            settings,
+            &client,
+            &resp.rollout_id,
+            false,
+            2,
+            a.wait_timeout,
+        )?;
+    }
+    Ok(())
+}
+
+fn healthy_count(d: &RolloutDetail, batch: usize) -> usize {
+    d.batches[batch]
+        .machine_health
+        .values()
+        .filter(|h| **h == MachineHealth::Healthy)
+        .count()
+}
+
+fn bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 10;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH - filled))
+}
+
+/// The full status text of a rollout.
+pub fn render(d: &RolloutDetail) -> String {
+    let mut out = vec![format!(
+        "Rollout {}  {}  {}  release {}\nthreshold {}, on failure {}, health timeout {}s, created {} by {}",
+        d.id,
+        d.status.to_uppercase(),
+        d.strategy,
+        d.release_id,
+        d.failure_threshold,
+        d.on_failure,
+        d.health_timeout,
+        time::short(&d.created_at),
+        d.created_by
+    )];
+    if let Some(r) = &d.reason {
+        out.push(format!("reason: {r}"));
+    }
+    out.push(String::new());
+    let mut t = Table::new(&["BATCH", "STATUS", "MACHINES", "HEALTHY", "PROGRESS"]);
+    for (i, b) in d.batches.iter().enumerate() {
+        let healthy = healthy_count(d, i);
+        t.row(vec![
+            b.batch_index.to_string(),
+            b.status.clone(),
+            b.machine_ids.len().to_string(),
+            format!("{healthy}/{}", b.machine_ids.len()),
+            bar(healthy, b.machine_ids.len()),
+        ]);
+    }
+    out.push(t.render());
+    out.push(String::new());
+    let mut m = Table::new(&["MACHINE", "BATCH", "HEALTH"]);
+    for b in &d.batches {
+        for id in &b.machine_ids {
+            let h = match b.machine_health.get(id) {
+                Some(MachineHealth::Healthy) => "healthy".to_string(),
+                Some(MachineHealth::Unhealthy(why)) => format!("unhealthy: {why}"),
+                Some(MachineHealth::Pending) | None => "pending".to_string(),
+            };
+            m.row(vec![id.clone(), b.batch_index.to_string(), h]);
+        }
+    }
+    out.push(m.render());
+    if !d.events.is_empty() {
+        out.push(String::new());
+        out.push("Timeline:".to_string());
+        for e in &d.events {
+            out.push(format!(
+                "  {}  {:<14} {:<16} {}",
+                time::short(&e.created_at),
+                e.actor,
+                e.event_type,
+                e.detail
+            ));
+        }
+    }
+    out.join("\n")
+}
+
+/// One line summarizing progress, for `--wait`.
+fn progress_line(d: &RolloutDetail) -> String {
+    let total: usize = d.batches.iter().map(|b| b.machine_ids.len()).sum();
+    let healthy: usize = (0..d.batches.len()).map(|i| healthy_count(d, i)).sum();
+    let current = d
+        .batches
+        .iter()
+        .find(|b| !matches!(b.status.as_str(), "succeeded"))
+        .map(|b| {
+            format!(
+                "batch {}/{} {}",
+                b.batch_index + 1,
+                d.batches.len(),
+                b.status
+            )
+        });
+    format!(
+        "{} {}: {} {healthy}/{total} healthy{}",
+        d.id,
+        d.status,
+        bar(healthy, total),
+        current.map(|c| format!(", {c}")).unwrap_or_default()
+    )
+}
+
+/// Maps an end state to the exit; `None` while still running.
+fn outcome(d: &RolloutDetail) -> Option<Result<()>> {
+    let reason = d
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    match d.status.as_str() {
+        "completed" | "cancelled" => Some(Ok(())),
+        "paused" => Some(Err(CliError::failed(format!(
+            "rollout {} paused{reason}; fix the cause, then resume with: nixfleet rollout resume {}",
+            d.id, d.id
+        )))),
+        "failed" | "reverted" => Some(Err(CliError::failed(format!("rollout {} {}{reason}", d.id, d.status)))),
+        _ => None,
+    }
+}
+
+fn wait(
+    settings: &Settings,
+    client: &Client,
+    id: &str,
+    watch: bool,
+    interval: u64,
+    timeout: u64,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let d: RolloutDetail = client.get(&format!("/api/v1/rollouts/{id}"))?;
+        if watch {
+            output::line(format!("\x1b[2J\x1b[H{}", render(&d)))?;
+        } else {
+            let line = progress_line(&d);
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+        }
+        if let Some(result) = outcome(&d) {
+            if settings.json {
+                output::json(&d)?;
+            } else if !watch {
+                output::line(format!("Rollout {} {}", d.id, d.status))?;
+            }
+            return result;
+        }
+        if timeout > 0 && started.elapsed() >= Duration::from_secs(timeout) {
+            return Err(CliError::failed(format!(
+                "rollout {id} is still {} after {timeout}s; keep watching with: nixfleet rollout status {id} --watch",
+                d.status
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(interval.max(1)));
+    }
+}
+
+/// Runs `nixfleet rollout …`.
+pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
+    match cmd {
+        RolloutCmd::Create(a) => create(settings, &a),
+        RolloutCmd::List { status } => {
+            let pairs: Vec<(&str, String)> = status.into_iter().map(|s| ("status", s)).collect();
+            let rollouts: Vec<RolloutDetail> =
+                Client::new(settings)?.get(&format!("/api/v1/rollouts{}", query(&pairs)))?;
+            if settings.json {
+                return output::json(&rollouts);
+            }
+            let mut t = Table::new(&["ID", "STATUS", "STRATEGY", "BATCHES", "CREATED", "RELEASE"]);
+            for r in &rollouts {
+                let done = r.batches.iter().filter(|b| b.status == "succeeded").count();
+                t.row(vec![
+                    r.id.clone(),
+                    r.status.clone(),
+                    r.strategy.clone(),
+                    format!("{done}/{}", r.batches.len()),
+                    time::short(&r.created_at),
+                    r.release_id.clone(),
+                ]);
+            }
+            t.print()
+        }
+        RolloutCmd::Status(a) => {
+            let id = path_id("rollout id", &a.id)?;
+            let client = Client::new(settings)?;
+            if a.wait || a.watch {
+                return wait(settings, &client, &id, a.watch, a.interval, a.wait_timeout);
+            }
+            let d: RolloutDetail = client.get(&format!("/api/v1/rollouts/{id}"))?;
+            if settings.json {
+                output::json(&d)
+            } else {
+                output::line(render(&d))
+            }
+        }
+        RolloutCmd::Resume { id } => action(settings, &id, "resume", "Resumed"),
+        RolloutCmd::Cancel { id } => action(settings, &id, "cancel", "Cancelled"),
+        RolloutCmd::Delete { id } => {
+            let id = path_id("rollout id", &id)?;
+            Client::new(settings)?.delete(&format!("/api/v1/rollouts/{id}"))?;
+            if settings.json {
+                output::json(&serde_json::json!({ "deleted": id }))
+            } else {
+                output::line(format!("Deleted rollout {id}"))
+            }
+        }
+    }
+}
+
+fn action(settings: &Settings, id: &str, verb: &str, done: &str) -> Result<()> {
+    let id = path_id("rollout id", id)?;
+    Client::new(settings)?.post_unit::<()>(&format!("/api/v1/rollouts/{id}/{verb}"), None)?;
+    if settings.json {
+        output::json(&serde_json::json!({ "rollout_id": id, "action": verb }))
+    } else {
+        output::line(format!("{done} rollout {id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_counts_or_percentages_within_bounds() {
+        assert!(check_size("1", "x", false).is_ok());
+        assert!(check_size("25%", "x", false).is_ok());
+        assert!(check_size("0", "x", false).is_err());
+        assert!(check_size("0", "x", true).is_ok());
+        assert!(check_size("101%", "x", true).is_err());
+        assert!(check_size("abc", "x", true).is_err());
+        assert!(check_size("-1", "x", true).is_err());
+    }
+
+    #[test]
+    fn progress_bars_fill_in_tenths() {
+        assert_eq!(bar(0, 4), "[----------]");
+        assert_eq!(bar(2, 4), "[#####-----]");
+        assert_eq!(bar(0, 0), "[----------]");
+    }
+}
