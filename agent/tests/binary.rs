@@ -202,7 +202,7 @@ impl StubCp {
         });
     }
 
-    fn handle(&self, stream: TcpStream) {
+    fn handle<S: Read + Write>(&self, stream: S) {
         let mut reader = BufReader::new(stream);
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).is_err() {
@@ -555,4 +555,227 @@ fn scrape(port: u16) -> String {
     s.read_to_string(&mut reply).expect("read");
     assert!(reply.starts_with("HTTP/1.0 200 OK"), "{reply}");
     reply
+}
+
+/// Test PKI: a fleet CA, a server certificate for localhost, a client certificate with CN web-01,
+/// and an unrelated CA. For testing only: the keys are generated per test and never leave the temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: rustls::pki_types::PrivateKeyDer<'static>,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    client_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "nixfleet test fleet CA");
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+
+        let server_key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&server_key, &ca)
+            .expect("server cert");
+
+        let client_key = KeyPair::generate().expect("key");
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "web-01");
+        let client = client_params
+            .signed_by(&client_key, &ca)
+            .expect("client cert");
+
+        let mut other_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        other_params
+            .distinguished_name
+            .push(DnType::CommonName, "some other CA");
+        let other = CertifiedIssuer::self_signed(other_params, KeyPair::generate().expect("key"))
+            .expect("other CA");
+
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("other-ca.pem", other.pem()),
+            ("client.pem", client.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).expect("write pem");
+        }
+        Pki {
+            server_chain: vec![server.der().clone(), ca.der().clone()],
+            server_key: rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            ca_der: ca.der().clone(),
+            client_der: client.der().clone(),
+            dir,
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// Serves the stand-in control plane over TLS, requiring a client certificate signed by the fleet
+/// CA, and records each client's leaf certificate.
+fn serve_mtls(cp: &StubCp, pki: &Pki) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("add CA");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+            .expect("server config"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let (cp, seen) = (cp.clone(), peers.clone());
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let (cp, seen, config) = (cp.clone(), seen.clone(), config.clone());
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                let conn = rustls::ServerConnection::new(config).expect("server connection");
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                while tls.conn.is_handshaking() {
+                    if tls.conn.complete_io(&mut tls.sock).is_err() {
+                        return; // Handshake refused: no certificate, or an untrusted one.
+                    }
+                }
+                if let Some(leaf) = tls.conn.peer_certificates().and_then(|c| c.first()) {
+                    seen.lock().expect("lock").push(leaf.to_vec());
+                }
+                cp.handle(tls);
+            });
+        }
+    });
+    (port, peers)
+}
+
+fn start_tls_agent(port: u16, tls_args: &[String]) -> RunningAgent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["--control-plane-url", &format!("https://localhost:{port}")])
+        .args([
+            "--machine-id",
+            "web-01",
+            "--retry-interval",
+            "1",
+            "--switch-mode",
+            "direct",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--current-system")
+        .arg(dir.path().join("no-current-system"))
+        .arg("--health-config")
+        .arg(dir.path().join("none.json"))
+        .args(tls_args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn agent");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    RunningAgent {
+        child,
+        logs,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn the_agent_authenticates_with_its_client_certificate_and_trusts_the_fleet_ca() {
+    let pki = Pki::new();
+    let cp = StubCp::default();
+    let (port, peers) = serve_mtls(&cp, &pki);
+    let agent = start_tls_agent(
+        port,
+        &[
+            "--ca-cert".into(),
+            pki.file("ca.pem"),
+            "--client-cert".into(),
+            pki.file("client.pem"),
+            "--client-key".into(),
+            pki.file("client.key"),
+        ],
+    );
+    wait_until("a report over mTLS", Duration::from_secs(10), || {
+        !cp.reports().is_empty()
+    });
+    assert!(cp.polls() >= 1);
+    assert_eq!(
+        peers.lock().expect("lock")[0],
+        pki.client_der.to_vec(),
+        "the agent presented its certificate"
+    );
+    assert_eq!(
+        cp.reports()[0].current_generation,
+        "",
+        "no current-system link: reported as empty"
+    );
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn without_a_client_certificate_the_handshake_fails_and_the_agent_retries() {
+    let pki = Pki::new();
+    let cp = StubCp::default();
+    let (port, _) = serve_mtls(&cp, &pki);
+    let agent = start_tls_agent(port, &["--ca-cert".into(), pki.file("ca.pem")]);
+    agent.wait_for_log(
+        "Initial poll failed, scheduling retry",
+        Duration::from_secs(10),
+    );
+    agent.wait_for_log("Poll failed, scheduling retry", Duration::from_secs(5));
+    assert!(cp.reports().is_empty());
+    assert_eq!(cp.polls(), 0);
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[test]
+fn a_control_plane_certificate_from_another_ca_is_not_trusted() {
+    let pki = Pki::new();
+    let cp = StubCp::default();
+    let (port, peers) = serve_mtls(&cp, &pki);
+    let agent = start_tls_agent(
+        port,
+        &[
+            "--ca-cert".into(),
+            pki.file("other-ca.pem"),
+            "--client-cert".into(),
+            pki.file("client.pem"),
+            "--client-key".into(),
+            pki.file("client.key"),
+        ],
+    );
+    let line = agent.wait_for_log("Cannot get the desired generation", Duration::from_secs(10));
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    assert!(peers.lock().expect("lock").is_empty());
+    assert!(cp.reports().is_empty());
+    assert_eq!(agent.terminate(), 0);
 }
