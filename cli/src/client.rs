@@ -172,18 +172,29 @@ impl Client {
     }
 
     fn transport_error(&self, e: ureq::Error) -> CliError {
-        let hint = match &e {
-            ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::Pem(_) => {
-                "check --ca-cert (the CA that signed the control plane) and --client-cert/--client-key (a certificate the control plane's client CA signed)"
+        let text = e.to_string();
+        let lower = text.to_lowercase().replace(' ', "");
+        let hint = if lower.contains("certificaterequired") {
+            "the control plane requires a client certificate: pass --client-cert and --client-key"
+        } else if lower.contains("alert")
+            && (lower.contains("unknownca")
+                || lower.contains("badcertificate")
+                || lower.contains("certificateunknown"))
+        {
+            "the control plane rejected our client certificate: use one signed by its client CA"
+        } else if lower.contains("invalidpeercertificate") || lower.contains("unknownissuer") {
+            "the control plane's certificate is not trusted: pass --ca-cert with the CA that signed it"
+        } else {
+            match &e {
+                ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::Pem(_) => {
+                    "check --ca-cert (the CA that signed the control plane) and --client-cert/--client-key"
+                }
+                ureq::Error::Timeout(_) => "it did not answer in time; check that it is running and reachable",
+                _ => "check --control-plane-url and that the control plane is running",
             }
-            ureq::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof) => {
-                "the connection was closed during the handshake: the control plane probably requires a client certificate (--client-cert/--client-key)"
-            }
-            ureq::Error::Timeout(_) => "it did not answer in time; check that it is running and reachable",
-            _ => "check --control-plane-url and that the control plane is running",
         };
         CliError::Unreachable(format!(
-            "cannot reach the control plane at {}: {e}; {hint}",
+            "cannot reach the control plane at {}: {text}; {hint}",
             self.base
         ))
     }

@@ -67,6 +67,30 @@ fn deploy_over_ssh_switches_the_target_and_registers_the_closure_in_its_own_stor
 }
 
 #[test]
+fn an_unreachable_control_plane_only_warns_after_a_successful_switch() {
+    let s = Scratch::new("notify");
+    let t = SshTarget::start(&s);
+    write_flake(&s.join("flake"), "g1", &s.join("marker"));
+    let mut cmd = t.nixfleet(&s);
+    cmd.env("NIXFLEET_CONTROL_PLANE_URL", "https://127.0.0.1:9")
+        .env("NIXFLEET_API_KEY", "nfk-test");
+    cmd.args(["deploy", "--ssh", "--hosts", "target", "--flake"])
+        .arg(s.join("flake"));
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(marker(&s), "active=g1 arg=switch");
+    let err = stderr(&out);
+    let warned = err
+        .find("warning: [target] switched, but telling the control plane failed")
+        .expect("warning printed");
+    let done = err.find("[target] switched to").expect("switch reported");
+    assert!(
+        warned < done,
+        "the warning belongs to the host's run: {err}"
+    );
+}
+
+#[test]
 fn rollback_switches_to_the_previous_generation_and_points_the_profile_at_it() {
     let s = Scratch::new("rollback");
     let t = SshTarget::start(&s);
