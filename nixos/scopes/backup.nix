@@ -161,11 +161,6 @@ in
         default = null;
         description = "File holding the borg passphrase.";
       };
-      encryption = mkOption {
-        type = types.str;
-        default = "repokey";
-        description = "borg encryption mode the repository was initialised with.";
-      };
     };
   };
 

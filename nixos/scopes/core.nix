@@ -1,8 +1,9 @@
 # nixfleet.core: what every fleet machine has (the "core" scope).
 #
 # Why it exists: a fleet is only manageable when every machine can be reached
-# and inspected the same way: sshd with keys only, a firewall that is on,
-# flakes enabled for the CLI's builds, and the same basic tools.
+# and inspected the same way: sshd with keys only, a firewall that is on
+# (nftables, so the firewall scope's rules and `nft list ruleset` work the same
+# everywhere), flakes enabled for the CLI's builds, and the same basic tools.
 {
   config,
   lib,
@@ -47,6 +48,7 @@ in
 
     networking.networkmanager.enable = mkDefault true;
     networking.firewall.enable = true;
+    networking.nftables.enable = mkDefault true;
 
     programs.zsh.enable = true;
     environment.systemPackages = [

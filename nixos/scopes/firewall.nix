@@ -31,7 +31,7 @@ in
       # SSH enters through the rate-limited rule below, not allowedTCPPorts.
       extraInputRules = ''
         tcp dport { ${sshPorts} } ct state new limit rate ${cfg.sshRateLimit} accept
-        tcp dport { ${sshPorts} } ct state new log prefix "nixfleet-ssh-drop: " level info drop
+        tcp dport { ${sshPorts} } ct state new counter log prefix "nixfleet-fw ssh-rate-limit: " level info drop
       '';
     };
     services.openssh.openFirewall = false;

@@ -66,14 +66,21 @@ let
 
   # The Python that comes before every test.py: the shared prelude, plus
   # overrides when a scenario talks to the API from another node.
+  # ON_NIXOS and SSH_UNIT let a script name what differs between a NixOS VM
+  # and a Debian container (the local driver leaves ON_NIXOS False).
   testPrelude =
     {
       certPrefix ? "cp",
       api ? "https://localhost:8080",
     }:
     builtins.readFile (libDir + "/prelude.py")
-    + lib.optionalString (certPrefix != "cp" || api != "https://localhost:8080") ''
+    + ''
 
+      # vmtests/nix/helpers.nix (testPrelude): this run is the NixOS test driver.
+      ON_NIXOS = True
+      SSH_UNIT = "sshd.service"
+    ''
+    + lib.optionalString (certPrefix != "cp" || api != "https://localhost:8080") ''
       CERT_PREFIX = ${builtins.toJSON certPrefix}
       API = ${builtins.toJSON api}
       CURL = curl_for(CERT_PREFIX)
@@ -147,8 +154,23 @@ let
         ];
       };
 
+      # The NixOS boot has already activated the system generation; this unit
+      # only exists because test.py waits for it (the containers build and
+      # activate generation 1 in it).
+      systemd.services.nixfleet-vmtests-boot = {
+        description = "vmtests: the system generation is active (NixOS activated it at boot)";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = "${pkgs.coreutils}/bin/true";
+        };
+      };
+
       # Root's SSH identity, trusted by every node (the seed's test key).
+      # Debian calls the unit ssh.service; scripts written for both may too.
       services.openssh.enable = true;
+      systemd.services.sshd.aliases = [ "ssh.service" ];
       users.users.root.openssh.authorizedKeys.keyFiles = [ "${testCerts}/ssh/id_ed25519.pub" ];
       system.activationScripts.nixfleet-test-ssh-key = ''
         install -D -m 600 ${testCerts}/ssh/id_ed25519 /root/.ssh/id_ed25519

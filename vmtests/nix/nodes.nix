@@ -99,7 +99,8 @@ in
       };
 
   # The options of `services.nixfleet-agent` / `-control-plane` a plan sets,
-  # as dotted names (healthChecks counts as one), for the consistency test.
+  # as dotted names, for the consistency test. Lists of attrsets (health
+  # checks) give "<list>" and "<list>.*.<key>"; `settings` is free-form.
   optionNames =
     attrs:
     let
@@ -112,7 +113,12 @@ in
               v = a.${k};
               name = prefix + k;
             in
-            if builtins.isAttrs v && k != "healthChecks" && k != "settings" then go (name + ".") v else [ name ]
+            if builtins.isAttrs v && k != "settings" then
+              go (name + ".") v
+            else if builtins.isList v && builtins.all builtins.isAttrs v && v != [ ] then
+              [ name ] ++ builtins.concatLists (map (go (name + ".*.")) v)
+            else
+              [ name ]
           ) (builtins.attrNames a)
         );
     in
