@@ -129,3 +129,75 @@ def assert_in_order(seq, expected):
     it = iter(seq)
     for item in expected:
         assert any(x == item for x in it), f"{item!r} missing or out of order in {seq}"
+
+
+def use_admin_key(key):
+    """Use `key` (e.g. printed by `nixfleet bootstrap`) for the API helpers above."""
+    global TEST_KEY, KEY_HASH, AUTH
+    TEST_KEY = key
+    KEY_HASH = None
+    AUTH = f"-H 'Authorization: Bearer {key}'"
+
+
+def wait_for(predicate, timeout=60, what="the condition"):
+    """Call `predicate` every second until it returns a true value (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(1)
+
+
+def machine_status(node, machine_id):
+    """One machine from GET /api/v1/machines, or None."""
+    return next((m for m in list_machines(node) if m["machine_id"] == machine_id), None)
+
+
+def cli_env(cert_prefix, url="https://cp:8080", key=None):
+    """Environment for the nixfleet CLI on a host holding the client certificate of `cert_prefix`."""
+    env = (f"NIXFLEET_CONTROL_PLANE_URL={url} NIXFLEET_CA_CERT={CA} "
+           f"NIXFLEET_CLIENT_CERT={TLS_DIR}/{cert_prefix}-cert.pem NIXFLEET_CLIENT_KEY={TLS_DIR}/{cert_prefix}-key.pem")
+    if key:
+        env += f" NIXFLEET_API_KEY={key}"
+    return env
+
+
+FAKE_FLAKE = "/tmp/fake-flake"
+
+
+def make_fake_flake(node, hosts, path=FAKE_FLAKE):
+    """A git flake on `node` whose nixosConfigurations.<host>.config.system.build.toplevel is a
+    fake system (real derivation, see fake-system.nix). hosts = {host: {"version": "2", "tags": [...]}}."""
+    entries = "\n".join(
+        f'      "{h}" = mk "{h}" "{spec.get("version", "2")}" [ {" ".join(json.dumps(t) for t in spec.get("tags", []))} ];'
+        for h, spec in hosts.items())
+    flake = f"""{{
+  outputs = {{ self }}:
+    let
+      mk = host: version: tags: {{
+        config.system.build.toplevel = import ./fake-system.nix {{ inherit host version; system = "x86_64-linux"; }};
+        config.services.nixfleet-agent.tags = tags;
+        pkgs.system = "x86_64-linux";
+      }};
+    in {{
+      nixosConfigurations = {{
+{entries}
+      }};
+    }};
+}}
+"""
+    node.succeed(f"rm -rf {path} && mkdir -p {path}",
+                 f"cp /etc/nixfleet-vmtests/fake-system.nix {path}/fake-system.nix",
+                 f"cat > {path}/flake.nix <<'FLAKE'\n{flake}FLAKE",
+                 f"cd {path} && git init -q && git add -A && "
+                 "git -c user.email=vmtests@example.org -c user.name=vmtests commit -qm 'fake flake'")
+    return path
+
+
+def build_fake_system(node, host, version):
+    """Build a fake system generation in `node`'s own store; returns its store path."""
+    return node.succeed(f"nix-build /etc/nixfleet-vmtests/fake-system.nix --argstr host {host} "
+                        f"--argstr version {version} --no-out-link").strip()

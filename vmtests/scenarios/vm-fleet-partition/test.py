@@ -1,0 +1,29 @@
+start_all()
+cp.wait_for_unit("nixfleet-control-plane.service")
+cp.wait_for_open_port(8080)
+seed_admin_key(cp)
+wait_for(lambda: len(list_machines(cp)) == 2, timeout=60, what="2 machines")
+release = create_release(cp, {"web-01": current_system(web_01), "web-02": current_system(web_02)})
+
+with subtest("web-02 is cut off; the batch it is in times out and the rollout pauses"):
+    web_02.block()
+    web_02.fail("curl -s --max-time 3 -o /dev/null https://cp:8080/health")
+    rid = create_rollout(cp, release, tags=["web"], strategy="all_at_once", health_timeout=15)
+    detail = wait_rollout_status(cp, rid, "paused", timeout=60)
+    evs = events(cp, stream=f"rollout:{rid}")
+    assert kinds(evs) == ["RolloutCreated", "BatchStarted", "BatchFailed", "RolloutPaused"], kinds(evs)
+    assert evs[2]["data"]["reason"] == "timeout", evs[2]
+    assert evs[2]["data"]["unhealthy"] == 1 and evs[2]["data"]["healthy"] == 1, evs[2]
+    health = detail["batches"][0]["machine_health"]
+    assert health["web-01"] == "healthy" and health["web-02"] != "healthy", health
+    web_02.succeed("systemctl is-active nixfleet-agent.service")
+
+with subtest("web-02 rejoins and reports again"):
+    paused_seq = evs[-1]["seq"]
+    web_02.unblock()
+    wait_for(lambda: any(e["kind"] == "ReportReceived" for e in events(cp, after=paused_seq, stream="machine:web-02")),
+             timeout=60, what="web-02 to report after the partition")
+
+with subtest("Resume completes the rollout"):
+    api(cp, "POST", f"/api/v1/rollouts/{rid}/resume", expect=200)
+    wait_rollout_status(cp, rid, "completed", timeout=60)
