@@ -13,6 +13,12 @@ use std::process::Command;
 /// The NixOS system profile.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
+/// Exit codes of the activation script, one per step.
+const INVALID: i32 = 90;
+const NOT_A_SYSTEM: i32 = 91;
+const SET_FAILED: i32 = 92;
+const SWITCH_FAILED: i32 = 93;
+
 /// Quotes a word for a POSIX shell.
 pub fn quote(word: &str) -> String {
     if !word.is_empty()
@@ -78,6 +84,8 @@ pub enum Step {
     Build,
     /// nix-copy-closure.
     Copy,
+    /// Reaching the target over ssh.
+    Connect,
     /// Checking the path on the target.
     Check,
     /// Resolving the previous generation.
@@ -94,6 +102,7 @@ impl fmt::Display for Step {
             Step::Eval => "eval",
             Step::Build => "build",
             Step::Copy => "copy",
+            Step::Connect => "connect",
             Step::Check => "check",
             Step::Resolve => "resolve",
             Step::SetProfile => "set-profile",
@@ -192,53 +201,45 @@ impl Remote {
         .map_err(|e| StepError::from_command(Step::Copy, e))
     }
 
-    /// Checks that `path` is valid in the target's store and is a system closure.
-    pub fn check_system(&self, path: &StorePath) -> Result<(), StepError> {
+    /// On the target, in one ssh session: check that `path` is in its store and is a NixOS
+    /// system, set the system profile to it (the boot default from now on), then run
+    /// `switch-to-configuration switch`. Each step has its own exit code so the failing step
+    /// is named; ssh itself fails with 255.
+    pub fn activate(&self, path: &StorePath) -> Result<(), StepError> {
         let p = quote(path.as_str());
         let script = format!(
-            "if ! nix-store --check-validity {p} 2>/dev/null; then echo invalid; \
-             elif ! test -x {p}/bin/switch-to-configuration; then echo not-a-system; else echo ok; fi"
+            "nix-store --check-validity {p} >/dev/null 2>&1 || exit {INVALID}; \
+             test -x {p}/bin/switch-to-configuration || exit {NOT_A_SYSTEM}; \
+             nix-env -p {SYSTEM_PROFILE} --set {p} || exit {SET_FAILED}; \
+             {p}/bin/switch-to-configuration switch || {{ echo \"switch-to-configuration exited $?\" >&2; exit {SWITCH_FAILED}; }}"
         );
-        let out = self
-            .ssh(&script, &format!("checking {path} on {}", self.target))
-            .map_err(|e| StepError::from_command(Step::Check, e))?;
-        match out.trim() {
-            "ok" => Ok(()),
-            "invalid" => Err(StepError::new(
+        let what = format!("activating {path} on {}", self.target);
+        let Err(e) = self.ssh(&script, &what) else {
+            return Ok(());
+        };
+        Err(match e.code {
+            Some(INVALID) => StepError::new(
                 Step::Check,
                 format!(
                     "{path} is not in the Nix store of {}; copy it first (nix-copy-closure --to {} {path}) or pick a generation listed by `nix-env -p {SYSTEM_PROFILE} --list-generations` there",
                     self.target, self.target
                 ),
-            )),
-            "not-a-system" => Err(StepError::new(
+            ),
+            Some(NOT_A_SYSTEM) => StepError::new(
                 Step::Check,
                 format!("{path} has no bin/switch-to-configuration, so it is not a NixOS system; give a system toplevel"),
-            )),
-            other => Err(StepError::new(Step::Check, format!("unexpected answer from {}: {other:?}", self.target))),
-        }
-    }
-
-    /// `nix-env -p /nix/var/nix/profiles/system --set <path>`: the boot default from now on.
-    pub fn set_profile(&self, path: &StorePath) -> Result<(), StepError> {
-        let script = format!("nix-env -p {SYSTEM_PROFILE} --set {}", quote(path.as_str()));
-        self.ssh(&script, &format!("nix-env --set on {}", self.target))
-            .map(|_| ())
-            .map_err(|e| StepError::from_command(Step::SetProfile, e))
-    }
-
-    /// `<path>/bin/switch-to-configuration switch`.
-    pub fn switch(&self, path: &StorePath) -> Result<(), StepError> {
-        let script = format!(
-            "{} switch",
-            quote(&format!("{}/bin/switch-to-configuration", path.as_str()))
-        );
-        self.ssh(&script, &format!("switch-to-configuration on {}", self.target)).map(|_| ()).map_err(|e| {
-            let mut err = StepError::from_command(Step::Switch, e);
-            err.message.push_str(&format!(
-                "; the system profile already points at {path}, so a reboot would boot it: inspect the machine, or go back with `nixfleet rollback --ssh`"
-            ));
-            err
+            ),
+            Some(SET_FAILED) => StepError::from_command(Step::SetProfile, e),
+            Some(SWITCH_FAILED) => {
+                let mut err = StepError::from_command(Step::Switch, e);
+                err.message = format!(
+                    "switch-to-configuration failed on {}: {}; the system profile already points at {path}, so a reboot would boot it: inspect the machine, or go back with `nixfleet rollback --ssh`",
+                    self.target,
+                    err.detail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+                );
+                err
+            }
+            _ => StepError::from_command(Step::Connect, e),
         })
     }
 

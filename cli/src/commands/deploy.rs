@@ -184,10 +184,8 @@ fn deploy_host(
     }
     eprintln!("[{host}] copying {path} to {}", remote.target);
     remote.copy_closure(&path)?;
-    remote.check_system(&path)?;
     eprintln!("[{host}] setting the system profile and switching");
-    remote.set_profile(&path)?;
-    remote.switch(&path)?;
+    remote.activate(&path)?;
     notify::notify_deploy(settings, host, &path);
     Ok(path)
 }

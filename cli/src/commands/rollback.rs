@@ -84,9 +84,7 @@ pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
             prev.path.clone()
         }
     };
-    remote.check_system(&path).map_err(step)?;
-    remote.set_profile(&path).map_err(step)?;
-    remote.switch(&path).map_err(step)?;
+    remote.activate(&path).map_err(step)?;
     notify::notify_deploy(settings, &args.host, &path);
     if settings.json {
         output::json(&serde_json::json!({ "host": args.host, "store_path": path.to_string() }))
