@@ -654,6 +654,7 @@ def test_the_build_time_cache_key_signs_paths_that_nix_then_accepts(test_keys, t
     subprocess.run(nix + ["copy", "--to", f"file://{tmp_path}/cache", path], check=True, capture_output=True)
     good = (test_keys / "cache" / "cache-key.pub").read_text().strip()
     assert good.startswith("nixfleet-test-cache-1:")
+    assert (test_keys / "cache" / "nix-trusted-keys.conf").read_text() == f"trusted-public-keys = {good}\n"
     ok = subprocess.run(nix + ["copy", "--from", f"file://{tmp_path}/cache", "--to", f"{tmp_path}/store-a", path,
                                "--option", "trusted-public-keys", good, *NO_SUBSTITUTERS],
                         capture_output=True, text=True)
@@ -725,3 +726,17 @@ def test_the_fake_system_template_builds_with_the_nixos_adaptation():
     switch = (out / "bin" / "switch-to-configuration").read_text()
     assert "PATH=/usr/bin:/usr/bin:$PATH" in switch
     assert (out / "nixos-version").read_text().strip() == "7"
+    # On a NixOS node the fake generation keeps the booted system's software ...
+    assert os.readlink(out / "sw") == "/run/booted-system/sw"
+    # ... without dragging that system into its closure.
+    refs = subprocess.run(["nix-store", "-q", "--references", str(out)], check=True, capture_output=True,
+                          text=True).stdout.split()
+    assert refs in ([], [str(out)]), refs
+
+
+def test_a_changed_fake_system_template_fails_evaluation_loudly():
+    err = nix_eval_fails(
+        f"import {REPO}/vmtests/nix/fake-system-nixos.nix {{ template = \"builtins.derivation {{ }}\"; "
+        f"coreutils = \"/usr\"; systemd = \"/usr\"; python3 = \"/usr/bin/python3\"; }}"
+    )
+    assert "fake-system.nix.tmpl changed" in err

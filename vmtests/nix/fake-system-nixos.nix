@@ -26,6 +26,14 @@ let
       to = "#!${python3}";
     }
     {
+      # A NixOS node keeps its real software while a fake generation is
+      # current: sw/ and kernel-modules/ lead to the booted system. The links
+      # name /run/booted-system, not a store path, so the fake closure stays
+      # one path (no reference to the node's own system).
+      from = "mkdir -p $out/bin $out/etc\n";
+      to = "mkdir -p $out/bin $out/etc\n    ln -s /run/booted-system/sw $out/sw\n    ln -s /run/booted-system/kernel-modules $out/kernel-modules\n";
+    }
+    {
       from = "set -eu\n    action=";
       to = "set -eu\n    PATH=${systemd}/bin:${coreutils}/bin:\\$PATH\n    action=";
     }

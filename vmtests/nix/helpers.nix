@@ -119,6 +119,9 @@ let
       testCerts,
     }:
     { config, ... }:
+    let
+      hasFakeSystem = builtins.pathExists (libDir + "/fake-system.nix.tmpl");
+    in
     {
       imports = [
         nixosModule
@@ -130,7 +133,7 @@ let
         "nixfleet-vmtests/node.json".text = builtins.toJSON ({ inherit scenario host; } // plan);
         "nixfleet-vmtests/cache-key.pub".source = "${testCerts}/cache/cache-key.pub";
       }
-      // lib.optionalAttrs (builtins.pathExists (libDir + "/fake-system.nix.tmpl")) {
+      // lib.optionalAttrs hasFakeSystem {
         "nixfleet-vmtests/fake-system.nix".text = import ./fake-system-nixos.nix {
           template = builtins.readFile (libDir + "/fake-system.nix.tmpl");
           coreutils = "${pkgs.coreutils}";
@@ -145,7 +148,9 @@ let
       nix.settings = {
         sandbox = false;
         substituters = lib.mkForce (plan.nix.substituters or [ ]);
-        trusted-public-keys = lib.mkForce [ (lib.fileContents "${testCerts}/cache/cache-key.pub") ];
+        # The key is read from the key derivation by nix itself (include), not
+        # at evaluation time, so evaluating a test builds nothing.
+        trusted-public-keys = lib.mkForce [ ];
         require-sigs = true;
         narinfo-cache-negative-ttl = 0;
         experimental-features = [
@@ -154,18 +159,47 @@ let
         ];
       };
 
-      # The NixOS boot has already activated the system generation; this unit
-      # only exists because test.py waits for it (the containers build and
-      # activate generation 1 in it).
-      systemd.services.nixfleet-vmtests-boot = {
-        description = "vmtests: the system generation is active (NixOS activated it at boot)";
+      # Generation 1 is the fake system, as in the containers (vmtests/lib/boot.sh):
+      # on first boot build it in this node's own store, make it the system
+      # profile and switch to it; on every boot activate the profile. Its sw/
+      # leads to the booted NixOS system, so the node keeps its tools.
+      systemd.services.nixfleet-vmtests-boot = lib.mkIf hasFakeSystem {
+        description = "vmtests: activate the system profile (build fake generation 1 on first boot)";
         wantedBy = [ "multi-user.target" ];
+        before = [
+          "multi-user.target"
+          "nixfleet-agent.service"
+          "nixfleet-control-plane.service"
+        ];
+        wants = [ "nix-daemon.socket" ];
+        after = [ "nix-daemon.socket" ];
+        path = [
+          config.nix.package
+          config.systemd.package
+          pkgs.coreutils
+        ];
         serviceConfig = {
           Type = "oneshot";
           RemainAfterExit = true;
-          ExecStart = "${pkgs.coreutils}/bin/true";
         };
+        script = ''
+          first=/var/lib/nixfleet-vmtests/generation-1
+          profile=/nix/var/nix/profiles/system
+          if [ ! -e "$first" ]; then
+            sys=$(nix-build /etc/nixfleet-vmtests/fake-system.nix --argstr host ${host} --argstr version 1 --no-out-link)
+            nix-env -p "$profile" --set "$sys"
+            mkdir -p "$(dirname "$first")"
+            ln -sfn "$sys" "$first"
+          fi
+          "$(readlink -f "$profile")"/bin/switch-to-configuration switch
+          # The boot activation is not a deployment: leave no deployment marker behind.
+          rm -f /tmp/stub-switch-called
+        '';
       };
+
+      nix.extraOptions = ''
+        include ${testCerts}/cache/nix-trusted-keys.conf
+      '';
 
       # Root's SSH identity, trusted by every node (the seed's test key).
       # Debian calls the unit ssh.service; scripts written for both may too.
@@ -323,6 +357,8 @@ let
           enable = true;
           openFirewall = true;
         } // plan.cacheServer;
+        # test.py waits for the local stand-in's unit name.
+        systemd.services.harmonia.aliases = [ "nixfleet-cache-server.service" ];
       }
       ++ lib.optional (builtins.elem plan.role [
         "operator"

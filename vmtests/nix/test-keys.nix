@@ -50,8 +50,9 @@ in
   inherit names extraCertNames;
 
   # Writes $out/tls/{ca.pem,<name>-cert.pem,<name>-key.pem}, $out/ssh/id_ed25519{,.pub}
-  # and $out/cache/cache-key.{sec,pub}. Needs openssl, ssh-keygen, base64,
-  # tail and mkdir on PATH.
+  # and $out/cache/cache-key.{sec,pub} plus nix-trusted-keys.conf (a nix.conf
+  # line trusting the public key). Needs openssl, ssh-keygen, base64, tail,
+  # cat and mkdir on PATH.
   script = ''
     set -eu
     mkdir -p "$out/tls" "$out/ssh" "$out/cache"
@@ -76,6 +77,7 @@ in
     { tail -c 32 key.der; tail -c 32 pub.der; } > sec.raw
     printf '%s:%s' ${cacheKeyName} "$(base64 -w0 sec.raw)" > cache-key.sec
     printf '%s:%s' ${cacheKeyName} "$(tail -c 32 pub.der | base64 -w0)" > cache-key.pub
+    printf 'trusted-public-keys = %s\n' "$(cat cache-key.pub)" > nix-trusted-keys.conf
     rm key.der pub.der sec.raw
     chmod 600 cache-key.sec
   '';
