@@ -27,6 +27,7 @@ pub struct Cli {
 /// Flags every command accepts. Unset flags fall back to the environment, the credentials
 /// file and `.nixfleet.toml`, in that order.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Control plane URL [default: https://localhost:8080].
     #[arg(
@@ -89,7 +90,7 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: commands::rollout::RolloutCmd,
     },
-    /// Build hosts of a flake and switch them over SSH (--ssh), no control plane needed.
+    /// Deploy a flake: over SSH with --ssh (no control plane), else as a release plus a rollout.
     Deploy(commands::deploy::DeployArgs),
     /// Switch one machine back to its previous system (or --generation), over SSH.
     Rollback(commands::rollback::RollbackArgs),

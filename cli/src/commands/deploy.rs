@@ -1,11 +1,13 @@
-//! `nixfleet deploy --ssh`: build each host's system and switch it over SSH, no control plane.
+//! `nixfleet deploy`: with `--ssh`, build each host's system and switch it over SSH with no
+//! control plane; without, create a release (or take `--release`) and a rollout of it.
 //!
 //! Per host: `nix build` the toplevel → `nix-copy-closure` → check the path on the target →
 //! `nix-env --set` the system profile → `switch-to-configuration switch` → notify the control
 //! plane if one is configured (only now, after the switch succeeded). Hosts are independent:
 //! one failing does not stop the others; the exit code says whether any failed.
 
-use crate::commands::notify;
+use crate::client::Client;
+use crate::commands::{notify, release, rollout};
 use crate::error::{CliError, Result};
 use crate::nix;
 use crate::output;
@@ -13,6 +15,7 @@ use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget, Step, StepError};
 use crate::store_path::StorePath;
 use clap::Args;
+use nixfleet_proto::api::v1::Release;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -40,8 +43,146 @@ pub struct DeployArgs {
     )]
     pub ssh_opts: Option<String>,
     /// Build and show what would be switched; copy and switch nothing.
-    #[arg(long)]
+    #[arg(long, requires = "ssh")]
     pub dry_run: bool,
+
+    /// Roll out this existing release instead of building one.
+    #[arg(long, conflicts_with_all = ["ssh", "push_to", "copy", "eval_only"], help_heading = "Rollout mode (without --ssh)")]
+    pub release: Option<String>,
+    /// Push the closures to this store URL (see `release create --push-to`).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["ssh", "copy", "eval_only"], help_heading = "Rollout mode (without --ssh)")]
+    pub push_to: Option<String>,
+    /// Copy each closure straight to its host.
+    #[arg(long, conflicts_with_all = ["ssh", "eval_only"], help_heading = "Rollout mode (without --ssh)")]
+    pub copy: bool,
+    /// Only evaluate store paths (another machine builds and pushes).
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub eval_only: bool,
+    /// The cache URL agents fetch from.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub cache_url: Option<String>,
+    /// Target machines carrying all these tags [default: the hosts of --hosts].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub tags: Vec<String>,
+    /// Canary, staged or all-at-once.
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub strategy: Option<String>,
+    /// Batch sizes for staged, e.g. 1,25%,100%.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub batch_size: Vec<String>,
+    /// Unhealthy machines tolerated per batch (N or P%).
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub failure_threshold: Option<String>,
+    /// Pause or revert when a batch fails.
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub on_failure: Option<String>,
+    /// Seconds a batch waits for health reports.
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub health_timeout: Option<u64>,
+    /// Show the batches and start nothing.
+    #[arg(
+        long,
+        conflicts_with = "ssh",
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub plan: bool,
+    /// Wait for the rollout to end; the exit code says how it ended.
+    #[arg(long, conflicts_with_all = ["ssh", "plan"], help_heading = "Rollout mode (without --ssh)")]
+    pub wait: bool,
+    /// With --wait, give up after this many seconds (0: never).
+    #[arg(
+        long,
+        default_value_t = 600,
+        help_heading = "Rollout mode (without --ssh)"
+    )]
+    pub wait_timeout: u64,
+}
+
+/// Rollout mode: create (or reuse) a release, then a rollout of it.
+fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
+    let release_id = match &args.release {
+        Some(id) => crate::client::path_id("--release", id)?,
+        None => {
+            let create = release::CreateArgs {
+                flake: args.flake.clone(),
+                hosts: args.hosts.clone(),
+                push_to: args.push_to.clone(),
+                copy: args.copy,
+                eval_only: args.eval_only,
+                cache_url: args.cache_url.clone(),
+                ssh_opts: args.ssh_opts.clone(),
+                dry_run: false,
+            };
+            release::create(settings, &create)?
+                .ok_or_else(|| CliError::failed("no release was created"))?
+        }
+    };
+    let hosts = if args.tags.is_empty() {
+        let rel: Release = Client::new(settings)?.get(&format!("/api/v1/releases/{release_id}"))?;
+        let names: Vec<String> = rel.entries.iter().map(|e| e.hostname.clone()).collect();
+        let picked = nix::filter_hosts(&names, &args.hosts);
+        if picked.is_empty() {
+            return Err(CliError::usage(format!(
+                "--hosts {:?} matches none of release {release_id}'s hosts ({})",
+                args.hosts,
+                names.join(", ")
+            )));
+        }
+        picked
+    } else {
+        Vec::new()
+    };
+    let create = rollout::CreateArgs {
+        release: release_id,
+        strategy: args.strategy,
+        batch_size: args.batch_size,
+        failure_threshold: args.failure_threshold,
+        on_failure: args.on_failure,
+        health_timeout: args.health_timeout,
+        tags: args.tags,
+        hosts,
+        cache_url: args.cache_url,
+        seed: None,
+        plan: args.plan,
+        wait: args.wait,
+        wait_timeout: args.wait_timeout,
+    };
+    rollout::create(settings, &create)
 }
 
 #[derive(Debug, Serialize)]
@@ -64,12 +205,10 @@ struct Summary {
     failed: Vec<HostFailed>,
 }
 
-/// Runs `nixfleet deploy`.
+/// Runs `nixfleet deploy`; the SSH mode is below, the rollout mode above.
 pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     if !args.ssh {
-        return Err(CliError::usage(
-            "deploy without --ssh goes through the control plane: use `nixfleet release create` then `nixfleet rollout create`, or pass --ssh to switch hosts directly",
-        ));
+        return rollout_mode(settings, args);
     }
     nix::check_flake_ref(&args.flake).map_err(CliError::Usage)?;
     let started = Instant::now();
