@@ -167,6 +167,16 @@ let
     };
     writeShellScript = name: _text: storePath name;
     writeText = name: _text: storePath name;
+    writeTextFile =
+      {
+        name,
+        text,
+        ...
+      }:
+      {
+        inherit name text;
+        outPath = storePath name;
+      };
     stdenv.hostPlatform.system = "x86_64-linux";
   }
   // lib.genAttrs [
@@ -268,9 +278,49 @@ let
         else
           v
       ) b;
+  # The definitions a module (or a function returning one) makes, with its
+  # imports followed. Modules that declare options (nixfleet's own module
+  # files, reached through nixosModule) are not evaluated here: the other
+  # stub tests do that. Paths are skipped the same way.
+  definitionsOf =
+    args: module:
+    if builtins.isPath module || builtins.isString module then
+      [ ]
+    else
+      let
+        m = if builtins.isFunction module then module args else module;
+        own = removeAttrs m [ "imports" ];
+      in
+      (if m ? options then [ ] else [ own ]) ++ builtins.concatLists (map (definitionsOf args) (m.imports or [ ]));
+
+  # Dotted names of the leaves of a resolved definition tree (lists and
+  # derivation-like values are leaves).
+  leafPaths =
+    prefix: v:
+    if isAttrs v && !(v ? outPath) then
+      builtins.concatLists (
+        map (k: leafPaths (if prefix == "" then k else "${prefix}.${k}") v.${k}) (attrNames v)
+      )
+    else
+      [ prefix ];
 in
 {
   inherit lib pkgs types;
+
+  # Every definition the modules made, merged: { definitions; paths; }.
+  evalDefinitions =
+    { module, config }:
+    let
+      defs = map resolve (definitionsOf {
+        inherit lib pkgs config;
+        options = { };
+      } module);
+      merged = foldl' mergeResolved { } defs;
+    in
+    {
+      definitions = merged;
+      paths = leafPaths "" merged;
+    };
 
   # Every option a module file declares, as dotted names.
   declaredOptions =

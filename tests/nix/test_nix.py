@@ -577,6 +577,70 @@ def test_the_agent_package_builds_the_binaries_the_workspace_declares():
     assert FLAGS["nixfleet-control-plane"]["binary"] == "nixfleet-control-plane"
 
 
+def scenario_node_definitions(directory: str) -> dict:
+    """Every scenario node built by vmtests/nix/helpers.nix mkNode, evaluated against the stubs."""
+    return nix_eval(f"""
+let
+  s = {STUB};
+  helpers = import {REPO}/vmtests/nix/helpers.nix {{
+    inherit (s) lib pkgs;
+    nixosModule = {REPO}/nixos;
+    packages = {{ nixfleet = s.pkgs.jq; nixfleet-control-plane = s.pkgs.jq; nixfleet-agent = s.pkgs.jq; }};
+  }};
+  plan = (import {REPO}/vmtests/nix/nodes.nix).load {{
+    scenarioDir = {SCENARIOS / directory}; libDir = {REPO}/vmtests/lib; }};
+  config = {{ nix.package = "/nix/store/0-nix"; systemd.package = "/nix/store/0-systemd";
+             system.path = "/nix/store/0-sw"; }};
+in builtins.mapAttrs (host: p:
+  let r = s.evalDefinitions {{ module = helpers.mkNode {{ scenario = plan.name; inherit host; plan = p; }};
+                               inherit config; }};
+  in {{ inherit (r) paths; role = p.role; defs = {{
+    agent = r.definitions.services.nixfleet-agent or null;
+    cp = r.definitions.services.nixfleet-control-plane or null;
+    cache = r.definitions.services.nixfleet-cache-server or null;
+    units = builtins.mapAttrs (_: u: u.wantedBy or null) (r.definitions.systemd.services or {{ }});
+    nodeJson = r.definitions.environment.etc."nixfleet-vmtests/node.json".text;
+  }}; }}) plan.nodes
+""")
+
+
+def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options():
+    if not scenario_dirs():
+        pytest.skip("no scenario directories yet")
+    declared_options = all_declared()
+    problems = []
+    for d in scenario_dirs():
+        if not (SCENARIOS / d / "nodes.json").is_file():
+            continue
+        for host, node in scenario_node_definitions(d).items():
+            ours = [p for p in node["paths"] if p.startswith(("services.nixfleet-", "nixfleet."))]
+            undeclared = [p for p in ours if p not in declared_options]
+            if undeclared:
+                problems.append(f"{d}/{host}: {undeclared}")
+            defs = node["defs"]
+            assert json.loads(defs["nodeJson"])["host"] == host
+            if node["role"] == "control-plane":
+                assert defs["cp"]["enable"] is True and defs["cp"]["tls"]["key"] == "/etc/nixfleet-tls/cp-key.pem"
+            if node["role"] == "agent":
+                assert defs["agent"]["enable"] is True and defs["agent"]["machineId"] == host, (d, host)
+                assert defs["agent"]["tls"]["clientKey"] == f"/etc/nixfleet-tls/{host}-key.pem"
+                assert "autoStart" not in defs["agent"]
+            if node["role"] == "cache-server":
+                assert defs["cache"]["signingKeyFile"] == "/etc/nixfleet-vmtests/cache-key.sec"
+            assert defs["units"]["nixfleet-vmtests-boot"] == ["multi-user.target"]
+    assert not problems, "helpers set options no module declares:\n" + "\n".join(problems)
+
+
+def test_an_agent_with_auto_start_off_is_installed_but_not_wanted_at_boot():
+    if not all((SCENARIOS / d / "nodes.json").is_file() for d in ("vm-fleet-timeout", "vm-fleet-poll-retry")):
+        pytest.skip("vm-fleet-timeout and vm-fleet-poll-retry are not there yet")
+    nodes = scenario_node_definitions("vm-fleet-timeout")
+    assert nodes["web-01"]["defs"]["units"]["nixfleet-agent"] == []
+    nodes = scenario_node_definitions("vm-fleet-poll-retry")
+    assert nodes["cp"]["defs"]["units"]["nixfleet-control-plane"] == []
+    assert "nixfleet-agent" not in nodes["agent"]["defs"]["units"]
+
+
 def build(expr: str) -> Path:
     out = subprocess.run(["nix-build", "--no-out-link", *NO_SUBSTITUTERS, "--option", "sandbox", "false",
                           "-E", expr], capture_output=True, text=True, cwd=REPO)

@@ -66,8 +66,9 @@ let
 
   # The Python that comes before every test.py: the shared prelude, plus
   # overrides when a scenario talks to the API from another node.
-  # ON_NIXOS and SSH_UNIT let a script name what differs between a NixOS VM
-  # and a Debian container (the local driver leaves ON_NIXOS False).
+  # ON_NIXOS, SSH_UNIT and CACHE_UNIT let a script name what differs between
+  # a NixOS VM and a Debian container (the local driver's values: False,
+  # "ssh.service", "nixfleet-cache-server.service").
   testPrelude =
     {
       certPrefix ? "cp",
@@ -79,6 +80,7 @@ let
       # vmtests/nix/helpers.nix (testPrelude): this run is the NixOS test driver.
       ON_NIXOS = True
       SSH_UNIT = "sshd.service"
+      CACHE_UNIT = "harmonia.service"
     ''
     + lib.optionalString (certPrefix != "cp" || api != "https://localhost:8080") ''
       CERT_PREFIX = ${builtins.toJSON certPrefix}
@@ -357,8 +359,10 @@ let
           enable = true;
           openFirewall = true;
         } // plan.cacheServer;
-        # test.py waits for the local stand-in's unit name.
+        # test.py waits for the local stand-in's unit name, and reads the
+        # requests it served from the journal.
         systemd.services.harmonia.aliases = [ "nixfleet-cache-server.service" ];
+        systemd.services.harmonia.environment.RUST_LOG = "info";
       }
       ++ lib.optional (builtins.elem plan.role [
         "operator"
