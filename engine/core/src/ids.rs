@@ -140,13 +140,13 @@ string_id!(
 );
 
 /// Characters Nix allows in a store path name.
-fn is_store_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_' | '?' | '=')
+fn is_store_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
 }
 
 /// Nix's base32 alphabet (no e, o, u, t).
-fn is_nix_base32(c: char) -> bool {
-    matches!(c, '0'..='9' | 'a'..='d' | 'f'..='n' | 'p'..='s' | 'v'..='z')
+fn is_nix_base32(c: u8) -> bool {
+    matches!(c, b'0'..=b'9' | b'a'..=b'd' | b'f'..=b'n' | b'p'..=b's' | b'v'..=b'z')
 }
 
 /// A Nix store path such as `/nix/store/<32 base32 chars>-<name>`: a generation.
@@ -170,7 +170,7 @@ impl StorePath {
         let (hash, name) = rest
             .split_at_checked(32)
             .ok_or_else(|| InvalidId::new(KIND, s, "needs a 32-character hash"))?;
-        if !hash.chars().all(is_nix_base32) {
+        if !hash.bytes().all(is_nix_base32) {
             return Err(InvalidId::new(
                 KIND,
                 s,
@@ -180,7 +180,7 @@ impl StorePath {
         let name = name
             .strip_prefix('-')
             .ok_or_else(|| InvalidId::new(KIND, s, "needs '-' after the hash"))?;
-        if name.is_empty() || name.starts_with('.') || !name.chars().all(is_store_name_char) {
+        if name.is_empty() || name.starts_with('.') || !name.bytes().all(is_store_name_char) {
             return Err(InvalidId::new(
                 KIND,
                 s,
