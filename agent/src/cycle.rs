@@ -12,6 +12,7 @@
 //!   "up-to-date" report carries the latest results, so the rollout gate need not wait (defect 7).
 
 use crate::health::HealthRunner;
+use crate::inflight::{InFlight, Journal, ATTEMPTS_MAX};
 use crate::nix::{self, FetchError, Fetched};
 use crate::quarantine::{Quarantine, Verdict};
 use crate::store_path::StorePath;
@@ -82,16 +83,23 @@ pub enum Action {
 pub struct Agent {
     settings: Settings,
     quarantine: Quarantine,
+    journal: Journal,
     health: HealthRunner,
     started: Instant,
 }
 
 impl Agent {
     /// An agent with these parts.
-    pub fn new(settings: Settings, quarantine: Quarantine, health: HealthRunner) -> Self {
+    pub fn new(
+        settings: Settings,
+        quarantine: Quarantine,
+        journal: Journal,
+        health: HealthRunner,
+    ) -> Self {
         Agent {
             settings,
             quarantine,
+            journal,
             health,
             started: Instant::now(),
         }
@@ -116,6 +124,11 @@ impl Agent {
 
     /// Runs one cycle for the control plane's answer.
     pub fn handle_desired(&mut self, desired: Option<&DesiredGeneration>) -> Outcome {
+        if let Some(record) = self.journal.load() {
+            if let Some(outcome) = self.resume(record, desired) {
+                return outcome;
+            }
+        }
         let Some(desired) = desired else {
             tracing::info!("No desired generation set yet (CP returned 404); steady-state poll");
             self.quarantine.observe_none();
@@ -201,8 +214,24 @@ impl Agent {
         }
         tracing::info!(path = %path, previous = previous.as_ref().map(StorePath::as_str).unwrap_or(""),
             "Applying; recorded the running generation to return to on failure");
+        let attempts = self
+            .journal
+            .load()
+            .filter(|r| r.target == path.as_str())
+            .map_or(0, |r| r.attempts)
+            + 1;
+        let record = InFlight {
+            target: path.to_string(),
+            previous: previous.as_ref().map(StorePath::to_string),
+            attempts,
+            at: crate::rfc3339(SystemTime::now()),
+        };
+        if let Err(e) = self.journal.start(&record) {
+            tracing::warn!(error = %e, "Cannot write the deploy record; an interrupted deploy will not be resumed");
+        }
         if let Err(e) = nix::set_profile(&self.settings.profile, &path) {
             tracing::error!(error = %e, "Cannot set the system profile");
+            self.journal.clear();
             return self.outcome(
                 false,
                 &format!("apply failed: {e}"),
@@ -211,10 +240,16 @@ impl Agent {
                 Action::ProfileFailed,
             );
         }
-        if let Err(e) = self.settings.switcher.switch_to(&path) {
-            return self.roll_back(&path, previous, &format!("switch failed: {e}"));
-        }
+        let outcome = match self.settings.switcher.switch_to(&path) {
+            Ok(()) => self.verify(&path, previous),
+            Err(e) => self.roll_back(&path, previous, &format!("switch failed: {e}")),
+        };
+        self.journal.clear();
+        outcome
+    }
 
+    /// Runs every health check on the freshly switched system; healthy → "deployed", else roll back.
+    fn verify(&mut self, path: &StorePath, previous: Option<StorePath>) -> Outcome {
         set_state(State::Verifying);
         let health = self.health.run_due(Instant::now(), true);
         if health.all_passed {
@@ -224,7 +259,43 @@ impl Agent {
         log_failed_checks(&health);
         tracing::warn!(path = %path, "Health checks failed after apply");
         let reason = format!("health checks failed: {}", failed_summary(&health));
-        self.roll_back(&path, previous, &reason)
+        self.roll_back(path, previous, &reason)
+    }
+
+    /// Finishes a deploy a previous agent process left behind (see `inflight`). `None`: nothing to
+    /// finish, go on with the normal cycle.
+    fn resume(&mut self, record: InFlight, desired: Option<&DesiredGeneration>) -> Option<Outcome> {
+        let Ok(target) = StorePath::try_from(record.target.as_str()) else {
+            self.journal.clear();
+            return None;
+        };
+        let previous = record
+            .previous
+            .as_deref()
+            .and_then(|p| StorePath::try_from(p).ok());
+        let current = switch::read_current(&self.settings.switcher.current_system);
+        if current.as_ref() == Some(&target) {
+            tracing::warn!(path = %target, attempts = record.attempts,
+                "Resuming a deploy interrupted after the switch; verifying it now");
+            let outcome = self.verify(&target, previous);
+            self.journal.clear();
+            return Some(outcome);
+        }
+        if record.attempts >= ATTEMPTS_MAX {
+            let reason = format!(
+                "its deploy was interrupted {} times before the switch completed",
+                record.attempts
+            );
+            tracing::error!(path = %target, reason, "Quarantining");
+            self.quarantine.add(target.as_str(), &reason);
+            self.journal.clear();
+        } else if desired.is_none_or(|d| d.hash != record.target) {
+            self.journal.clear();
+        } else {
+            tracing::warn!(path = %target, attempts = record.attempts,
+                "A deploy was interrupted before the switch completed; trying again");
+        }
+        None
     }
 
     fn roll_back(

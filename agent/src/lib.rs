@@ -2,7 +2,7 @@
 //!
 //! Map: `config` (flags) → `run` (loop) → `client` (the control plane, the only HTTP to it) and
 //! `cycle` (one deploy cycle) → `nix` (fetch, profile), `switch` (switch and wait), `health`
-//! (checks), `quarantine` (paths not to apply again); `store_path` validates every path that comes
+//! (checks), `quarantine` (paths not to apply again), `inflight` (the deploy in progress, across restarts); `store_path` validates every path that comes
 //! in; `exec` runs every child process with a deadline; `telemetry` holds logging and metrics.
 
 pub mod client;
@@ -10,6 +10,7 @@ pub mod config;
 pub mod cycle;
 pub mod exec;
 pub mod health;
+pub mod inflight;
 pub mod nix;
 pub mod quarantine;
 pub mod run;

@@ -8,6 +8,7 @@ use crate::client::ControlPlane;
 use crate::config::Config;
 use crate::cycle::{Agent, Settings};
 use crate::health::HealthRunner;
+use crate::inflight::Journal;
 use crate::quarantine::Quarantine;
 use crate::switch::Switcher;
 use crate::telemetry::{self, set_state, State};
@@ -70,6 +71,7 @@ pub fn build(cfg: Config) -> Result<Runtime, String> {
     let agent = Agent::new(
         settings,
         quarantine,
+        Journal::new(&cfg.state_dir),
         HealthRunner::new(cfg.health_config.clone(), cfg.health_interval),
     );
     Ok(Runtime {

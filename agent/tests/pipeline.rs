@@ -415,3 +415,93 @@ impl Drop for HttpServer {
         let _ = self.child.wait();
     }
 }
+
+/// Leaves the state a process killed mid-deploy leaves: the deploy record, the profile set to
+/// `target` and, when `switched`, the current-system link flipped to it.
+fn interrupted_deploy(
+    m: &Machine,
+    target: &nixfleet_agent::store_path::StorePath,
+    previous: &str,
+    attempts: u32,
+    switched: bool,
+) {
+    nixfleet_agent::inflight::Journal::new(&m.state_dir)
+        .start(&nixfleet_agent::inflight::InFlight {
+            target: target.to_string(),
+            previous: Some(previous.to_owned()),
+            attempts,
+            at: "2026-11-25T08:00:00.000Z".into(),
+        })
+        .expect("write the deploy record");
+    m.set_profile(target);
+    if switched {
+        let _ = std::fs::remove_file(&m.current);
+        std::os::unix::fs::symlink(target.as_str(), &m.current).expect("symlink");
+    }
+}
+
+#[test]
+fn a_deploy_interrupted_after_the_switch_is_verified_and_rolled_back_by_the_next_agent_process() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let bad = m.build("nixos-system-web-01-bad", false);
+    m.boot_into(&v1);
+    interrupted_deploy(&m, &bad, v1.as_str(), 1, true);
+
+    let out = m.agent().handle_desired(Some(&desired(bad.as_str())));
+
+    assert_eq!(out.action, Action::RolledBack, "{:?}", out.report);
+    assert_eq!(out.report.rolled_back_from.as_deref(), Some(bad.as_str()));
+    assert_eq!(m.running(), v1.as_str());
+    assert_eq!(m.profile_target(), v1.as_str());
+    assert!(
+        !m.state_dir
+            .join(nixfleet_agent::inflight::FILE_NAME)
+            .exists(),
+        "the record is gone"
+    );
+}
+
+#[test]
+fn a_deploy_interrupted_after_the_switch_of_a_healthy_generation_is_reported_deployed() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let v2 = m.build("nixos-system-web-01-v2", true);
+    m.boot_into(&v1);
+    interrupted_deploy(&m, &v2, v1.as_str(), 1, true);
+
+    let out = m.agent().handle_desired(Some(&desired(v2.as_str())));
+
+    assert_eq!(out.action, Action::Deployed);
+    assert_eq!(out.report.message, "deployed");
+    assert!(out.report.health.expect("verification results").all_passed);
+    assert!(m.switches().is_empty(), "verified without switching again");
+}
+
+#[test]
+fn a_deploy_interrupted_before_the_switch_is_tried_again_and_quarantined_after_two_interruptions() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let v2 = m.build("nixos-system-web-01-v2", true);
+    let v3 = m.build("nixos-system-web-01-v3", true);
+    m.boot_into(&v1);
+
+    interrupted_deploy(&m, &v2, v1.as_str(), 1, false);
+    let out = m.agent().handle_desired(Some(&desired(v2.as_str())));
+    assert_eq!(
+        out.action,
+        Action::Deployed,
+        "one interruption: applied again"
+    );
+
+    m.boot_into(&v1);
+    interrupted_deploy(&m, &v3, v1.as_str(), 2, false);
+    let out = m.agent().handle_desired(Some(&desired(v3.as_str())));
+    assert_eq!(out.action, Action::Quarantined, "{:?}", out.report);
+    assert!(
+        out.report.message.contains("interrupted 2 times"),
+        "{}",
+        out.report.message
+    );
+    assert_eq!(m.running(), v1.as_str());
+}

@@ -9,6 +9,7 @@
 
 use nixfleet_agent::cycle::{Agent, Settings};
 use nixfleet_agent::health::HealthRunner;
+use nixfleet_agent::inflight::Journal;
 use nixfleet_agent::quarantine::Quarantine;
 use nixfleet_agent::store_path::StorePath;
 use nixfleet_agent::switch::{SwitchMode, Switcher};
@@ -256,6 +257,7 @@ impl Machine {
         Agent::new(
             settings,
             Quarantine::load(&self.state_dir).expect("quarantine"),
+            Journal::new(&self.state_dir),
             HealthRunner::new(self.health_config.clone(), Duration::from_secs(60)),
         )
     }
