@@ -268,6 +268,7 @@ pub fn is_valid(path: &StorePath) -> bool {
     Command::new("nix-store")
         .arg("--check-validity")
         .arg(path.as_str())
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("nix-store")
         .success()
