@@ -627,6 +627,7 @@ def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options
                 assert "autoStart" not in defs["agent"]
             if node["role"] == "cache-server":
                 assert defs["cache"]["signingKeyFile"] == "/etc/nixfleet-vmtests/cache-key.sec"
+                assert defs["units"]["harmonia"] == ["multi-user.target"]
             assert defs["units"]["nixfleet-vmtests-boot"] == ["multi-user.target"]
     assert not problems, "helpers set options no module declares:\n" + "\n".join(problems)
 

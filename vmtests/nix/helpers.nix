@@ -100,18 +100,6 @@ let
       };
     };
 
-  # Keeps a node's tools on PATH after test.py switched it to a fake
-  # generation, which has no sw/ (so /run/current-system/sw/bin is gone):
-  # login shells, and the test driver's shell, also search the system's own
-  # package set by store path.
-  keepToolsOnPath =
-    { config, ... }:
-    {
-      environment.extraInit = ''
-        export PATH="$PATH:${config.system.path}/bin:${config.system.path}/sbin"
-      '';
-    };
-
   # What every test node gets, whatever its role (write_layer's common part).
   commonModule =
     {
@@ -128,7 +116,6 @@ let
       imports = [
         nixosModule
         (tlsCertsModule { inherit testCerts; })
-        keepToolsOnPath
       ];
 
       environment.etc = {
@@ -360,9 +347,13 @@ let
           openFirewall = true;
         } // plan.cacheServer;
         # test.py waits for the local stand-in's unit name, and reads the
-        # requests it served from the journal.
-        systemd.services.harmonia.aliases = [ "nixfleet-cache-server.service" ];
-        systemd.services.harmonia.environment.RUST_LOG = "info";
+        # requests it served from the journal. Newer nixpkgs socket-activates
+        # harmonia; the tests want it running from boot, as the seed's did.
+        systemd.services.harmonia = {
+          aliases = [ "nixfleet-cache-server.service" ];
+          wantedBy = [ "multi-user.target" ];
+          environment.RUST_LOG = "info";
+        };
       }
       ++ lib.optional (builtins.elem plan.role [
         "operator"
