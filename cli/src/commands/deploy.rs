@@ -17,6 +17,8 @@ use crate::store_path::StorePath;
 use clap::Args;
 use nixfleet_proto::api::v1::Release;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// `nixfleet deploy`.
@@ -45,6 +47,9 @@ pub struct DeployArgs {
     /// Build and show what would be switched; copy and switch nothing.
     #[arg(long, requires = "ssh")]
     pub dry_run: bool,
+    /// Hosts deployed at the same time.
+    #[arg(long, short = 'j', default_value_t = 4, requires = "ssh")]
+    pub jobs: usize,
 
     /// Roll out this existing release instead of building one.
     #[arg(long, conflicts_with_all = ["ssh", "push_to", "copy", "eval_only"], help_heading = "Rollout mode (without --ssh)")]
@@ -239,51 +244,32 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     };
     let ssh_opts = args.ssh_opts.clone().unwrap_or_default();
 
-    let mut summary = Summary::default();
-    for host in &hosts {
-        let host_started = Instant::now();
-        let result = nix::check_host_name(host)
-            .map_err(|m| StepError::new(Step::Eval, m))
-            .and_then(|()| {
-                let target = match &target {
-                    Some(t) => t.clone(),
-                    None => SshTarget::root_at(host).map_err(|m| StepError::new(Step::Eval, m))?,
-                };
-                deploy_host(
-                    settings,
-                    host,
-                    Remote::new(target, &ssh_opts, settings.verbose),
-                    &args,
-                )
+    // Hosts are independent; up to --jobs of them are built, copied and switched at once.
+    let jobs = args.jobs.clamp(1, hosts.len());
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, HostOutcome)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(host) = hosts.get(i) else { break };
+                let outcome = deploy_one(settings, host, target.as_ref(), &ssh_opts, &args);
+                results
+                    .lock()
+                    .expect("a deploy thread panicked while holding the results")
+                    .push((i, outcome));
             });
-        match result {
-            Ok(path) => {
-                let seconds = host_started.elapsed().as_secs_f64();
-                eprintln!(
-                    "[{host}] {} {path} in {seconds:.2}s",
-                    if args.dry_run {
-                        "would switch to"
-                    } else {
-                        "switched to"
-                    }
-                );
-                summary.succeeded.push(HostDone {
-                    host: host.clone(),
-                    store_path: path.to_string(),
-                    seconds,
-                });
-            }
-            Err(e) => {
-                eprintln!("[{host}] FAILED at {}: {}", e.step, e.message);
-                for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(20) {
-                    eprintln!("[{host}]   {line}");
-                }
-                summary.failed.push(HostFailed {
-                    host: host.clone(),
-                    step: e.step.to_string(),
-                    error: e.message,
-                });
-            }
+        }
+    });
+    let mut results = results
+        .into_inner()
+        .expect("a deploy thread panicked while holding the results");
+    results.sort_by_key(|(i, _)| *i);
+    let mut summary = Summary::default();
+    for (_, outcome) in results {
+        match outcome {
+            HostOutcome::Done(d) => summary.succeeded.push(d),
+            HostOutcome::Failed(f) => summary.failed.push(f),
         }
     }
     if settings.json {
@@ -306,6 +292,65 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
             names.join(", "),
             names.join(",")
         )))
+    }
+}
+
+enum HostOutcome {
+    Done(HostDone),
+    Failed(HostFailed),
+}
+
+/// Deploys one host and reports the outcome on stderr as it happens.
+fn deploy_one(
+    settings: &Settings,
+    host: &str,
+    target: Option<&SshTarget>,
+    ssh_opts: &str,
+    args: &DeployArgs,
+) -> HostOutcome {
+    let host_started = Instant::now();
+    let result = nix::check_host_name(host)
+        .map_err(|m| StepError::new(Step::Eval, m))
+        .and_then(|()| {
+            let target = match target {
+                Some(t) => t.clone(),
+                None => SshTarget::root_at(host).map_err(|m| StepError::new(Step::Eval, m))?,
+            };
+            deploy_host(
+                settings,
+                host,
+                Remote::new(target, ssh_opts, settings.verbose),
+                args,
+            )
+        });
+    match result {
+        Ok(path) => {
+            let seconds = host_started.elapsed().as_secs_f64();
+            eprintln!(
+                "[{host}] {} {path} in {seconds:.2}s",
+                if args.dry_run {
+                    "would switch to"
+                } else {
+                    "switched to"
+                }
+            );
+            HostOutcome::Done(HostDone {
+                host: host.to_string(),
+                store_path: path.to_string(),
+                seconds,
+            })
+        }
+        Err(e) => {
+            eprintln!("[{host}] FAILED at {}: {}", e.step, e.message);
+            for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(20) {
+                eprintln!("[{host}]   {line}");
+            }
+            HostOutcome::Failed(HostFailed {
+                host: host.to_string(),
+                step: e.step.to_string(),
+                error: e.message,
+            })
+        }
     }
 }
 
