@@ -145,7 +145,16 @@ let
     filterAttrs = pred: a: removeAttrs a (filter (n: !pred n a.${n}) (attrNames a));
     unique = foldl' (acc: x: if builtins.elem x acc then acc else acc ++ [ x ]) [ ];
     concatMap = f: l: builtins.concatLists (map f l);
-    fileset = { };
+    # Enough of lib.fileset to see which paths a source keeps out.
+    fileset = {
+      toSource = { root, fileset }: {
+        inherit root;
+        excluded = fileset.excluded or [ ];
+      };
+      difference = _root: excluded: { excluded = excluded; };
+      unions = l: l;
+      maybeMissing = p: toString p;
+    };
     licenses.mit = "mit";
     platforms.linux = [ "x86_64-linux" ];
   };
@@ -178,6 +187,17 @@ let
         outPath = storePath name;
       };
     stdenv.hostPlatform.system = "x86_64-linux";
+    # buildRustPackage returns its arguments, so tests can read them back.
+    rustPlatform.buildRustPackage = attrs: attrs // {
+      outPath = storePath "${attrs.pname}-${attrs.version}";
+      overrideAttrs = f: attrs // (if builtins.isFunction f then f attrs else f);
+    };
+    callPackage =
+      fn: extra:
+      let
+        f = if builtins.isFunction fn then fn else import fn;
+      in
+      f (builtins.intersectAttrs (builtins.functionArgs f) (pkgs // { inherit lib; }) // extra);
   }
   // lib.genAttrs [
     "coreutils"

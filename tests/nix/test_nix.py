@@ -567,6 +567,39 @@ def test_the_flake_exposes_packages_modules_overlay_shell_formatter_and_validate
     assert 'cargoLock.lockFile = root + "/Cargo.lock"' in (REPO / "nixos" / "pkgs" / "workspace.nix").read_text()
 
 
+def test_the_packages_are_one_workspace_build_split_per_binary():
+    out = nix_eval(
+        f"let f = {FLAKE_OUTPUTS}; p = f.packages.x86_64-linux; w = p.nixfleet-workspace; in {{ "
+        f"names = builtins.attrNames p; lock = toString w.cargoLock.lockFile; flags = w.cargoBuildFlags; "
+        f"tests = w.cargoTestFlags; excluded = w.src.excluded; version = w.version; "
+        f"bins = map (n: {{ inherit n; script = p.${{n}}.script; main = p.${{n}}.env.meta.mainProgram; }}) "
+        f"[ \"nixfleet\" \"nixfleet-agent\" \"nixfleet-control-plane\" ]; "
+        f"clippy = f.checks.x86_64-linux.cargo-clippy.buildPhase; test = f.checks.x86_64-linux.cargo-test.doCheck; }}"
+    )
+    assert out["names"] == ["default", "nixfleet", "nixfleet-agent", "nixfleet-control-plane", "nixfleet-workspace"]
+    assert out["lock"] == str(REPO / "Cargo.lock")
+    assert out["flags"] == ["--workspace"] and out["tests"] == ["--workspace", "--lib", "--bins"]
+    assert out["version"] == re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    # Editing modules, VM tests, docs or these tests must not rebuild the binaries.
+    for d in ("nixos", "vmtests", "docs", "tests", "target"):
+        assert str(REPO / d) in out["excluded"], d
+    for b in out["bins"]:
+        assert b["main"] == b["n"] and f"/bin/{b['n']} $out/bin/{b['n']}" in b["script"], b
+    assert "cargo clippy --workspace --all-targets --offline -- -D warnings" in out["clippy"]
+    assert out["test"] is True
+
+
+def test_the_flake_module_defaults_the_packages_to_its_own_builds():
+    out = nix_eval(
+        f"let f = {FLAKE_OUTPUTS}; s = {STUB}; m = f.nixosModules.default {{ inherit (s) lib; pkgs = s.pkgs; }}; in "
+        f"{{ imports = map toString m.imports; "
+        f"agent = m.services.nixfleet-agent.package.content.script; "
+        f"cp = m.services.nixfleet-control-plane.package.content.script; }}"
+    )
+    assert out["imports"] == [str(REPO / "nixos")]
+    assert "/bin/nixfleet-agent $out" in out["agent"] and "/bin/nixfleet-control-plane $out" in out["cp"]
+
+
 def test_the_agent_package_builds_the_binaries_the_workspace_declares():
     # The per-binary packages link bin/<name>; the workspace must build exactly those names.
     names = {"nixfleet-control-plane": REPO / "engine" / "Cargo.toml", "nixfleet": REPO / "cli" / "Cargo.toml"}
