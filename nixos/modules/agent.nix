@@ -172,9 +172,17 @@ in
     };
 
     switchMode = mkOption {
-      type = types.str;
+      type = types.enum [
+        "auto"
+        "systemd-run"
+        "direct"
+      ];
       default = default "switchMode";
-      description = "How the agent runs switch-to-configuration (see the agent's --help).";
+      description = ''
+        How the agent runs switch-to-configuration: `systemd-run` (a transient
+        unit that outlives the agent), `direct` (a child process), or `auto`
+        (systemd-run when systemd runs the machine).
+      '';
     };
 
     switchTimeout = mkOption {
