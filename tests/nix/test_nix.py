@@ -600,6 +600,31 @@ def test_the_flake_module_defaults_the_packages_to_its_own_builds():
     assert "/bin/nixfleet-agent $out" in out["agent"] and "/bin/nixfleet-control-plane $out" in out["cp"]
 
 
+def clap_long_flags(src_dir: Path) -> set[str]:
+    """`--flag` names of clap fields (`#[arg(long ...)] pub field_name`) in a crate's sources."""
+    flags = set()
+    for f in src_dir.rglob("*.rs"):
+        text = f.read_text()
+        for m in re.finditer(r"#\[arg\(\s*long\b(?:\s*=\s*\"([^\"]+)\")?[^\]]*\)\]\s*(?:///[^\n]*\n\s*)*pub (\w+):",
+                             text, re.S):
+            flags.add("--" + (m.group(1) or m.group(2).replace("_", "-")))
+    return flags
+
+
+def test_every_flag_the_modules_pass_is_one_the_binaries_accept():
+    checked = 0
+    for service, crate in (("nixfleet-agent", "agent"), ("nixfleet-control-plane", "engine")):
+        accepted = clap_long_flags(REPO / crate / "src")
+        if not accepted:
+            continue  # the binary does not parse flags with clap yet; nothing to compare
+        wanted = {spec["flag"] for spec in FLAGS[service]["options"].values()}
+        if service == "nixfleet-control-plane":
+            wanted.add(FLAGS[service]["checkConfigFlag"])
+        assert not wanted - accepted, f"{crate} does not accept {sorted(wanted - accepted)}"
+        checked += 1
+    assert checked >= 1, "neither the agent nor the control plane declares clap flags"
+
+
 def test_the_agent_package_builds_the_binaries_the_workspace_declares():
     # The per-binary packages link bin/<name>; the workspace must build exactly those names.
     names = {"nixfleet-control-plane": REPO / "engine" / "Cargo.toml", "nixfleet": REPO / "cli" / "Cargo.toml"}
