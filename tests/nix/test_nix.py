@@ -297,7 +297,7 @@ def test_module_defaults_equal_the_defaults_in_service_flags_json():
 
 def documented_options() -> list[str]:
     text = (REPO / "docs" / "nixos.md").read_text()
-    return sorted(set(re.findall(r"`((?:services\.nixfleet-[a-z-]+|nixfleet)\.[A-Za-z0-9_.*]+)`", text)))
+    return sorted(set(re.findall(r"`((?:services\.nixfleet-[a-z-]+|nixfleet)\.[A-Za-z][A-Za-z0-9_.*]*)`", text)))
 
 
 def test_every_option_documented_in_docs_nixos_md_exists():
