@@ -37,6 +37,8 @@ pub struct Settings {
     pub profile: PathBuf,
     /// How to switch (and which link names the running system).
     pub switcher: Switcher,
+    /// The lock a running `switch-to-configuration` holds ([`switch::SWITCH_LOCK`]).
+    pub switch_lock: PathBuf,
 }
 
 /// The result of a cycle.
@@ -68,6 +70,8 @@ pub enum Action {
     DryRun,
     /// Not a system closure: refused and quarantined.
     Refused,
+    /// Another switch is running; nothing done, retried soon.
+    Deferred,
     /// The profile could not be set; nothing was switched.
     ProfileFailed,
     /// Applied and healthy.
@@ -211,6 +215,13 @@ impl Agent {
                 true,
                 Action::Refused,
             );
+        }
+        if switch::switch_in_progress(&self.settings.switch_lock) {
+            tracing::info!(path = %path, lock = %self.settings.switch_lock.display(),
+                "System switch already in progress, deferring to next poll");
+            let health = self.latest_health();
+            let message = "deferred: another system switch is in progress";
+            return self.outcome(true, message, Some(health), false, Action::Deferred);
         }
         tracing::info!(path = %path, previous = previous.as_ref().map(StorePath::as_str).unwrap_or(""),
             "Applying; recorded the running generation to return to on failure");

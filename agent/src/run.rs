@@ -67,6 +67,7 @@ pub fn build(cfg: Config) -> Result<Runtime, String> {
             current_system: cfg.current_system.clone(),
             timeout: cfg.switch_timeout,
         },
+        switch_lock: crate::switch::SWITCH_LOCK.into(),
     };
     let agent = Agent::new(
         settings,

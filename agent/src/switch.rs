@@ -68,6 +68,24 @@ pub fn check_closure(path: &StorePath) -> Result<(), NotASystem> {
     Ok(())
 }
 
+/// The lock `switch-to-configuration` holds while it runs (NixOS).
+pub const SWITCH_LOCK: &str = "/run/nixos/switch-to-configuration.lock";
+
+/// Whether another `switch-to-configuration` holds `lock` right now (an operator's `nixos-rebuild`,
+/// say). Starting a second switch then would fail for a reason that has nothing to do with the new
+/// generation, and that failure would roll it back and quarantine it; the agent defers instead.
+/// A missing or unopenable lock file means nobody holds it.
+pub fn switch_in_progress(lock: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(lock) else {
+        return false;
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        // We got it, so nobody else had it; closing the file releases it.
+        Ok(()) => false,
+        Err(e) => e == rustix::io::Errno::WOULDBLOCK,
+    }
+}
+
 /// Reads where the current-system link points, as a store path when it is one.
 ///
 /// `None` when the link does not exist or does not lead to a valid store path.

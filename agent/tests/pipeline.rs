@@ -505,3 +505,31 @@ fn a_deploy_interrupted_before_the_switch_is_tried_again_and_quarantined_after_t
     );
     assert_eq!(m.running(), v1.as_str());
 }
+
+#[test]
+fn a_switch_already_running_defers_the_deploy_instead_of_failing_it() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let v2 = m.build("nixos-system-web-01-v2", true);
+    m.boot_into(&v1);
+    let lock = std::fs::File::create(m.switch_lock()).expect("lock file");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .expect("hold the lock");
+    let mut agent = m.agent();
+
+    let out = agent.handle_desired(Some(&desired(v2.as_str())));
+    assert_eq!(out.action, Action::Deferred);
+    assert!(!out.ok, "retried at the retry interval");
+    assert!(m.switches().is_empty());
+    assert_eq!(m.running(), v1.as_str());
+    assert!(
+        !agent.quarantine().contains(v2.as_str()),
+        "a busy system is not the generation's fault"
+    );
+
+    drop(lock);
+    assert_eq!(
+        agent.handle_desired(Some(&desired(v2.as_str()))).action,
+        Action::Deployed
+    );
+}

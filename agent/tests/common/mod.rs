@@ -244,7 +244,13 @@ impl Machine {
                 current_system: self.current.clone(),
                 timeout: Duration::from_secs(20),
             },
+            switch_lock: self.switch_lock(),
         }
+    }
+
+    /// This machine's stand-in for /run/nixos/switch-to-configuration.lock.
+    pub fn switch_lock(&self) -> PathBuf {
+        self.dir.path().join("switch-to-configuration.lock")
     }
 
     /// An agent for this machine.
