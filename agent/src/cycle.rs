@@ -158,16 +158,18 @@ impl Agent {
                 );
             }
         };
-        if let Verdict::Skip(why) = self.quarantine.observe(desired) {
-            tracing::warn!(path = %path, reason = %why, "Not applying a quarantined generation");
-            let health = self.latest_health();
-            return self.outcome(false, &why, Some(health), true, Action::Quarantined);
-        }
+        let verdict = self.quarantine.observe(desired);
         let current = switch::read_current(&self.settings.switcher.current_system);
         if current.as_ref() == Some(&path) {
+            // Running it already (even if quarantined: someone switched by hand): nothing to apply.
             tracing::info!(path = %path, "Already at desired generation");
             let health = self.latest_health();
             return self.outcome(true, "up-to-date", Some(health), true, Action::UpToDate);
+        }
+        if let Verdict::Skip(why) = verdict {
+            tracing::warn!(path = %path, reason = %why, "Not applying a quarantined generation");
+            let health = self.latest_health();
+            return self.outcome(false, &why, Some(health), true, Action::Quarantined);
         }
         tracing::info!(desired = %path, current = current.as_ref().map(StorePath::as_str).unwrap_or(""),
             "Generation mismatch, fetching");

@@ -779,3 +779,39 @@ fn a_control_plane_certificate_from_another_ca_is_not_trusted() {
     assert!(cp.reports().is_empty());
     assert_eq!(agent.terminate(), 0);
 }
+
+#[test]
+fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and_nothing_changes() {
+    let (cp, port) = StubCp::start();
+    let missing = "/nix/store/1zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-nixos-system-fabricated";
+    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
+        hash: missing.into(),
+        cache_url: None,
+        poll_hint: None,
+        quarantined: false,
+    });
+    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    let line = agent.wait_for_log(
+        "not found locally and no cache URL configured",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains(missing), "{line}");
+    wait_until("the failure report", Duration::from_secs(5), || {
+        !cp.reports().is_empty()
+    });
+    let report = &cp.reports()[0];
+    assert!(!report.success);
+    assert_eq!(
+        report.message,
+        format!("store path {missing} not found locally and no cache URL configured")
+    );
+    assert_eq!(
+        report.current_generation, RUNNING,
+        "current-system still points where it did"
+    );
+    agent.wait_for_log(
+        "Initial poll failed, scheduling retry",
+        Duration::from_secs(2),
+    );
+    assert_eq!(agent.terminate(), 0);
+}
