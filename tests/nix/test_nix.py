@@ -49,16 +49,18 @@ SEED_CHECKS = [
 NO_SUBSTITUTERS = ["--option", "substituters", ""]
 
 
-def ensure_nix() -> None:
-    """Install Debian's nix-bin when nix-instantiate is missing (CI machines start without it)."""
-    if shutil.which("nix-instantiate"):
+def ensure_tools() -> None:
+    """Install what these tests run (Debian's nix-bin, openssl, ssh-keygen) when a fresh machine lacks it."""
+    wanted = {"nix-instantiate": "nix-bin", "openssl": "openssl", "ssh-keygen": "openssh-client"}
+    missing = sorted({pkg for tool, pkg in wanted.items() if not shutil.which(tool)})
+    if not missing:
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nix-bin"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-ensure_nix()
+ensure_tools()
 
 
 def nix_eval(expr: str):
@@ -707,8 +709,6 @@ def build(expr: str) -> Path:
 
 @pytest.fixture(scope="module")
 def test_keys() -> Path:
-    if not shutil.which("ssh-keygen") or not shutil.which("openssl"):
-        pytest.fail("openssl and ssh-keygen are needed to build the VM test keys")
     return build(
         f"let k = import {REPO}/vmtests/nix/test-keys.nix {{ hostnames = [ \"web-01\" \"db-01\" ]; }}; in "
         "builtins.derivation { name = \"nixfleet-test-keys\"; system = builtins.currentSystem; "
