@@ -2,8 +2,15 @@
 //!
 //! Map: `config` (flags) → `run` (loop) → `client` (the control plane, the only HTTP to it) and
 //! `cycle` (one deploy cycle) → `nix` (fetch, profile), `switch` (switch and wait), `health`
-//! (checks), `quarantine` (paths not to apply again), `inflight` (the deploy in progress, across restarts); `store_path` validates every path that comes
-//! in; `exec` runs every child process with a deadline; `telemetry` holds logging and metrics.
+//! (checks), `quarantine` (paths not to apply again), `inflight` (the deploy in progress, across
+//! restarts); `store_path` validates every path that comes in; `exec` runs every child process
+//! with a deadline; `telemetry` holds logging and metrics.
+//!
+//! Architecture invariants: only `client` talks HTTP to the control plane, and only through
+//! `nixfleet_proto::api::v1`; no command ever goes through a shell except a configured command
+//! health check (`/bin/sh -c`); every child process has a deadline.
+
+#![deny(missing_docs)]
 
 pub mod client;
 pub mod config;
