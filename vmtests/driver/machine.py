@@ -333,6 +333,10 @@ class Machine:
             if state == "failed":
                 raise MachineError(f"{self.name}: unit {unit} reached state failed\n"
                                    + self._raw(["systemctl", "status", "--no-pager", "-n", "30", unit])[1])
+            restarts = int(info.get("NRestarts") or 0)
+            if info.get("SubState") == "auto-restart" and restarts >= 3:
+                raise MachineError(f"{self.name}: unit {unit} keeps failing (restarted {restarts} times)\n"
+                                   + self._raw(["systemctl", "status", "--no-pager", "-n", "30", unit])[1])
             if state == "inactive":
                 jobs = self._raw(["systemctl", "list-jobs", "--full", "--no-legend"])[1]
                 if unit not in jobs and info.get("SubState") == "dead":

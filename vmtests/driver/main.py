@@ -103,7 +103,7 @@ def run_one(name: str, rootfs: Path, work: Path, keys: Keys, prefix: str) -> tup
         return False, (f"needs {', '.join(missing)} in {bin_dir()}, which do(es) not exist: "
                        f"build them (cargo build) or point NIXFLEET_BIN_DIR at them")
     run = Run(name, spec, rootfs, work, keys, bin_dir(), prefix)
-    timeout = int(os.environ.get("NIXFLEET_VMTESTS_SCENARIO_TIMEOUT", "600"))
+    timeout = int(os.environ.get("NIXFLEET_VMTESTS_SCENARIO_TIMEOUT", "300"))
 
     def on_alarm(signum, frame):
         raise ScenarioTimeout(f"scenario {name} exceeded {timeout} s (NIXFLEET_VMTESTS_SCENARIO_TIMEOUT)")
