@@ -2,5 +2,7 @@
 //! in later modules, the HTTPS API. The binary `nixfleet-control-plane` is a thin `main` over it.
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod config;
 pub mod engine;
 pub mod log;

@@ -1,1 +1,159 @@
-fn main() {}
+//! `nixfleet-control-plane`: parse the configuration, open and replay the log, serve.
+
+use clap::Parser;
+use nixfleet_engine::api::{self, App};
+use nixfleet_engine::config::{Config, Flags, LogFormat};
+use nixfleet_engine::engine::{Engine, SystemClock};
+use std::sync::Arc;
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::resolve(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nixfleet-control-plane: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if flags.check_config {
+        println!(
+            "configuration ok: listen {}, data dir {}, {}",
+            config.listen,
+            config.data_dir.display(),
+            describe_tls(&config)
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nixfleet-control-plane: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("nixfleet-control-plane: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe_tls(c: &Config) -> String {
+    match &c.tls {
+        None => "plain HTTP (insecure)".into(),
+        Some((_, _, None)) => "TLS without client certificates".into(),
+        Some((_, _, Some(_))) => "mutual TLS".into(),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tls = match &config.tls {
+        Some((cert, key, ca)) => {
+            if ca.is_none() {
+                tracing::warn!("TLS without --client-ca: agent routes accept any client; set --client-ca for mutual TLS");
+            }
+            Some(api::tls::server_config(cert, key, ca.as_deref())?)
+        }
+        None => {
+            tracing::warn!("SERVING PLAIN HTTP WITHOUT AUTHENTICATION OF AGENTS (--insecure): for development only");
+            None
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let started = std::time::Instant::now();
+    let engine = Engine::open(&config.data_dir.join("log"), Arc::new(SystemClock))
+        .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
+    let engine = Arc::new(engine);
+    let (seq, machines, rollouts) =
+        engine.read(|s| (s.last_seq.0, s.machines.len(), s.rollouts.len()));
+    tracing::info!(
+        events = seq,
+        machines,
+        rollouts,
+        ms = started.elapsed().as_millis() as u64,
+        "event log replayed"
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, tls = describe_tls(&config), "NixFleet control plane listening");
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        metrics: api::metrics::install(),
+        insecure: config.insecure,
+        auto_register: config.auto_register,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let executor = tokio::spawn(engine.clone().run_executor({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }));
+    // A tick at start: deadlines that passed while the control plane was down fire now.
+    let seq = engine.tick()?;
+    engine.wait_durable(seq).await?;
+    sd_notify("READY=1");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("Received SIGTERM, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Received SIGINT, shutting down"),
+        }
+        sd_notify("STOPPING=1");
+    };
+    api::serve(app, listener, tls, shutdown).await?;
+    let _ = stop_tx.send(true);
+    let _ = executor.await;
+    let last = engine.log().last_seq();
+    engine.wait_durable(last).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) about our state, when started by it.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

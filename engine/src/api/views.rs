@@ -1,0 +1,247 @@
+//! Projections rendered as the v0.1 wire types. Pure functions of the state, the log records
+//! and `now`; no handler logic lives here.
+
+use crate::log::Record;
+use nixfleet_core::event::*;
+use nixfleet_core::ids::Timestamp;
+use nixfleet_core::state::{Batch, BatchStatus, Machine, MachineHealth, Release, Rollout, State};
+use nixfleet_proto::api::v1 as wire;
+use serde_json::json;
+
+/// RFC 3339 with milliseconds.
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0))
+        .to_string()
+}
+
+/// A machine row.
+pub fn machine(m: &Machine, now: Timestamp) -> wire::MachineStatus {
+    let r = m.last_report.as_ref();
+    wire::MachineStatus {
+        machine_id: m.id.to_string(),
+        current_generation: m
+            .current_generation()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        desired_generation: m.desired.as_ref().map(|d| d.path.to_string()),
+        agent_version: r.map(|r| r.agent_version.clone()).unwrap_or_default(),
+        system_state: match r {
+            None => "unknown",
+            Some(r) if r.success => "ok",
+            Some(_) => "error",
+        }
+        .into(),
+        uptime_seconds: r.map(|r| r.uptime_secs).unwrap_or(0),
+        last_report: r.map(|r| rfc3339(r.at)),
+        lifecycle: m.lifecycle.to_string(),
+        tags: m.tags.iter().map(|t| t.to_string()).collect(),
+        seconds_since_last_report: r.map(|r| now.secs_since(r.at)),
+        health: match m.latest_health() {
+            None => "unknown",
+            Some(h) if h.all_passed => "healthy",
+            Some(_) => "unhealthy",
+        }
+        .into(),
+        quarantined: m.quarantined.keys().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// A release.
+pub fn release(r: &Release) -> wire::Release {
+    wire::Release {
+        id: r.id.to_string(),
+        flake_ref: r.flake_ref.clone(),
+        flake_rev: r.flake_rev.clone(),
+        cache_url: r.cache_url.clone(),
+        host_count: r.entries.len(),
+        entries: r
+            .entries
+            .values()
+            .map(|e| wire::ReleaseEntry {
+                hostname: e.machine.to_string(),
+                store_path: e.path.to_string(),
+                platform: e.platform.clone(),
+                tags: e.tags.iter().map(|t| t.to_string()).collect(),
+            })
+            .collect(),
+        created_at: rfc3339(r.created_at),
+        created_by: r.created_by.to_string(),
+    }
+}
+
+/// The status of a batch as v0.1 names it; an active batch is `deploying` until every machine
+/// reports the release path, then `waiting_health`.
+pub fn batch_status(state: &State, b: &Batch) -> &'static str {
+    match b.status {
+        BatchStatus::Pending => "pending",
+        BatchStatus::Succeeded => "succeeded",
+        BatchStatus::Failed => "failed",
+        BatchStatus::Active => {
+            let all_there = b.machines.iter().all(|(m, p)| {
+                state.machines.get(m).and_then(|mm| mm.current_generation()) == Some(p)
+            });
+            if all_there {
+                "waiting_health"
+            } else {
+                "deploying"
+            }
+        }
+    }
+}
+
+fn health(h: &MachineHealth) -> wire::MachineHealth {
+    match h {
+        MachineHealth::Pending => wire::MachineHealth::Pending,
+        MachineHealth::Healthy(_) => wire::MachineHealth::Healthy,
+        MachineHealth::Unhealthy(_, why) => wire::MachineHealth::Unhealthy(why.clone()),
+    }
+}
+
+/// A rollout; `timeline` holds the rollout stream's records (empty in lists).
+pub fn rollout(state: &State, r: &Rollout, timeline: &[Record]) -> wire::RolloutDetail {
+    wire::RolloutDetail {
+        id: r.id.to_string(),
+        status: r.status.to_string(),
+        strategy: r.plan.strategy.to_string(),
+        release_id: r.plan.release.to_string(),
+        on_failure: r.plan.on_failure.to_string(),
+        failure_threshold: r.plan.failure_threshold.to_string(),
+        health_timeout: r.plan.health_timeout_secs,
+        batches: r
+            .batches
+            .iter()
+            .map(|b| wire::BatchDetail {
+                batch_index: b.index as usize,
+                machine_ids: b.machines.iter().map(|(m, _)| m.to_string()).collect(),
+                status: batch_status(state, b).into(),
+                machine_health: b
+                    .machines
+                    .iter()
+                    .map(|(m, _)| {
+                        (
+                            m.to_string(),
+                            b.health
+                                .get(m)
+                                .map(health)
+                                .unwrap_or(wire::MachineHealth::Pending),
+                        )
+                    })
+                    .collect(),
+                started_at: b.started_at.map(rfc3339),
+                completed_at: b.completed_at.map(rfc3339),
+                previous_generations: b
+                    .previous
+                    .iter()
+                    .map(|(m, p)| (m.to_string(), p.as_ref().map(|p| p.to_string())))
+                    .collect(),
+            })
+            .collect(),
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+        created_by: r.created_by.to_string(),
+        events: timeline.iter().filter_map(timeline_entry).collect(),
+        reason: r.reason.clone(),
+    }
+}
+
+/// One record of a rollout stream as a v0.1 `rollout_events` row (detail is compact JSON text).
+pub fn timeline_entry(rec: &Record) -> Option<wire::RolloutEvent> {
+    let (rollout, event_type, detail) = match &rec.event {
+        Event::RolloutCreated { rollout, plan } => (
+            rollout,
+            "status_change",
+            json!({"from": "created", "to": "running", "strategy": plan.strategy.as_str(), "batches": plan.batches.len(), "seed": plan.seed}),
+        ),
+        Event::BatchStarted {
+            rollout,
+            batch_index,
+            attempt,
+            previous,
+        } => (
+            rollout,
+            "batch_started",
+            json!({"batch_index": batch_index, "attempt": attempt, "machines": previous.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>()}),
+        ),
+        Event::BatchSucceeded {
+            rollout,
+            batch_index,
+            healthy,
+            unhealthy,
+            threshold,
+        } => (
+            rollout,
+            "batch_completed",
+            json!({"batch_index": batch_index, "healthy": healthy, "unhealthy": unhealthy, "threshold": threshold}),
+        ),
+        Event::BatchFailed {
+            rollout,
+            batch_index,
+            healthy,
+            unhealthy,
+            threshold,
+            reason,
+        } => (
+            rollout,
+            "batch_failed",
+            json!({"batch_index": batch_index, "healthy": healthy, "unhealthy": unhealthy, "threshold": threshold, "reason": reason.as_str()}),
+        ),
+        Event::RolloutPaused { rollout, reason } => (
+            rollout,
+            "status_change",
+            json!({"from": "running", "to": "paused", "reason": reason}),
+        ),
+        Event::RolloutResumed { rollout } => (
+            rollout,
+            "status_change",
+            json!({"from": "paused", "to": "running"}),
+        ),
+        Event::RolloutCancelled { rollout } => {
+            (rollout, "status_change", json!({"to": "cancelled"}))
+        }
+        Event::RolloutCompleted { rollout } => (
+            rollout,
+            "status_change",
+            json!({"from": "running", "to": "completed"}),
+        ),
+        Event::RolloutFailed { rollout, reason } => (
+            rollout,
+            "status_change",
+            json!({"from": "running", "to": "failed", "reason": reason}),
+        ),
+        Event::RolloutReverted { rollout, restored } => (
+            rollout,
+            "status_change",
+            json!({"from": "failed", "to": "reverted", "restored": restored.iter().map(|(m, p)| (m.to_string(), p.as_ref().map(|p| p.to_string()))).collect::<std::collections::BTreeMap<_, _>>()}),
+        ),
+        _ => return None,
+    };
+    Some(wire::RolloutEvent {
+        id: rec.seq.0,
+        rollout_id: rollout.to_string(),
+        event_type: event_type.into(),
+        detail: detail.to_string(),
+        actor: rec.actor.to_string(),
+        created_at: rfc3339(rec.at),
+    })
+}
+
+/// One raw event for the events API.
+pub fn event_record(rec: &Record) -> wire::EventRecord {
+    let data = match serde_json::to_value(&rec.event) {
+        Ok(serde_json::Value::Object(mut o)) if o.len() == 1 => o
+            .remove(rec.event.kind())
+            .unwrap_or(serde_json::Value::Null),
+        Ok(v) => v,
+        Err(_) => serde_json::Value::Null,
+    };
+    wire::EventRecord {
+        seq: rec.seq.0,
+        at_ms: rec.at.0,
+        at: rfc3339(rec.at),
+        actor: rec.actor.to_string(),
+        stream: rec.stream.clone(),
+        kind: rec.event.kind().into(),
+        data,
+        prev_hash: rec.prev_hash.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}

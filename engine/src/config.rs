@@ -1,0 +1,148 @@
+//! Control-plane configuration: flags and `NIXFLEET_CP_*` variables over an optional TOML file.
+//!
+//! [`Config::resolve`] validates without any IO beyond reading the TOML file itself, so the NixOS
+//! module can run `--check-config` in the build sandbox; [`Config::build_tls`] and the engine
+//! opening come later and do the IO.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Command-line flags (each also an environment variable).
+#[derive(Debug, Parser)]
+#[command(
+    name = "nixfleet-control-plane",
+    version,
+    about = "The nixfleet control plane: event log, rollout executor and HTTPS API"
+)]
+pub struct Flags {
+    /// Address to listen on.
+    #[arg(long, env = "NIXFLEET_CP_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory of the event log.
+    #[arg(long, env = "NIXFLEET_CP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long, env = "NIXFLEET_CP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "NIXFLEET_CP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that every client certificate must chain to.
+    #[arg(long, env = "NIXFLEET_CP_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plain HTTP with no client authentication (development only).
+    #[arg(long, env = "NIXFLEET_CP_INSECURE")]
+    pub insecure: bool,
+    /// human or json.
+    #[arg(long, env = "NIXFLEET_CP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "NIXFLEET_CP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The TOML file (all keys optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FileConfig {
+    /// See the flag.
+    pub listen: Option<String>,
+    /// See the flag.
+    pub data_dir: Option<PathBuf>,
+    /// See the flag.
+    pub tls_cert: Option<PathBuf>,
+    /// See the flag.
+    pub tls_key: Option<PathBuf>,
+    /// See the flag.
+    pub client_ca: Option<PathBuf>,
+    /// See the flag.
+    pub insecure: Option<bool>,
+    /// See the flag.
+    pub log_format: Option<String>,
+    /// Agents register themselves on their first authenticated report (default true).
+    pub auto_register: Option<bool>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Log directory.
+    pub data_dir: PathBuf,
+    /// Server cert, key and optional client CA; None with `insecure`.
+    pub tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
+    /// Plain HTTP.
+    pub insecure: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Agents self-register.
+    pub auto_register: bool,
+}
+
+impl Config {
+    /// Merges file, environment and flags, and validates. Errors say what to fix.
+    pub fn resolve(flags: &Flags) -> Result<Config, String> {
+        let file: FileConfig = match &flags.config {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", p.display()))?
+            }
+        };
+        let listen = flags
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            format!("listen address {listen:?} must be HOST:PORT, e.g. 0.0.0.0:8080")
+        })?;
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/nixfleet-cp"));
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        let cert = flags.tls_cert.clone().or(file.tls_cert);
+        let key = flags.tls_key.clone().or(file.tls_key);
+        let ca = flags.client_ca.clone().or(file.client_ca);
+        let tls = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k, ca)),
+            (None, None) if insecure => None,
+            (None, None) => return Err("no TLS certificate: give --tls-cert and --tls-key (and --client-ca for mutual TLS), or --insecure for plain HTTP in development".into()),
+            _ => return Err("--tls-cert and --tls-key go together: give both or neither".into()),
+        };
+        if tls.is_some() && insecure {
+            return Err("--insecure cannot be combined with --tls-cert/--tls-key".into());
+        }
+        let log_format = match flags.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(format!("log format {other:?} must be human or json")),
+        };
+        Ok(Config {
+            listen,
+            data_dir,
+            tls,
+            insecure,
+            log_format,
+            auto_register: file.auto_register.unwrap_or(true),
+        })
+    }
+}
