@@ -26,6 +26,42 @@ pub const PAGE_MAX: usize = 500;
 /// Longest long-poll on the events API.
 pub const EVENTS_WAIT_SECS_MAX: u64 = 60;
 
+/// Every route: method and path pattern (`{x}` is a path parameter). The match in [`route`]
+/// dispatches exactly these; a unit test and the OpenAPI test (`docs/openapi.yaml`) keep them in step.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("POST", "/api/v1/keys/bootstrap"),
+    ("GET", "/api/v1/keys"),
+    ("POST", "/api/v1/keys"),
+    ("DELETE", "/api/v1/keys/{name}"),
+    ("GET", "/api/v1/machines"),
+    ("GET", "/api/v1/machines/{id}"),
+    ("POST", "/api/v1/machines/{id}/register"),
+    ("PATCH", "/api/v1/machines/{id}/lifecycle"),
+    ("GET", "/api/v1/machines/{id}/desired-generation"),
+    ("DELETE", "/api/v1/machines/{id}/desired-generation"),
+    ("DELETE", "/api/v1/machines/{id}/quarantine"),
+    ("POST", "/api/v1/machines/{id}/report"),
+    ("POST", "/api/v1/machines/{id}/notify-deploy"),
+    ("POST", "/api/v1/releases"),
+    ("GET", "/api/v1/releases"),
+    ("GET", "/api/v1/releases/{id}"),
+    ("GET", "/api/v1/releases/{a}/diff/{b}"),
+    ("DELETE", "/api/v1/releases/{id}"),
+    ("POST", "/api/v1/rollouts"),
+    ("POST", "/api/v1/rollouts/plan"),
+    ("GET", "/api/v1/rollouts"),
+    ("GET", "/api/v1/rollouts/{id}"),
+    ("POST", "/api/v1/rollouts/{id}/resume"),
+    ("POST", "/api/v1/rollouts/{id}/cancel"),
+    ("DELETE", "/api/v1/rollouts/{id}"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/export"),
+    ("GET", "/api/v1/events"),
+];
+
 /// Who is on the other end of the connection, from its client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -1001,4 +1037,107 @@ pub fn csv_cell(s: &str) -> String {
         s.to_string()
     };
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, ManualClock};
+    use std::sync::Arc;
+
+    fn app() -> App {
+        let clock = Arc::new(ManualClock::new(Timestamp(1_764_000_000_000)));
+        App {
+            engine: Arc::new(Engine::in_memory(clock)),
+            metrics: super::super::metrics::install(),
+            insecure: false,
+            auto_register: true,
+        }
+    }
+
+    async fn call(app: &App, method: &str, path: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request");
+        let resp = handle(app, &Principal::Cert("web-01".into()), req).await;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("full body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn every_listed_route_is_dispatched_and_nothing_else_is() {
+        let app = app();
+        for (method, pattern) in ROUTES {
+            let path = pattern
+                .replace("{id}", "web-01")
+                .replace("{name}", "ci")
+                .replace("{a}", "rel-a")
+                .replace("{b}", "rel-b");
+            let (status, body) = call(&app, method, &path).await;
+            assert!(
+                !body.contains("no route"),
+                "{method} {pattern} is listed but not dispatched ({status} {body})"
+            );
+        }
+        for (method, path) in [
+            ("GET", "/nope"),
+            ("PUT", "/api/v1/machines"),
+            ("GET", "/api/v1/machines/web-01/nope"),
+            ("POST", "/health"),
+        ] {
+            let (status, body) = call(&app, method, path).await;
+            assert_eq!(status, 404, "{method} {path}: {body}");
+            assert!(body.contains("no route"), "{method} {path}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn handlers_take_an_injected_principal_without_tls() {
+        let app = app();
+        let body = r#"{"machine_id":"web-01","current_generation":"","success":true}"#;
+        let req = |cn: &str| {
+            (
+                Request::builder()
+                    .method("POST")
+                    .uri("/api/v1/machines/web-01/report")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("valid"),
+                Principal::Cert(cn.into()),
+            )
+        };
+        let (r, p) = req("web-01");
+        assert_eq!(handle(&app, &p, r).await.status(), 200);
+        let (r, p) = req("db-01");
+        assert_eq!(handle(&app, &p, r).await.status(), 403);
+        let r = Request::builder()
+            .method("POST")
+            .uri("/api/v1/machines/web-01/report")
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid");
+        assert_eq!(
+            handle(&app, &Principal::Anonymous, r).await.status(),
+            403,
+            "no certificate, not insecure: refused"
+        );
+    }
+
+    #[test]
+    fn route_labels_hide_ids() {
+        assert_eq!(
+            route_label("/api/v1/machines/web-01/report"),
+            "/api/v1/machines/{id}/report"
+        );
+        assert_eq!(
+            route_label("/api/v1/rollouts/r-1/resume"),
+            "/api/v1/rollouts/{id}/resume"
+        );
+    }
 }
