@@ -6,3 +6,4 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod log;
+pub mod postmortem;

@@ -76,20 +76,21 @@ pub fn settle<E>(
 
 /// The earliest health deadline of any running batch still waiting for machines.
 pub fn next_deadline(state: &State) -> Option<Timestamp> {
-    state
-        .rollouts
-        .values()
-        .filter(|r| r.status == RolloutStatus::Running)
-        .filter_map(|r| {
-            let b = r.current_batch()?;
-            (b.status == BatchStatus::Active && b.pending() > 0)
-                .then(|| {
-                    b.started_at
-                        .map(|t| t.plus_secs(r.plan.health_timeout_secs))
-                })
-                .flatten()
+    state.rollouts.values().filter_map(deadline_of).min()
+}
+
+/// The health deadline of a running rollout's batch, while it still waits for machines.
+pub fn deadline_of(r: &Rollout) -> Option<Timestamp> {
+    if r.status != RolloutStatus::Running {
+        return None;
+    }
+    let b = r.current_batch()?;
+    (b.status == BatchStatus::Active && b.pending() > 0)
+        .then(|| {
+            b.started_at
+                .map(|t| t.plus_secs(r.plan.health_timeout_secs))
         })
-        .min()
+        .flatten()
 }
 
 /// One rollout's next transition, if any.

@@ -1,0 +1,522 @@
+//! Post-mortem analysis over a recorded log: filter events, fold the projections as they were at
+//! any point, tell a rollout's story with the reports that decided each batch, verify the chain,
+//! and re-run a rollout's recorded reports through the rules with other parameters (what-if).
+//!
+//! Works on records from a data directory (opened on a private copy, so the original is never
+//! written) or from the events API. Everything here but [`open_copy`] is pure.
+
+use crate::log::{LogError, Record, SledLog};
+use nixfleet_core::event::*;
+use nixfleet_core::ids::*;
+use nixfleet_core::plan::{batch_lengths, seeded_order, RolloutSpec};
+use nixfleet_core::state::{MachineHealth, State};
+use nixfleet_core::{decide, executor, Command};
+use std::path::Path;
+
+/// Copies `data_dir/log` (or `data_dir` itself if it is the log) to a temporary directory and
+/// reads every record from the copy, verifying the chain. The original is never opened by sled,
+/// so this works on a live control plane's directory and never changes it.
+pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
+    let src =
+        if data_dir.join("log").join("conf").exists() || data_dir.join("log").join("db").exists() {
+            data_dir.join("log")
+        } else {
+            data_dir.to_path_buf()
+        };
+    if !src.join("db").exists() && !src.join("conf").exists() {
+        return Err(LogError::Io(format!(
+            "{} holds no nixfleet event log (expected a control plane data directory)",
+            data_dir.display()
+        )));
+    }
+    let tmp = std::env::temp_dir().join(format!(
+        "nixfleet-postmortem-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    copy_dir(&src, &tmp)
+        .map_err(|e| LogError::Io(format!("cannot copy {}: {e}", src.display())))?;
+    let mut records = Vec::new();
+    let result = SledLog::open(&tmp, |r| records.push(r)).map(|log| drop(log));
+    let _ = std::fs::remove_dir_all(&tmp);
+    result.map(|_| records)
+}
+
+/// Verifies a data directory (on a copy): the number of records, or the first bad one.
+pub fn verify_dir(data_dir: &Path) -> Result<u64, LogError> {
+    open_copy(data_dir).map(|r| r.len() as u64)
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let to = dst.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to)?;
+        } else {
+            std::fs::copy(e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks the order of records obtained from the events API: sequence numbers must run 1, 2, 3…
+/// without gaps. The API does not send the stored bytes, so the hash chain itself can only be
+/// checked on a data directory ([`verify_dir`]).
+pub fn verify_order(records: &[Record]) -> Result<(), LogError> {
+    for (i, r) in records.iter().enumerate() {
+        let want = i as u64 + 1;
+        if r.seq.0 != want {
+            return Err(LogError::Corrupt {
+                seq: want,
+                why: format!("found record {} where {want} should be", r.seq.0),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Hex of a hash.
+pub fn hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A filter over events.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Exact stream, e.g. `machine:web-01`.
+    pub stream: Option<String>,
+    /// Event kind, e.g. `BatchFailed`.
+    pub kind: Option<String>,
+    /// Actor as displayed, e.g. `apikey:ops`.
+    pub actor: Option<String>,
+    /// At or after (ms).
+    pub since: Option<Timestamp>,
+    /// At or before (ms).
+    pub until: Option<Timestamp>,
+    /// Sequence greater than.
+    pub after: Option<Seq>,
+}
+
+impl Filter {
+    /// Whether `r` passes.
+    pub fn matches(&self, r: &Record) -> bool {
+        self.stream.as_ref().is_none_or(|s| &r.stream == s)
+            && self.kind.as_ref().is_none_or(|k| r.event.kind() == k)
+            && self
+                .actor
+                .as_ref()
+                .is_none_or(|a| &r.actor.to_string() == a)
+            && self.since.is_none_or(|t| r.at >= t)
+            && self.until.is_none_or(|t| r.at <= t)
+            && self.after.is_none_or(|s| r.seq > s)
+    }
+}
+
+/// Where to stop a replay.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// Up to and including this sequence number.
+    Seq(Seq),
+    /// Up to and including this time.
+    Time(Timestamp),
+}
+
+/// The projections as they were at `until`.
+pub fn replay_until(records: &[Record], until: Option<Until>) -> State {
+    let mut s = State::default();
+    for r in records {
+        let stop = match until {
+            Some(Until::Seq(q)) => r.seq > q,
+            Some(Until::Time(t)) => r.at > t,
+            None => false,
+        };
+        if stop {
+            break;
+        }
+        s.apply(&r.envelope());
+    }
+    s
+}
+
+/// One line of a rollout's story.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoryLine {
+    /// Sequence of the event.
+    pub seq: Seq,
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub actor: String,
+    /// What happened, in words.
+    pub text: String,
+    /// For batch decisions: the report per machine that decided it.
+    pub evidence: Vec<Evidence>,
+}
+
+/// The report that decided a machine's health in a batch decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// The machine.
+    pub machine: MachineId,
+    /// healthy / unhealthy / silent.
+    pub verdict: String,
+    /// The deciding record, if any (None: silent past the timeout).
+    pub seq: Option<Seq>,
+    /// When it was appended.
+    pub at: Option<Timestamp>,
+    /// What it said.
+    pub detail: String,
+}
+
+/// The story of one rollout: who did what and when, and for each batch decision the reports
+/// that decided it.
+pub fn timeline(records: &[Record], rollout: &RolloutId) -> Result<Vec<StoryLine>, String> {
+    let stream = format!("rollout:{rollout}");
+    if !records.iter().any(|r| r.stream == stream) {
+        return Err(format!("rollout {rollout} does not appear in the log"));
+    }
+    let mut state = State::default();
+    let mut out = Vec::new();
+    for r in records {
+        state.apply(&r.envelope());
+        let mine = r.stream == stream
+            || matches!(&r.event, Event::DesiredGenerationSet { cause: DesiredCause::Batch { rollout: x, .. } | DesiredCause::Revert { rollout: x }, .. } if x == rollout);
+        if !mine {
+            continue;
+        }
+        let mut evidence = Vec::new();
+        let text = match &r.event {
+            Event::RolloutCreated { plan, .. } => format!(
+                "created: release {}, strategy {}, {} batches ({}), threshold {}, on failure {}, health timeout {}s, seed {}",
+                plan.release,
+                plan.strategy,
+                plan.batches.len(),
+                plan.batches.iter().map(|b| b.len().to_string()).collect::<Vec<_>>().join("+"),
+                plan.failure_threshold,
+                plan.on_failure,
+                plan.health_timeout_secs,
+                plan.seed
+            ),
+            Event::BatchStarted { batch_index, attempt, previous, .. } => format!(
+                "batch {batch_index} started (attempt {attempt}): {}",
+                previous
+                    .iter()
+                    .map(|(m, p)| format!("{m} (was {})", p.as_ref().map(short).unwrap_or_else(|| "never reported".into())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Event::DesiredGenerationSet { machine, path, cause, .. } => match cause {
+                DesiredCause::Revert { .. } => format!("  {machine} sent back to {}", short(path)),
+                _ => format!("  {machine} asked to run {}", short(path)),
+            },
+            Event::DesiredGenerationCleared { machine, .. } => format!("  {machine} desired generation cleared (it never reported one)"),
+            Event::BatchSucceeded { batch_index, healthy, unhealthy, threshold, .. }
+            | Event::BatchFailed { batch_index, healthy, unhealthy, threshold, .. } => {
+                let ok = matches!(r.event, Event::BatchSucceeded { .. });
+                if let Some(b) = state.rollouts.get(rollout).and_then(|ro| ro.batches.get(*batch_index as usize)) {
+                    for (m, _) in &b.machines {
+                        let h = b.health.get(m).cloned().unwrap_or(MachineHealth::Pending);
+                        let (verdict, seq, detail) = match &h {
+                            MachineHealth::Healthy(s) => ("healthy", Some(*s), "passing health report on the release path".to_string()),
+                            MachineHealth::Unhealthy(Some(s), why) => ("unhealthy", Some(*s), why.clone()),
+                            MachineHealth::Unhealthy(None, why) => ("silent", None, why.clone()),
+                            MachineHealth::Pending => ("pending", None, String::new()),
+                        };
+                        let at = seq.and_then(|s| records.get(s.0 as usize - 1)).map(|x| x.at);
+                        evidence.push(Evidence { machine: m.clone(), verdict: verdict.into(), seq, at, detail });
+                    }
+                }
+                let reason = match &r.event {
+                    Event::BatchFailed { reason, .. } => format!(" ({reason})"),
+                    _ => String::new(),
+                };
+                format!(
+                    "batch {batch_index} {}{reason}: {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}",
+                    if ok { "succeeded" } else { "FAILED" }
+                )
+            }
+            Event::RolloutPaused { reason, .. } => format!("paused: {reason}"),
+            Event::RolloutResumed { .. } => "resumed".into(),
+            Event::RolloutCancelled { .. } => "cancelled".into(),
+            Event::RolloutCompleted { .. } => "completed".into(),
+            Event::RolloutFailed { reason, .. } => format!("failed: {reason}"),
+            Event::RolloutReverted { restored, .. } => format!("reverted {} machines", restored.len()),
+            Event::RolloutDeleted { .. } => "deleted".into(),
+            other => other.kind().to_string(),
+        };
+        out.push(StoryLine {
+            seq: r.seq,
+            at: r.at,
+            actor: r.actor.to_string(),
+            text,
+            evidence,
+        });
+    }
+    Ok(out)
+}
+
+fn short(p: &StorePath) -> String {
+    let s = p.as_str().trim_start_matches("/nix/store/");
+    match s.split_once('-') {
+        Some((h, name)) => format!("{}…-{name}", &h[..7.min(h.len())]),
+        None => s.to_string(),
+    }
+}
+
+/// Other parameters for a what-if run.
+#[derive(Debug, Clone, Default)]
+pub struct WhatIf {
+    /// Another health timeout.
+    pub health_timeout_secs: Option<u64>,
+    /// Another failure threshold ("N" or "P%").
+    pub failure_threshold: Option<String>,
+    /// Other batch sizes (the recorded seed orders the machines).
+    pub batch_sizes: Option<Vec<String>>,
+}
+
+/// One decision of the executor, recorded or re-computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// When.
+    pub at: Timestamp,
+    /// What, e.g. "batch 0 failed (timeout): 0 healthy, 1 unhealthy".
+    pub text: String,
+}
+
+/// Recorded decisions and re-computed ones.
+#[derive(Debug, Clone)]
+pub struct WhatIfOutcome {
+    /// The decisions in the log.
+    pub recorded: Vec<Decision>,
+    /// The decisions the rules make with the other parameters, from the same reports.
+    pub simulated: Vec<Decision>,
+    /// Final status in the log.
+    pub recorded_status: String,
+    /// Final status with the other parameters.
+    pub simulated_status: String,
+}
+
+fn decision_text(e: &Event) -> Option<String> {
+    Some(match e {
+        Event::BatchStarted {
+            batch_index,
+            attempt,
+            previous,
+            ..
+        } => {
+            format!(
+                "batch {batch_index} started (attempt {attempt}, {} machines)",
+                previous.len()
+            )
+        }
+        Event::BatchSucceeded {
+            batch_index,
+            healthy,
+            unhealthy,
+            threshold,
+            ..
+        } => {
+            format!("batch {batch_index} succeeded: {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}")
+        }
+        Event::BatchFailed {
+            batch_index,
+            healthy,
+            unhealthy,
+            threshold,
+            reason,
+            ..
+        } => {
+            format!("batch {batch_index} failed ({reason}): {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}")
+        }
+        Event::RolloutPaused { .. } => "rollout paused".into(),
+        Event::RolloutCompleted { .. } => "rollout completed".into(),
+        Event::RolloutFailed { .. } => "rollout failed".into(),
+        Event::RolloutReverted { restored, .. } => {
+            format!("rollout reverted ({} machines)", restored.len())
+        }
+        Event::RolloutResumed { .. } => "rollout resumed (operator)".into(),
+        Event::RolloutCancelled { .. } => "rollout cancelled (operator)".into(),
+        _ => return None,
+    })
+}
+
+/// Re-runs the recorded reports of a rollout through the rules with other parameters.
+///
+/// The reports arrive at their recorded times; operator resumes and cancels are replayed at
+/// theirs. It cannot know how agents would have behaved had they been told different things
+/// (for example a machine moved to a later batch still reports when it did).
+pub fn what_if(
+    records: &[Record],
+    rollout: &RolloutId,
+    params: &WhatIf,
+) -> Result<WhatIfOutcome, String> {
+    let created = records
+        .iter()
+        .position(|r| matches!(&r.event, Event::RolloutCreated { rollout: x, .. } if x == rollout))
+        .ok_or_else(|| format!("rollout {rollout} does not appear in the log"))?;
+    let Event::RolloutCreated { plan, .. } = &records[created].event else {
+        unreachable!("found by position")
+    };
+    let mut plan = plan.clone();
+    if let Some(t) = params.health_timeout_secs {
+        plan.health_timeout_secs = t;
+    }
+    if let Some(th) = &params.failure_threshold {
+        plan.failure_threshold =
+            nixfleet_core::plan::parse_threshold(th).map_err(|e| e.to_string())?;
+    }
+    if let Some(sizes) = &params.batch_sizes {
+        // Re-cut the same machines with the same seed into the new sizes.
+        let spec = RolloutSpec {
+            release: plan.release.clone(),
+            strategy: "staged".into(),
+            batch_sizes: Some(sizes.clone()),
+            failure_threshold: None,
+            on_failure: None,
+            health_timeout_secs: None,
+            target: plan.target.clone(),
+            cache_url: None,
+        };
+        let amounts = spec.batch_sizes.as_ref().map(|v| {
+            v.iter()
+                .map(|s| nixfleet_core::plan::parse_batch_size(s))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let amounts = amounts
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let machines: Vec<(MachineId, StorePath)> =
+            plan.batches.iter().flatten().cloned().collect();
+        let ordered = seeded_order(machines, plan.seed);
+        let mut it = ordered.into_iter();
+        plan.batches = batch_lengths(it.len(), &amounts)
+            .into_iter()
+            .map(|n| it.by_ref().take(n).collect())
+            .collect();
+        plan.batch_sizes = amounts;
+        plan.strategy = Strategy::Staged;
+    }
+    let recorded: Vec<Decision> = records[created..]
+        .iter()
+        .filter(|r| r.stream == format!("rollout:{rollout}"))
+        .filter_map(|r| decision_text(&r.event).map(|text| Decision { at: r.at, text }))
+        .collect();
+    let recorded_status = replay_until(records, None)
+        .rollouts
+        .get(rollout)
+        .map(|r| r.status.to_string())
+        .unwrap_or_else(|| "deleted".into());
+
+    let mut state = State::default();
+    for r in &records[..created] {
+        state.apply(&r.envelope());
+    }
+    let mut simulated = Vec::new();
+    let mut seq = state.last_seq.0;
+    let ours = format!("rollout:{rollout}");
+    let mut push = |state: &mut State,
+                    actor: Actor,
+                    at: Timestamp,
+                    events: Vec<Event>,
+                    out: &mut Vec<Decision>| {
+        for e in events {
+            seq += 1;
+            if let Some(text) = decision_text(&e).filter(|_| e.stream() == ours) {
+                out.push(Decision { at, text });
+            }
+            state.apply(&Envelope {
+                seq: Seq(seq),
+                at,
+                actor: actor.clone(),
+                event: e,
+            });
+        }
+    };
+    let first = Event::RolloutCreated {
+        rollout: rollout.clone(),
+        plan,
+    };
+    let at0 = records[created].at;
+    push(
+        &mut state,
+        records[created].actor.clone(),
+        at0,
+        vec![first],
+        &mut simulated,
+    );
+    // Only the rollout under study is re-decided; every other event is replayed as recorded.
+    let drive = |state: &mut State,
+                 now: Timestamp,
+                 out: &mut Vec<Decision>,
+                 push: &mut dyn FnMut(
+        &mut State,
+        Actor,
+        Timestamp,
+        Vec<Event>,
+        &mut Vec<Decision>,
+    )| {
+        for _ in 0..10_000 {
+            let events = match state.rollouts.get(rollout) {
+                Some(r) => executor::evaluate(state, r, now),
+                None => Vec::new(),
+            };
+            if events.is_empty() {
+                return;
+            }
+            push(state, Actor::Executor, now, events, out);
+        }
+    };
+    let deadline = |state: &State| state.rollouts.get(rollout).and_then(executor::deadline_of);
+    drive(&mut state, at0, &mut simulated, &mut push);
+    let stream = format!("rollout:{rollout}");
+    for r in &records[created + 1..] {
+        while let Some(d) = deadline(&state).filter(|d| *d <= r.at) {
+            drive(&mut state, d, &mut simulated, &mut push);
+            if deadline(&state) == Some(d) {
+                break;
+            }
+        }
+        let ours_by_executor = r.actor == Actor::Executor
+            && (r.stream == stream
+                || matches!(&r.event, Event::DesiredGenerationSet { cause: DesiredCause::Batch { rollout: x, .. } | DesiredCause::Revert { rollout: x }, .. } | Event::DesiredGenerationCleared { cause: DesiredCause::Revert { rollout: x }, .. } if x == rollout));
+        if ours_by_executor {
+            continue;
+        }
+        let events = match &r.event {
+            Event::RolloutResumed { rollout: x } if x == rollout => {
+                decide(&state, &Command::ResumeRollout { rollout: x.clone() }, r.at)
+                    .unwrap_or_default()
+            }
+            Event::RolloutCancelled { rollout: x } if x == rollout => {
+                decide(&state, &Command::CancelRollout { rollout: x.clone() }, r.at)
+                    .unwrap_or_default()
+            }
+            _ if r.stream == stream => continue,
+            other => vec![other.clone()],
+        };
+        push(&mut state, r.actor.clone(), r.at, events, &mut simulated);
+        drive(&mut state, r.at, &mut simulated, &mut push);
+    }
+    // Deadlines up to the end of the recording.
+    let end = records.last().map(|r| r.at).unwrap_or(at0);
+    while let Some(d) = deadline(&state).filter(|d| *d <= end) {
+        drive(&mut state, d, &mut simulated, &mut push);
+        if deadline(&state) == Some(d) {
+            break;
+        }
+    }
+    let simulated_status = state
+        .rollouts
+        .get(rollout)
+        .map(|r| r.status.to_string())
+        .unwrap_or_default();
+    Ok(WhatIfOutcome {
+        recorded,
+        simulated,
+        recorded_status,
+        simulated_status,
+    })
+}
