@@ -37,7 +37,7 @@ pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
     copy_dir(&src, &tmp)
         .map_err(|e| LogError::Io(format!("cannot copy {}: {e}", src.display())))?;
     let mut records = Vec::new();
-    let result = SledLog::open(&tmp, |r| records.push(r)).map(|log| drop(log));
+    let result = SledLog::open(&tmp, |r| records.push(r)).map(drop);
     let _ = std::fs::remove_dir_all(&tmp);
     result.map(|_| records)
 }
@@ -285,6 +285,9 @@ pub struct Decision {
     pub text: String,
 }
 
+/// Appends events to a what-if state and records the decisions among them.
+type Push<'a> = dyn FnMut(&mut State, Actor, Timestamp, Vec<Event>, &mut Vec<Decision>) + 'a;
+
 /// Recorded decisions and re-computed ones.
 #[derive(Debug, Clone)]
 pub struct WhatIfOutcome {
@@ -448,27 +451,19 @@ pub fn what_if(
         &mut simulated,
     );
     // Only the rollout under study is re-decided; every other event is replayed as recorded.
-    let drive = |state: &mut State,
-                 now: Timestamp,
-                 out: &mut Vec<Decision>,
-                 push: &mut dyn FnMut(
-        &mut State,
-        Actor,
-        Timestamp,
-        Vec<Event>,
-        &mut Vec<Decision>,
-    )| {
-        for _ in 0..10_000 {
-            let events = match state.rollouts.get(rollout) {
-                Some(r) => executor::evaluate(state, r, now),
-                None => Vec::new(),
-            };
-            if events.is_empty() {
-                return;
+    let drive =
+        |state: &mut State, now: Timestamp, out: &mut Vec<Decision>, push: &mut Push<'_>| {
+            for _ in 0..10_000 {
+                let events = match state.rollouts.get(rollout) {
+                    Some(r) => executor::evaluate(state, r, now),
+                    None => Vec::new(),
+                };
+                if events.is_empty() {
+                    return;
+                }
+                push(state, Actor::Executor, now, events, out);
             }
-            push(state, Actor::Executor, now, events, out);
-        }
-    };
+        };
     let deadline = |state: &State| state.rollouts.get(rollout).and_then(executor::deadline_of);
     drive(&mut state, at0, &mut simulated, &mut push);
     let stream = format!("rollout:{rollout}");
