@@ -107,7 +107,7 @@ fn the_timeline_names_the_reports_that_decided_each_batch() {
         failed.evidence
     );
     assert!(failed.evidence[0].seq.is_some());
-    assert!(texts.iter().any(|t| *t == "resumed"));
+    assert!(texts.contains(&"resumed"));
     assert_eq!(*texts.last().unwrap(), "completed");
     let resumed = story.iter().find(|l| l.text == "resumed").unwrap();
     assert_eq!(resumed.actor, "apikey:ops");
