@@ -275,6 +275,12 @@ class Run:
             m.start()
 
     def cleanup(self) -> None:
+        # A host left cut off by a failed test would make its halt wait on the network.
+        for host in self.machines:
+            try:
+                self.network.unblock(host)
+            except Exception:
+                pass
         # Halt all at once (a clean halt takes about 0.2 s each), then collect them.
         for m in self.machines.values():
             m.request_halt()

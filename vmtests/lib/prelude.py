@@ -4,6 +4,7 @@
 # the admin key comes from the bootstrap API, since our control plane has no SQL table
 # a test could write into.
 import json
+import os
 import re
 import shlex
 import time
@@ -46,7 +47,7 @@ def api(node, method, path, body=None, expect=None):
     if body is not None:
         data = f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
     out = node.succeed(f"{curl_for(CERT_PREFIX, fail=False)} -o /tmp/api-body -w '%{{http_code}}' "
-                       f"-X {method} {AUTH} {data} {API}{path}; echo; cat /tmp/api-body")
+                       f"-X {method} {AUTH} {data} {shlex.quote(API + path)}; echo; cat /tmp/api-body")
     code_line, _, text = out.partition("\n")
     status = int(code_line.strip() or 0)
     if expect is not None:
@@ -80,15 +81,27 @@ def create_release(node, entries, cache_url=None):
     return rel["id"]
 
 
-def create_rollout(node, release_id, tags=None, hosts=None, strategy="all_at_once", batch_sizes=None,
-                   failure_threshold="0", on_failure="pause", health_timeout=60):
-    """POST a rollout (defaults as the seed's helper) and return its id."""
+def rollout_request(release_id, tags=None, hosts=None, strategy="all_at_once", batch_sizes=None,
+                    failure_threshold="0", on_failure="pause", health_timeout=60, seed=None):
+    """The body of POST /api/v1/rollouts (defaults as the seed's helper)."""
     body = {"release_id": release_id, "strategy": strategy, "failure_threshold": failure_threshold,
             "on_failure": on_failure, "health_timeout": health_timeout,
             "target": {"tags": tags} if tags is not None else {"hosts": hosts}}
     if batch_sizes is not None:
         body["batch_sizes"] = batch_sizes
-    _, r = api(node, "POST", "/api/v1/rollouts", body, expect=201)
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+def plan_rollout(node, release_id, **kw):
+    """POST /api/v1/rollouts/plan: the batches a rollout would have, nothing written."""
+    return api(node, "POST", "/api/v1/rollouts/plan", rollout_request(release_id, **kw), expect=200)[1]
+
+
+def create_rollout(node, release_id, **kw):
+    """POST a rollout and return its id (keyword arguments as rollout_request)."""
+    _, r = api(node, "POST", "/api/v1/rollouts", rollout_request(release_id, **kw), expect=201)
     assert r["rollout_id"].startswith("r-"), r
     return r["rollout_id"]
 

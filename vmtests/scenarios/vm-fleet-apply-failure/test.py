@@ -16,7 +16,7 @@ with subtest("The first health report is unhealthy and the rollout pauses"):
     wait_rollout_status(cp, rid, "paused", timeout=90)
     evs = events(cp, stream=f"rollout:{rid}")
     assert kinds(evs) == ["RolloutCreated", "BatchStarted", "BatchFailed", "RolloutPaused"], kinds(evs)
-    assert evs[2]["data"]["reason"] == "unhealthy", evs[2]
+    assert evs[2]["data"]["reason"].lower() == "unhealthy", evs[2]
 
 with subtest("The current generation is still the original one and the agent runs"):
     assert machine_status(cp, "web-01")["current_generation"] == original
