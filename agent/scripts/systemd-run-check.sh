@@ -19,6 +19,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 export NIX_CONFIG=$'substituters =\nnarinfo-cache-negative-ttl = 0'
 
 cat > "$W/system.nix" <<'NIX'
@@ -70,12 +71,17 @@ for _ in $(seq 300); do
 done
 [ -n "$LEADER" ] || { echo "container systemd did not start"; tail -20 "$W/console.log"; exit 1; }
 inside() { nsenter -t "$LEADER" -a -- "$@"; }
-echo "container state: $(timeout 60 nsenter -t "$LEADER" -a -- systemctl is-system-running --wait || true)"
-inside sh -c "python3 $W/cp.py $W >/dev/null 2>&1 &"
+STATE=
+for _ in $(seq 120); do
+  STATE=$(timeout 10 nsenter -t "$LEADER" -a -- systemctl is-system-running --wait 2>/dev/null || true)
+  case "$STATE" in running|degraded) break ;; esac; sleep 0.5
+done
+echo "container state: $STATE"
+inside sh -c "python3 $W/cp.py $W >/dev/null 2>&1 & echo \$! > $W/cp.pid"
 sleep 0.5
 inside sh -c "nixfleet-agent --control-plane-url http://127.0.0.1:8080 --allow-insecure --machine-id web-01 \
   --poll-interval 60 --retry-interval 1 --state-dir $W/state --profile $W/profile --current-system $W/current \
-  --health-config $W/health.json --switch-mode auto --switch-timeout 30 --log-format human >$W/agent.log 2>&1 &"
+  --health-config $W/health.json --switch-mode auto --switch-timeout 30 --log-format human >$W/agent.log 2>&1 & echo \$! > $W/agent.pid"
 
 wait_for() { for _ in $(seq 300); do grep -q "$1" "$W/reports.log" 2>/dev/null && return 0; sleep 0.1; done
   echo "no report with $1"; cat "$W/agent.log"; exit 1; }
@@ -91,7 +97,7 @@ echo "2. rolled back to: $(readlink "$W/current")"
 grep "rolled back" "$W/reports.log" | head -1 | grep -o '"message":"[^"]*"'
 echo "   switches: $(wc -l < "$W/switches.log") ($(grep -c 'from nixfleet-switch-' "$W/switches.log") through transient units)"
 grep -o "Switch started in a transient unit.*" "$W/agent.log" | head -3
-inside sh -c 'pkill -TERM -x nixfleet-agent' || true
+inside sh -c "kill -TERM \$(cat $W/agent.pid) \$(cat $W/cp.pid)"
 sleep 1
 tail -1 "$W/agent.log"
 echo "OK: systemd-run switch mode works under systemd"

@@ -20,7 +20,7 @@ use crate::switch::{self, Switcher};
 use crate::telemetry::{set_state, State};
 use nixfleet_proto::api::v1::{DesiredGeneration, HealthCheckResult, HealthReport, Report};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the agent needs to run cycles (a subset of `Config`, so tests can build one directly).
 #[derive(Debug, Clone)]
@@ -39,7 +39,17 @@ pub struct Settings {
     pub switcher: Switcher,
     /// The lock a running `switch-to-configuration` holds ([`switch::SWITCH_LOCK`]).
     pub switch_lock: PathBuf,
+    /// How long failing checks are retried after a switch before it counts as failed ([`VERIFY_WINDOW`]).
+    pub verify_window: Duration,
 }
+
+/// How long the agent keeps re-running failing health checks after a switch before it rolls back.
+/// Services restarted by the switch may need a moment (an HTTP server binding its port); a check
+/// that fails in that moment must not roll back a good generation. A bad one rolls back after this.
+pub const VERIFY_WINDOW: Duration = Duration::from_secs(15);
+
+/// Pause between verification runs within [`VERIFY_WINDOW`].
+const VERIFY_RETRY: Duration = Duration::from_secs(2);
 
 /// The result of a cycle.
 #[derive(Debug, Clone)]
@@ -264,7 +274,16 @@ impl Agent {
     /// Runs every health check on the freshly switched system; healthy → "deployed", else roll back.
     fn verify(&mut self, path: &StorePath, previous: Option<StorePath>) -> Outcome {
         set_state(State::Verifying);
-        let health = self.health.run_due(Instant::now(), true);
+        let deadline = Instant::now() + self.settings.verify_window;
+        let mut health = self.health.run_due(Instant::now(), true);
+        while !health.all_passed && Instant::now() < deadline {
+            tracing::info!(path = %path, failing = %failed_summary(&health),
+                "Health checks not passing yet after the switch; retrying");
+            std::thread::sleep(
+                VERIFY_RETRY.min(deadline.saturating_duration_since(Instant::now())),
+            );
+            health = self.health.run_due(Instant::now(), true);
+        }
         if health.all_passed {
             tracing::info!(path = %path, checks = health.results.len(), "Deployed; health checks passed");
             return self.outcome(true, "deployed", Some(health), true, Action::Deployed);

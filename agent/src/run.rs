@@ -68,6 +68,7 @@ pub fn build(cfg: Config) -> Result<Runtime, String> {
             timeout: cfg.switch_timeout,
         },
         switch_lock: crate::switch::SWITCH_LOCK.into(),
+        verify_window: crate::cycle::VERIFY_WINDOW,
     };
     let agent = Agent::new(
         settings,

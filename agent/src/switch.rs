@@ -19,6 +19,9 @@ const LINK_POLL: Duration = Duration::from_millis(200);
 /// How often the transient unit's state is checked while waiting (systemd-run mode).
 const UNIT_POLL: Duration = Duration::from_secs(2);
 
+/// How often the transient unit is checked once the link has flipped.
+const UNIT_END_POLL: Duration = Duration::from_millis(250);
+
 /// Deadline of `systemd-run` itself (it returns once the unit started) and of `systemctl` queries.
 const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -182,7 +185,7 @@ impl Switcher {
         let mut next_unit_check = Instant::now() + UNIT_POLL;
         loop {
             if self.points_at(path) {
-                return Ok(());
+                return self.wait_for_unit_end(&unit, deadline);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -203,6 +206,23 @@ impl Switcher {
             }
             thread::sleep(LINK_POLL);
         }
+    }
+}
+
+impl Switcher {
+    /// The link flips during activation, before switch-to-configuration restarts the changed units;
+    /// health checks must not run in the middle of that, so wait for the unit to end too.
+    fn wait_for_unit_end(&self, unit: &str, deadline: Instant) -> Result<(), String> {
+        while unit_running(unit) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "switch unit {unit} still running after {} s (the system already points at the new generation)",
+                    self.timeout.as_secs()
+                ));
+            }
+            thread::sleep(UNIT_END_POLL);
+        }
+        Ok(())
     }
 }
 

@@ -533,3 +533,57 @@ fn a_switch_already_running_defers_the_deploy_instead_of_failing_it() {
         Action::Deployed
     );
 }
+
+#[test]
+fn a_check_that_passes_shortly_after_the_switch_does_not_roll_back_a_good_generation() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let v2 = m.build("nixos-system-web-01-slow-start", true);
+    m.boot_into(&v1);
+    // The "service" answers from its second probe on, like a server still binding its port.
+    let probes = m.dir.path().join("probes");
+    std::fs::write(
+        &m.health_config,
+        format!(
+            r#"{{"command":[{{"name":"slow-start","command":"echo x >> {p}; test $(wc -l < {p}) -ge 2"}}]}}"#,
+            p = probes.display()
+        ),
+    )
+    .expect("write health config");
+    let mut settings = m.settings(false, None);
+    settings.verify_window = Duration::from_secs(10);
+    let mut agent = m.agent_with(settings);
+
+    let started = std::time::Instant::now();
+    let out = agent.handle_desired(Some(&desired(v2.as_str())));
+
+    assert_eq!(out.action, Action::Deployed, "{:?}", out.report);
+    assert!(out.report.health.expect("health").all_passed);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(m.running(), v2.as_str());
+}
+
+#[test]
+fn a_check_that_keeps_failing_rolls_back_when_the_verification_window_ends() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let bad = m.build("nixos-system-web-01-bad", false);
+    m.boot_into(&v1);
+    let mut settings = m.settings(false, None);
+    settings.verify_window = Duration::from_secs(3);
+    let mut agent = m.agent_with(settings);
+
+    let started = std::time::Instant::now();
+    let out = agent.handle_desired(Some(&desired(bad.as_str())));
+
+    assert_eq!(out.action, Action::RolledBack);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "retried for the whole window"
+    );
+    assert_eq!(m.running(), v1.as_str());
+}

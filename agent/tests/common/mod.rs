@@ -245,6 +245,8 @@ impl Machine {
                 timeout: Duration::from_secs(20),
             },
             switch_lock: self.switch_lock(),
+            // Failing checks fail at once here; the retry window has its own test.
+            verify_window: Duration::ZERO,
         }
     }
 
