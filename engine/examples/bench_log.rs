@@ -9,6 +9,9 @@ use nixfleet_engine::log::{encode_record, EventLog, SledLog};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn report(i: u64) -> Event {
     let m = i % 1000;
     Event::ReportReceived {
@@ -65,6 +68,14 @@ fn dir_size(p: &std::path::Path) -> u64 {
 }
 
 fn main() {
+    if let Ok(dir) = std::env::var("NIXFLEET_BENCH_REPLAY_DIR") {
+        let start = Instant::now();
+        let mut state = State::default();
+        let log = SledLog::open(std::path::Path::new(&dir), |r| state.apply(&r.into_envelope())).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        println!("replay of {dir}: {} events in {secs:.2}s = {:.0} events/s", log.last_seq().0, log.last_seq().0 as f64 / secs);
+        return;
+    }
     let replay_events: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
