@@ -39,6 +39,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // NFCLI_KEEP_SCRATCH=1 keeps a failed test's files (logs, stores) for a look.
+        if std::thread::panicking() && std::env::var_os("NFCLI_KEEP_SCRATCH").is_some() {
+            eprintln!("kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
