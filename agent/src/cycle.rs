@@ -41,6 +41,9 @@ pub struct Settings {
     pub switch_lock: PathBuf,
     /// How long failing checks are retried after a switch before it counts as failed ([`VERIFY_WINDOW`]).
     pub verify_window: Duration,
+    /// Directory of the agent's GC roots (`<state-dir>/gcroots`): `desired` (the last fetched
+    /// closure) and `previous` (the generation a rollback returns to).
+    pub gc_roots: PathBuf,
 }
 
 /// How long the agent keeps re-running failing health checks after a switch before it rolls back.
@@ -192,7 +195,8 @@ impl Agent {
             .or(self.settings.cache_url.as_deref());
         match nix::fetch(&path, cache) {
             Ok(how) => {
-                tracing::info!(path = %path, source = fetched_label(&how), "Closure present")
+                tracing::info!(path = %path, source = fetched_label(&how), "Closure present");
+                self.root("desired", &path);
             }
             Err(e) => {
                 tracing::error!(path = %path, error = %e, "Failed to fetch closure");
@@ -237,6 +241,9 @@ impl Agent {
         }
         tracing::info!(path = %path, previous = previous.as_ref().map(StorePath::as_str).unwrap_or(""),
             "Applying; recorded the running generation to return to on failure");
+        if let Some(previous) = &previous {
+            self.root("previous", previous);
+        }
         let attempts = self
             .journal
             .load()
@@ -368,6 +375,13 @@ impl Agent {
                 let message = format!("rollback failed: {e} (after: {reason})");
                 self.outcome(false, &message, Some(health), true, Action::RollbackFailed)
             }
+        }
+    }
+
+    /// Keeps `path` alive across garbage collections; a failure is only a warning.
+    fn root(&self, name: &str, path: &StorePath) {
+        if let Err(e) = nix::add_root(&self.settings.gc_roots.join(name), path) {
+            tracing::warn!(path = %path, error = %e, "Cannot add a GC root");
         }
     }
 

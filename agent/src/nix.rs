@@ -155,3 +155,32 @@ pub fn set_profile(profile: &Path, path: &StorePath) -> Result<(), String> {
         ))
     }
 }
+
+/// Makes `link` an indirect GC root for `path` (`nix-store --realise <path> --add-root <link>
+/// --indirect`), so a garbage collection cannot delete the closure the agent is about to switch to,
+/// or the generation it would roll back to (facts §9, defect 12).
+pub fn add_root(link: &Path, path: &StorePath) -> Result<(), String> {
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let out = exec::run(
+        Command::new("nix-store")
+            .arg("--realise")
+            .arg(path.as_str())
+            .arg("--add-root")
+            .arg(link)
+            .arg("--indirect"),
+        QUERY_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nix-store --add-root {}: {}",
+            link.display(),
+            out.failure_summary()
+        ))
+    }
+}

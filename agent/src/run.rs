@@ -69,6 +69,7 @@ pub fn build(cfg: Config) -> Result<Runtime, String> {
         },
         switch_lock: crate::switch::SWITCH_LOCK.into(),
         verify_window: crate::cycle::VERIFY_WINDOW,
+        gc_roots: cfg.state_dir.join("gcroots"),
     };
     let agent = Agent::new(
         settings,

@@ -50,6 +50,28 @@ fn a_new_generation_is_applied_verified_and_reported_as_deployed_with_its_health
     assert_eq!(m.running(), v2.as_str());
     assert_eq!(m.profile_target(), v2.as_str());
     assert_eq!(m.switches(), vec![format!("switch {v2}")]);
+    let root = |name: &str| {
+        std::fs::read_link(m.state_dir.join("gcroots").join(name))
+            .expect("root")
+            .display()
+            .to_string()
+    };
+    assert_eq!(root("desired"), v2.as_str());
+    assert_eq!(
+        root("previous"),
+        v1.as_str(),
+        "the rollback target is kept alive"
+    );
+    let gc = std::process::Command::new("nix-store")
+        .arg("--delete")
+        .arg(v1.as_str())
+        .output()
+        .expect("nix-store --delete");
+    assert!(
+        !gc.status.success(),
+        "a garbage collection cannot delete the rollback target"
+    );
+    assert!(is_valid(&v1));
 }
 
 #[test]

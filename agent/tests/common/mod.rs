@@ -247,6 +247,7 @@ impl Machine {
             switch_lock: self.switch_lock(),
             // Failing checks fail at once here; the retry window has its own test.
             verify_window: Duration::ZERO,
+            gc_roots: self.state_dir.join("gcroots"),
         }
     }
 
