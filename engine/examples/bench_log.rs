@@ -71,9 +71,16 @@ fn main() {
     if let Ok(dir) = std::env::var("NIXFLEET_BENCH_REPLAY_DIR") {
         let start = Instant::now();
         let mut state = State::default();
-        let log = SledLog::open(std::path::Path::new(&dir), |r| state.apply(&r.into_envelope())).unwrap();
+        let log = SledLog::open(std::path::Path::new(&dir), |r| {
+            state.apply(&r.into_envelope())
+        })
+        .unwrap();
         let secs = start.elapsed().as_secs_f64();
-        println!("replay of {dir}: {} events in {secs:.2}s = {:.0} events/s", log.last_seq().0, log.last_seq().0 as f64 / secs);
+        println!(
+            "replay of {dir}: {} events in {secs:.2}s = {:.0} events/s",
+            log.last_seq().0,
+            log.last_seq().0 as f64 / secs
+        );
         return;
     }
     let replay_events: u64 = std::env::args()
