@@ -48,8 +48,13 @@ fn ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// PKI, project settings, and a control plane requiring client certificates.
+/// PKI, project settings, and a control plane requiring client certificates, on loopback.
 fn start(s: &Scratch) -> ControlPlane {
+    start_in(s, None)
+}
+
+/// The same, inside network namespace `ns` (on its loopback) when given.
+fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
     let pki = s.join("pki");
     ok(nixfleet(s, &s.path)
         .args(["pki", "init", "--dir"])
@@ -82,7 +87,15 @@ fn start(s: &Scratch) -> ControlPlane {
     )
     .expect("write settings");
     let log = std::fs::File::create(s.join("cp.log")).expect("log");
-    let child = Command::new(cp_bin())
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(cp_bin());
+            c
+        }
+        None => Command::new(cp_bin()),
+    };
+    let child = cmd
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
@@ -100,7 +113,21 @@ fn start(s: &Scratch) -> ControlPlane {
         .expect("start control plane");
     let mut cp = ControlPlane { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", cp.port)).is_err() {
+    let listening = |port: u16| match ns {
+        Some(ns) => Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    };
+    while !listening(cp.port) {
         if let Ok(Some(status)) = cp.child.try_wait() {
             panic!(
                 "control plane exited with {status}: {}",
@@ -595,4 +622,59 @@ fn a_rollout_to_real_agents_completes_with_exit_0_and_a_failing_health_check_pau
         "{detail}"
     );
     nf_ok(&s, &["rollout", "cancel", id]);
+}
+
+#[test]
+fn ssh_deploy_and_rollback_tell_the_control_plane_only_after_a_successful_switch() {
+    let s = Scratch::new("apissh");
+    let t = common::sshd::SshTarget::start(&s);
+    let _cp = start_in(&s, Some(&t.ns));
+    let in_ns = |args: &[&str]| run(t.nixfleet(&s).args(args));
+    let out = in_ns(&["bootstrap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for host in ["target", "broken"] {
+        let out = in_ns(&["machines", "register", host]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let desired = |host: &str| -> serde_json::Value {
+        let out = in_ns(&["--json", "machines", "list"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let all: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+        all.as_array()
+            .and_then(|ms| ms.iter().find(|m| m["machine_id"] == host))
+            .map(|m| m["desired_generation"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+
+    let flake = s.join("flake");
+    common::sshd::write_flake(&flake, "g1", &s.join("marker"));
+    let flake_arg = flake.display().to_string();
+    let out = in_ns(&["deploy", "--ssh", "--flake", &flake_arg, "--hosts", "*"]);
+    assert_eq!(out.status.code(), Some(1), "broken fails: {}", stderr(&out));
+    let err = stderr(&out);
+    let p1 = err
+        .split_whitespace()
+        .find(|w| w.starts_with("/nix/store/") && w.ends_with("-nixos-system-target-g1"))
+        .expect("target's path")
+        .to_string();
+    assert_eq!(desired("target"), serde_json::json!(p1));
+    // The failed switch told the control plane nothing, so no agent will chase that path.
+    assert_eq!(desired("broken"), serde_json::Value::Null);
+
+    common::sshd::write_flake(&flake, "g2", &s.join("marker"));
+    let out = in_ns(&[
+        "deploy", "--ssh", "--flake", &flake_arg, "--hosts", "target",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(desired("target"), serde_json::json!(p1));
+
+    let out = in_ns(&["rollback", "--ssh", "--host", "target"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(desired("target"), serde_json::json!(p1));
+    assert_eq!(t.profile(), p1);
+
+    // The check above can see a notification: send one for broken by hand.
+    let out = in_ns(&["machines", "notify-deploy", "broken", &p1]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(desired("broken"), serde_json::json!(p1));
 }
