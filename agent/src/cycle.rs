@@ -51,6 +51,10 @@ pub struct Settings {
 /// that fails in that moment must not roll back a good generation. A bad one rolls back after this.
 pub const VERIFY_WINDOW: Duration = Duration::from_secs(15);
 
+/// Longest report message (bytes). The control plane refuses messages over 4096 bytes (v0.1: 400),
+/// and a refused report would hide the very failure it describes.
+pub const REPORT_MESSAGE_MAX_BYTES: usize = 4000;
+
 /// Pause between verification runs within [`VERIFY_WINDOW`].
 const VERIFY_RETRY: Duration = Duration::from_secs(2);
 
@@ -411,7 +415,7 @@ impl Agent {
             machine_id: self.settings.machine_id.clone(),
             current_generation: current.map(|p| p.to_string()).unwrap_or_default(),
             success,
-            message: message.to_owned(),
+            message: crate::truncate(message, REPORT_MESSAGE_MAX_BYTES),
             timestamp: crate::rfc3339(SystemTime::now()),
             tags: self.settings.tags.clone(),
             health,

@@ -20,6 +20,9 @@ pub const FALLBACK_CHECK: &str = "systemd-system";
 /// Name of the failing check that stands for an unreadable configuration file.
 pub const CONFIG_CHECK: &str = "health-config";
 
+/// Longest failure message of one check (bytes); reports must stay within the control plane's limits.
+pub const CHECK_MESSAGE_MAX_BYTES: usize = 512;
+
 /// Deadline of `systemctl` calls made by checks.
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -191,7 +194,7 @@ pub fn run_check(check: &Check) -> HealthCheckResult {
         Err(message) => HealthCheckResult::Fail {
             check_name: check.name.clone(),
             duration_ms,
-            message,
+            message: crate::truncate(&message, CHECK_MESSAGE_MAX_BYTES),
         },
     }
 }

@@ -262,3 +262,21 @@ fn each_check_runs_on_its_own_interval() {
         "a forced run (after a switch) runs all"
     );
 }
+
+#[test]
+fn a_long_failure_message_is_cut_so_reports_stay_within_the_control_plane_limits() {
+    let r = health::run_check(&command_check(
+        "noisy",
+        "printf 'é%.0s' $(seq 1000) >&2; exit 1",
+        5,
+    ));
+    let m = message(&r);
+    assert!(
+        m.len() <= health::CHECK_MESSAGE_MAX_BYTES,
+        "{} bytes",
+        m.len()
+    );
+    assert!(m.ends_with('…'));
+    assert_eq!(nixfleet_agent::truncate("short", 10), "short");
+    assert_eq!(nixfleet_agent::truncate("ééééé", 7), "éé…");
+}
