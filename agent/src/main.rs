@@ -25,14 +25,14 @@ fn main() -> ExitCode {
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("nixfleet-agent: {line}");
+            say(line);
             return ExitCode::from(2);
         }
     };
     let cfg = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nixfleet-agent: {e}");
+            say(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -41,10 +41,16 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "Cannot start");
-            eprintln!("nixfleet-agent: {e}");
+            say(&e.to_string());
             return ExitCode::from(1);
         }
     };
     run::run(rt);
     ExitCode::SUCCESS
+}
+
+/// Prints one line on stderr; a broken stderr must not turn a clean refusal into a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "nixfleet-agent: {line}");
 }

@@ -815,3 +815,44 @@ fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and
     );
     assert_eq!(agent.terminate(), 0);
 }
+
+#[test]
+fn a_broken_log_stream_does_not_stop_the_agent() {
+    let (cp, port) = StubCp::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // stderr is a pipe whose reading end is already closed: every log line fails with EPIPE, as
+    // when the journal stream breaks. tracing-subscriber's eprintln! fallback used to panic here.
+    let (read_end, write_end) = std::io::pipe().expect("pipe");
+    drop(read_end);
+    let mut agent = Command::new(AGENT)
+        .args([
+            "--control-plane-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--allow-insecure",
+        ])
+        .args([
+            "--machine-id",
+            "web-01",
+            "--poll-interval",
+            "1",
+            "--switch-mode",
+            "direct",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--current-system")
+        .arg(dir.path().join("none"))
+        .arg("--health-config")
+        .arg(dir.path().join("none.json"))
+        .stdout(Stdio::null())
+        .stderr(write_end)
+        .spawn()
+        .expect("spawn");
+    wait_until("two reports", Duration::from_secs(10), || {
+        cp.reports().len() >= 2
+    });
+    assert!(agent.try_wait().expect("wait").is_none(), "the agent died");
+    let pid = rustix::process::Pid::from_raw(agent.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert_eq!(agent.wait().expect("wait").code(), Some(0));
+}
