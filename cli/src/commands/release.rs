@@ -1,14 +1,14 @@
 //! `nixfleet release`: build every host of a flake, push the closures, record a release.
 //!
 //! A release is an immutable map host → system store path (plus platform and tags). Creating
-//! one evaluates the flake once for all hosts, builds them in one `nix build`, pushes the
-//! closures (`--push-to` a binary cache, `--copy` straight to each host, or nothing with
+//! one evaluates each host's platform and tags and builds its toplevel (four hosts at a time),
+//! pushes the closures (`--push-to` a binary cache, `--copy` straight to each host, or nothing with
 //! `--eval-only`), then posts the release. Rollouts then move machines to it.
 
 use crate::client::{path_id, query, Client};
 use crate::commands::time;
 use crate::error::{CliError, Result};
-use crate::nix::{self, CommandFailed};
+use crate::nix;
 use crate::output::{self, or_dash, Table};
 use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget};
@@ -17,7 +17,8 @@ use clap::{Args, Subcommand};
 use nixfleet_proto::api::v1::{
     CreateReleaseRequest, CreateReleaseResponse, Release, ReleaseDiff, ReleaseEntry,
 };
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// `nixfleet release …`.
 #[derive(Debug, Subcommand)]
@@ -86,38 +87,113 @@ pub struct CreateArgs {
     pub dry_run: bool,
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct HostMeta {
-    path: String,
-    system: Option<String>,
-    #[serde(default)]
+/// One host of the release being built.
+struct HostBuild {
+    host: String,
+    path: StorePath,
+    platform: String,
     tags: Vec<String>,
 }
 
-/// Evaluates store path, platform and agent tags of the given hosts in one `nix eval`.
-fn eval_hosts(
+/// Evaluates a host's platform and agent tags, then builds (or only evaluates) its toplevel.
+///
+/// One `nix` call per attribute and per host, with plain attribute paths and no `--apply`:
+/// the VM tests' nix shim answers exactly these (`…toplevel.system`, `…nixfleet-agent.tags`,
+/// `…toplevel.outPath`, one installable per build).
+fn build_host(
+    flake: &str,
+    host: &str,
+    eval_only: bool,
+    verbose: u8,
+) -> std::result::Result<HostBuild, String> {
+    let toplevel = nix::toplevel_attr(flake, host);
+    let eval_json = |attr: &str| -> Option<serde_json::Value> {
+        let out = nix::run(
+            nix::nix().args(["eval", "--json", attr]),
+            "nix eval",
+            verbose,
+        )
+        .ok()?;
+        serde_json::from_str(&out).ok()
+    };
+    let platform = eval_json(&format!("{toplevel}.system"))
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    // Hosts without the agent module have no tags; that is not an error.
+    let tags = eval_json(&format!(
+        "{flake}#nixosConfigurations.\"{host}\".config.services.nixfleet-agent.tags"
+    ))
+    .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+    .unwrap_or_default();
+    let path = if eval_only {
+        let out = nix::run(
+            nix::nix().args(["eval", "--raw", &format!("{toplevel}.outPath")]),
+            &format!("nix eval of {host}"),
+            verbose,
+        )
+        .map_err(|e| e.to_string())?;
+        StorePath::try_from(out.trim())?
+    } else {
+        nix::build_toplevel(flake, host, verbose).map_err(|e| e.to_string())?
+    };
+    Ok(HostBuild {
+        host: host.to_string(),
+        path,
+        platform,
+        tags,
+    })
+}
+
+/// Runs [`build_host`] for every host, a few at a time, keeping the hosts' order.
+fn build_hosts(
     flake: &str,
     hosts: &[String],
+    eval_only: bool,
     verbose: u8,
-) -> std::result::Result<BTreeMap<String, HostMeta>, CommandFailed> {
-    // Host names were validated (letters, digits, - _ .), so they are safe inside a Nix string.
-    let names: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
-    let apply = format!(
-        "cs: builtins.listToAttrs (map (n: let c = cs.${{n}}.config; t = c.system.build.toplevel; in {{ name = n; value = {{ \
-         path = t.outPath; system = t.system or null; tags = c.services.nixfleet-agent.tags or []; }}; }}) [ {} ])",
-        names.join(" ")
-    );
-    let attr = format!("{flake}#nixosConfigurations");
-    let out = nix::run(
-        nix::nix().args(["eval", "--json", &attr, "--apply", &apply]),
-        &format!("nix eval of {attr}"),
-        verbose,
-    )?;
-    serde_json::from_str(&out).map_err(|e| CommandFailed {
-        what: "nix eval".into(),
-        code: Some(0),
-        stderr: format!("unexpected output ({e})"),
-    })
+) -> Result<Vec<HostBuild>> {
+    const JOBS: usize = 4;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, std::result::Result<HostBuild, String>)>> =
+        Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..JOBS.min(hosts.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(host) = hosts.get(i) else { break };
+                let r = build_host(flake, host, eval_only, verbose);
+                results
+                    .lock()
+                    .expect("a build thread panicked while holding the results")
+                    .push((i, r));
+            });
+        }
+    });
+    let mut results = results
+        .into_inner()
+        .expect("a build thread panicked while holding the results");
+    results.sort_by_key(|(i, _)| *i);
+    let mut built = Vec::new();
+    let mut failed = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok(b) => built.push(b),
+            Err(e) => {
+                eprintln!("[{}] {e}", hosts[i]);
+                failed.push(hosts[i].clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(built)
+    } else {
+        Err(CliError::failed(format!(
+            "{} of {} host(s) failed to {}: {}; fix the errors above, or leave them out with --hosts",
+            failed.len(),
+            hosts.len(),
+            if eval_only { "evaluate" } else { "build" },
+            failed.join(", ")
+        )))
+    }
 }
 
 fn flake_metadata(flake: &str, verbose: u8) -> (Option<String>, Option<String>) {
@@ -157,49 +233,18 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
     for h in &hosts {
         nix::check_host_name(h).map_err(CliError::Usage)?;
     }
-    eprintln!("Evaluating {} host(s): {}", hosts.len(), hosts.join(", "));
-    let meta = eval_hosts(&a.flake, &hosts, v).map_err(|e| CliError::failed(e.to_string()))?;
-    let mut entries = Vec::new();
-    for h in &hosts {
-        let m = meta
-            .get(h)
-            .ok_or_else(|| CliError::failed(format!("nix eval returned nothing for {h}")))?;
-        let path = StorePath::try_from(m.path.as_str()).map_err(CliError::Failed)?;
-        entries.push((
-            h.clone(),
-            path,
-            m.system.clone().unwrap_or_default(),
-            m.tags.clone(),
-        ));
-    }
+    eprintln!(
+        "{} {} host(s): {}",
+        if a.eval_only {
+            "Evaluating"
+        } else {
+            "Building"
+        },
+        hosts.len(),
+        hosts.join(", ")
+    );
+    let entries = build_hosts(&a.flake, &hosts, a.eval_only, v)?;
     if !a.eval_only {
-        eprintln!("Building {} system(s)", entries.len());
-        let installables: Vec<String> = hosts
-            .iter()
-            .map(|h| nix::toplevel_attr(&a.flake, h))
-            .collect();
-        let out = nix::run(
-            nix::nix()
-                .args(["build", "--no-link", "--json"])
-                .args(&installables),
-            "nix build",
-            v,
-        )
-        .map_err(|e| CliError::failed(e.to_string()))?;
-        let built: Vec<serde_json::Value> = serde_json::from_str(&out)
-            .map_err(|e| CliError::failed(format!("unexpected output of nix build --json: {e}")))?;
-        for (entry, b) in entries.iter().zip(&built) {
-            let got = b
-                .pointer("/outputs/out")
-                .and_then(|p| p.as_str())
-                .unwrap_or_default();
-            if got != entry.1.as_str() {
-                return Err(CliError::failed(format!(
-                    "{}: nix build produced {got}, evaluation said {}",
-                    entry.0, entry.1
-                )));
-            }
-        }
         let push_to = a.push_to.clone().or_else(|| {
             if a.copy {
                 None
@@ -208,7 +253,7 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
             }
         });
         if let Some(url) = push_to {
-            let mut paths: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+            let mut paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
             paths.sort();
             paths.dedup();
             eprintln!("Pushing {} closure(s) to {url}", paths.len());
@@ -222,11 +267,11 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
             })?;
         } else if a.copy {
             let opts = a.ssh_opts.clone().unwrap_or_default();
-            for (host, path, _, _) in &entries {
-                eprintln!("[{host}] copying {path}");
-                let target = SshTarget::root_at(host).map_err(CliError::Usage)?;
+            for e in &entries {
+                eprintln!("[{}] copying {}", e.host, e.path);
+                let target = SshTarget::root_at(&e.host).map_err(CliError::Usage)?;
                 Remote::new(target, &opts, v)
-                    .copy_closure(path)
+                    .copy_closure(&e.path)
                     .map_err(|e| CliError::failed(e.message))?;
             }
         } else {
@@ -240,11 +285,11 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
         cache_url: a.cache_url.clone().or_else(|| settings.cache_url.clone()),
         entries: entries
             .into_iter()
-            .map(|(hostname, path, platform, tags)| ReleaseEntry {
-                hostname,
-                store_path: path.to_string(),
-                platform,
-                tags,
+            .map(|e| ReleaseEntry {
+                hostname: e.host,
+                store_path: e.path.to_string(),
+                platform: e.platform,
+                tags: e.tags,
             })
             .collect(),
     })
