@@ -49,6 +49,12 @@ pub fn run(settings: &Settings, cmd: KeysCmd) -> Result<()> {
                 ));
             }
             let path = settings.save_api_key(&key)?;
+            if settings.json {
+                return output::json(&serde_json::json!({
+                    "control_plane_url": settings.control_plane_url,
+                    "saved_to": path.display().to_string(),
+                }));
+            }
             output::line(format!(
                 "Saved key for {} to {}",
                 settings.control_plane_url,
