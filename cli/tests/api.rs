@@ -649,8 +649,17 @@ fn ssh_deploy_and_rollback_tell_the_control_plane_only_after_a_successful_switch
     let flake = s.join("flake");
     common::sshd::write_flake(&flake, "g1", &s.join("marker"));
     let flake_arg = flake.display().to_string();
-    let out = in_ns(&["deploy", "--ssh", "--flake", &flake_arg, "--hosts", "*"]);
+    // "target" and "broken" are two names for the same sshd and store, so they share one
+    // system profile: deploy broken first, then target, so that the generation before
+    // target's next one is target's own.
+    let out = in_ns(&[
+        "deploy", "--ssh", "--flake", &flake_arg, "--hosts", "broken",
+    ]);
     assert_eq!(out.status.code(), Some(1), "broken fails: {}", stderr(&out));
+    let out = in_ns(&[
+        "deploy", "--ssh", "--flake", &flake_arg, "--hosts", "target",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     let p1 = err
         .split_whitespace()
