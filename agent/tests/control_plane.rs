@@ -1,0 +1,403 @@
+//! The agent binary against the real control plane (`nixfleet-control-plane`), over mutual TLS,
+//! with real Nix closures.
+//!
+//! Needs the control plane binary: `cargo build -p nixfleet-engine` (or set NIXFLEET_CP_BIN).
+//! The PKI is made here with rcgen. For testing only: the keys are throwaway.
+
+mod common;
+
+use common::Machine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
+
+fn cp_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIXFLEET_CP_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    let bin = target.join("debug/nixfleet-control-plane");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p nixfleet-engine` first",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A fleet CA with certificates `cp` (server, localhost), `operator` and `web-01` (clients).
+fn pki(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("pki dir");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "nixfleet agent test CA");
+    let ca_key = KeyPair::generate().expect("key");
+    std::fs::write(
+        dir.join("ca.pem"),
+        ca.self_signed(&ca_key).expect("CA").pem(),
+    )
+    .expect("write");
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, server) in [("cp", true), ("operator", false), ("web-01", false)] {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, name);
+        if server {
+            p.subject_alt_names = vec![
+                SanType::DnsName("localhost".try_into().expect("dns name")),
+                SanType::IpAddress("127.0.0.1".parse().expect("ip")),
+            ];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &issuer).expect("cert");
+        std::fs::write(dir.join(format!("{name}-cert.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+    }
+}
+
+struct ControlPlane {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    admin: ureq::Agent,
+    key: String,
+}
+
+impl ControlPlane {
+    fn start(dir: &Path, port: u16) -> ControlPlane {
+        let pki = dir.join("pki");
+        let log = dir.join("cp.log");
+        let child = Command::new(cp_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.join("cp-data"))
+            .arg("--tls-cert")
+            .arg(pki.join("cp-cert.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("cp-key.pem"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the control plane");
+        let certs = |f: &str| -> Vec<Certificate<'static>> {
+            ureq::tls::parse_pem(&std::fs::read(pki.join(f)).expect("read pem"))
+                .filter_map(|i| match i.expect("pem") {
+                    PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        };
+        let key = PrivateKey::from_pem(&std::fs::read(pki.join("operator-key.pem")).expect("key"))
+            .expect("key");
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&certs("ca.pem")))
+            .client_cert(Some(ClientCert::new_with_certs(
+                &certs("operator-cert.pem"),
+                key,
+            )))
+            .build();
+        let admin = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let mut cp = ControlPlane {
+            child,
+            port,
+            log,
+            admin,
+            key: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cp.call("GET", "/health", None).map(|r| r.0) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "control plane did not come up: {}",
+                cp.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let boot = cp.json(
+            "POST",
+            "/api/v1/keys/bootstrap",
+            Some(r#"{"name":"test-admin"}"#),
+            200,
+        );
+        cp.key = boot["key"].as_str().expect("key").to_owned();
+        cp
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        let url = format!("https://localhost:{}{path}", self.port);
+        let auth = format!("Bearer {}", self.key);
+        let result = match method {
+            "GET" => self.admin.get(&url).header("authorization", &auth).call(),
+            _ => self
+                .admin
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or("{}")),
+        };
+        let mut resp = result.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_to_string().unwrap_or_default()))
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<&str>, expect: u16) -> Value {
+        let (status, text) = self
+            .call(method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        assert_eq!(status, expect, "{method} {path}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+        }
+    }
+
+    fn machine(&self, id: &str) -> Option<Value> {
+        let list = self.json("GET", "/api/v1/machines", None, 200);
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .find(|m| m["machine_id"] == id)
+            .cloned()
+    }
+
+    /// Creates a release of `path` for web-01 and an all-at-once rollout of it; returns the rollout id.
+    fn roll_out(&self, path: &str) -> String {
+        let release = serde_json::json!({"entries": [{"hostname": "web-01", "store_path": path, "platform": "x86_64-linux", "tags": ["web"]}]});
+        let rel = self.json("POST", "/api/v1/releases", Some(&release.to_string()), 201);
+        let rollout = serde_json::json!({"release_id": rel["id"], "strategy": "all_at_once", "target": {"hosts": ["web-01"]}, "health_timeout": 120});
+        let r = self.json("POST", "/api/v1/rollouts", Some(&rollout.to_string()), 201);
+        r["rollout_id"].as_str().expect("rollout id").to_owned()
+    }
+
+    fn wait_rollout(&self, id: &str, want: &str, secs: u64) -> Value {
+        let mut last = Value::Null;
+        wait_until(&format!("rollout {id} to be {want}"), secs, || {
+            last = self.json("GET", &format!("/api/v1/rollouts/{id}"), None, 200);
+            last["status"] == want
+        });
+        last
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Agent {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn start(dir: &Path, port: u16, m: &Machine) -> Agent {
+        let pki = dir.join("pki");
+        let mut child = Command::new(AGENT)
+            .args(["--control-plane-url", &format!("https://localhost:{port}")])
+            .args(["--machine-id", "web-01", "--tags", "web,canary"])
+            .arg("--ca-cert")
+            .arg(pki.join("ca.pem"))
+            .arg("--client-cert")
+            .arg(pki.join("web-01-cert.pem"))
+            .arg("--client-key")
+            .arg(pki.join("web-01-key.pem"))
+            .arg("--state-dir")
+            .arg(&m.state_dir)
+            .arg("--profile")
+            .arg(&m.profile)
+            .arg("--current-system")
+            .arg(&m.current)
+            .arg("--health-config")
+            .arg(&m.health_config)
+            .args([
+                "--switch-mode",
+                "direct",
+                "--poll-interval",
+                "1",
+                "--retry-interval",
+                "1",
+                "--health-interval",
+                "2",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        Agent { child, logs }
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    fn dump(&self) -> String {
+        self.logs.lock().expect("lock").join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_agent_started_before_the_control_plane_retries_then_registers_with_exactly_its_tags() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki(&dir.path().join("pki"));
+    let port = free_port();
+    let agent = Agent::start(dir.path(), port, &m);
+    wait_until("the retry line", 15, || {
+        agent.saw("Initial poll failed, scheduling retry")
+    });
+
+    let cp = ControlPlane::start(dir.path(), port);
+    let mut machine = None;
+    wait_until("web-01 to register", 20, || {
+        machine = cp.machine("web-01");
+        machine.is_some()
+    });
+    let machine = machine.expect("registered");
+    assert_eq!(
+        machine["tags"],
+        serde_json::json!(["canary", "web"]),
+        "{machine}"
+    );
+    assert_eq!(machine["current_generation"], v1.as_str());
+    wait_until("a health report", 20, || {
+        cp.machine("web-01")
+            .is_some_and(|m| m["health"] == "healthy")
+    });
+}
+
+#[test]
+fn a_release_is_deployed_then_an_unhealthy_one_is_rolled_back_quarantined_and_retried_only_after_resume(
+) {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let v2 = m.build("nixos-system-web-01-v2", true);
+    let bad = m.build("nixos-system-web-01-bad", false);
+    m.boot_into(&v1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki(&dir.path().join("pki"));
+    let port = free_port();
+    let cp = ControlPlane::start(dir.path(), port);
+    let agent = Agent::start(dir.path(), port, &m);
+    wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
+
+    // A healthy release: the deploy report carries its health, so the gate passes at once.
+    let good = cp.roll_out(v2.as_str());
+    cp.wait_rollout(&good, "completed", 60);
+    assert_eq!(m.running(), v2.as_str());
+
+    // An unhealthy one: applied, verified, rolled back to exactly v2, quarantined on both sides.
+    let failing = cp.roll_out(bad.as_str());
+    cp.wait_rollout(&failing, "paused", 90);
+    wait_until("the control plane to quarantine the path", 30, || {
+        cp.machine("web-01")
+            .is_some_and(|mm| mm["quarantined"] == serde_json::json!([bad.as_str()]))
+    });
+    assert_eq!(m.running(), v2.as_str(), "{}", agent.dump());
+    assert_eq!(m.profile_target(), v2.as_str());
+    let status = cp.machine("web-01").expect("machine");
+    assert_eq!(status["current_generation"], v2.as_str());
+    wait_until(
+        "the agent to see the control plane's quarantine",
+        20,
+        || agent.saw("Not applying a quarantined generation"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        m.switches(),
+        vec![
+            format!("switch {v2}"),
+            format!("switch {bad}"),
+            format!("switch {v2}")
+        ],
+        "the bad path was applied exactly once while the rollout stayed paused"
+    );
+
+    // Resume lifts the quarantine on the control plane: the agent tries once more, fails, rolls back.
+    cp.json(
+        "POST",
+        &format!("/api/v1/rollouts/{failing}/resume"),
+        Some("{}"),
+        200,
+    );
+    wait_until("a second attempt and rollback", 60, || {
+        m.switches().len() == 5
+    });
+    cp.wait_rollout(&failing, "paused", 90);
+    assert_eq!(m.running(), v2.as_str());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        m.switches().len(),
+        5,
+        "quarantined again, not applied a third time"
+    );
+}
