@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let rt = match run::build(cfg) {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "Cannot start");
+            // One plain line, not a log record as well: the journal would show the failure twice.
             say(&e.to_string());
             return ExitCode::from(1);
         }

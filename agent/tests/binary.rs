@@ -174,6 +174,43 @@ fn an_unreadable_ca_file_stops_the_agent_with_one_line() {
     assert_eq!(last, "nixfleet-agent: cannot read --ca-cert /nonexistent/ca.pem: No such file or directory (os error 2)");
 }
 
+#[test]
+fn a_busy_metrics_port_or_an_unusable_state_dir_stops_the_agent_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let busy = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port().to_string();
+    let state = dir.path().join("state").display().to_string();
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp",
+            "--machine-id",
+            "w",
+            "--state-dir",
+            &state,
+            "--metrics-port",
+            &port,
+        ],
+        1,
+        &format!("cannot listen on metrics port {port}: Address already in use"),
+    );
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    let below_file = file.join("state").display().to_string();
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp",
+            "--machine-id",
+            "w",
+            "--state-dir",
+            &below_file,
+        ],
+        1,
+        "cannot create --state-dir",
+    );
+}
+
 /// A recording stand-in for the control plane's two agent routes.
 #[derive(Clone, Default)]
 struct StubCp {
