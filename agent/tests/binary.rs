@@ -2,6 +2,8 @@
 //! control plane (the real control plane lands in the engine crate; an end-to-end test against it
 //! follows), signals, and the metrics endpoint.
 
+mod common;
+
 use nixfleet_proto::api::v1::{DesiredGeneration, Report};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -892,4 +894,99 @@ fn a_broken_log_stream_does_not_stop_the_agent() {
     let pid = rustix::process::Pid::from_raw(agent.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     assert_eq!(agent.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
+fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_rolling_back() {
+    let m = common::Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    // Flips the link at once, then keeps activating for 5 s: the window in which the agent dies.
+    let slow = format!(
+        "#!/bin/sh\nout=$(dirname \"$(dirname \"$0\")\")\nln -sfn \"$out\" {}\necho \"switch $out\" >> {}\nsleep 5",
+        m.current.display(),
+        m.marker.display()
+    );
+    let bad = m.build_with_switch("nixos-system-web-01-slow-bad", false, &slow);
+    let (cp, port) = StubCp::start();
+    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
+        hash: bad.to_string(),
+        cache_url: None,
+        poll_hint: None,
+        quarantined: false,
+    });
+    let spawn = || {
+        Command::new(AGENT)
+            .args([
+                "--control-plane-url",
+                &format!("http://127.0.0.1:{port}"),
+                "--allow-insecure",
+            ])
+            .args([
+                "--machine-id",
+                "web-01",
+                "--poll-interval",
+                "1",
+                "--retry-interval",
+                "1",
+            ])
+            .args(["--switch-mode", "direct", "--switch-timeout", "30"])
+            .arg("--state-dir")
+            .arg(&m.state_dir)
+            .arg("--profile")
+            .arg(&m.profile)
+            .arg("--current-system")
+            .arg(&m.current)
+            .arg("--health-config")
+            .arg(&m.health_config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent")
+    };
+
+    let mut first = spawn();
+    wait_until(
+        "the switch to flip the link",
+        Duration::from_secs(15),
+        || m.running() == bad.as_str(),
+    );
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    let record = m.state_dir.join(nixfleet_agent::inflight::FILE_NAME);
+    assert!(record.exists(), "the deploy record survives the kill");
+    assert!(cp.reports().iter().all(|r| r.rolled_back_from.is_none()));
+
+    let mut second = spawn();
+    wait_until(
+        "the restarted agent to roll back",
+        Duration::from_secs(40),
+        || {
+            cp.reports()
+                .iter()
+                .any(|r| r.rolled_back_from.as_deref() == Some(bad.as_str()))
+        },
+    );
+    assert_eq!(
+        m.running(),
+        v1.as_str(),
+        "back on the generation that ran before the killed deploy"
+    );
+    assert_eq!(m.profile_target(), v1.as_str());
+    assert!(!record.exists());
+    let report = cp
+        .reports()
+        .into_iter()
+        .find(|r| r.rolled_back_from.is_some())
+        .expect("rollback report");
+    assert!(
+        report
+            .message
+            .starts_with("rolled back: health checks failed"),
+        "{}",
+        report.message
+    );
+    let pid = rustix::process::Pid::from_raw(second.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert_eq!(second.wait().expect("wait").code(), Some(0));
 }
