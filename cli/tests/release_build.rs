@@ -128,3 +128,41 @@ fn rollout_parameters_are_checked_before_anything_is_sent() {
     let out = run(nixfleet(&s, &s.path).args(base));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_cache_hook_of_the_project_file_pushes_each_closure_and_names_the_cache() {
+    let s = Scratch::new("relhook");
+    write_flake(&s.join("flake"), "h1", &s.join("marker"));
+    let cache = s.join("hook-cache");
+    std::fs::write(
+        s.join(".nixfleet.toml"),
+        format!(
+            "[cache.hook]\nurl = \"http://hook.test:5000\"\npush-cmd = \"nix copy --to file://{} {{}} && echo {{}} >> {}\"\n",
+            cache.display(),
+            s.join("hook.log").display()
+        ),
+    )
+    .expect("write settings");
+    let (_, req) = release_dry_run(&s, &["--hosts", "target", "--hook"]);
+    assert_eq!(req["cache_url"], "http://hook.test:5000");
+    let path = req["entries"][0]["store_path"].as_str().expect("path");
+    let log = std::fs::read_to_string(s.join("hook.log")).expect("hook ran");
+    assert_eq!(log.trim(), path);
+    assert!(
+        cache.join(format!("{}.narinfo", &path[11..43])).exists(),
+        "pushed by the hook"
+    );
+
+    // Without push-cmd, --hook is a usage error.
+    std::fs::write(
+        s.join(".nixfleet.toml"),
+        "[cache.hook]\nurl = \"http://x\"\n",
+    )
+    .expect("write");
+    let out = run(nixfleet(&s, &s.path)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .args(["release", "create", "--dry-run", "--hook", "--flake"])
+        .arg(s.join("flake")));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("push-cmd"), "{}", stderr(&out));
+}

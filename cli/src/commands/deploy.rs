@@ -148,6 +148,7 @@ fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
                 hosts: args.hosts.clone(),
                 push_to: args.push_to.clone(),
                 copy: args.copy,
+                hook: false,
                 eval_only: args.eval_only,
                 cache_url: args.cache_url.clone(),
                 ssh_opts: args.ssh_opts.clone(),

@@ -63,11 +63,15 @@ pub struct CreateArgs {
     #[arg(long, default_value = "*")]
     pub hosts: String,
     /// Push closures to this store URL with `nix copy --to` (e.g. s3://…, ssh://cache, file:///srv/cache).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["copy", "eval_only"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["copy", "eval_only", "hook"])]
     pub push_to: Option<String>,
     /// Copy each closure straight to its host (`nix-copy-closure --to root@<host>`).
-    #[arg(long, conflicts_with = "eval_only")]
+    #[arg(long, conflicts_with_all = ["eval_only", "hook"])]
     pub copy: bool,
+    /// Push each closure with the [cache.hook] push-cmd of .nixfleet.toml (`{}` is the store
+    /// path; run by `sh -c`), and default the cache URL to [cache.hook] url.
+    #[arg(long, conflicts_with = "eval_only")]
+    pub hook: bool,
     /// Only evaluate the store paths; build and push nothing (another machine builds).
     #[arg(long)]
     pub eval_only: bool,
@@ -246,13 +250,33 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
     let entries = build_hosts(&a.flake, &hosts, a.eval_only, v)?;
     if !a.eval_only {
         let push_to = a.push_to.clone().or_else(|| {
-            if a.copy {
+            if a.copy || a.hook {
                 None
             } else {
                 settings.push_to.clone()
             }
         });
-        if let Some(url) = push_to {
+        if a.hook {
+            let cmd = settings.hook.push_cmd.as_deref().ok_or_else(|| {
+                CliError::usage(
+                    "--hook needs push-cmd in the [cache.hook] section of .nixfleet.toml",
+                )
+            })?;
+            let mut paths: Vec<&StorePath> = entries.iter().map(|e| &e.path).collect();
+            paths.sort();
+            paths.dedup();
+            for path in paths {
+                // The command is the operator's own shell text; the path is validated and quoted.
+                let line = cmd.replace("{}", &crate::ssh::quote(path.as_str()));
+                eprintln!("Pushing {path} with the [cache.hook] command");
+                nix::run(
+                    std::process::Command::new("sh").args(["-c", &line]),
+                    "the [cache.hook] push-cmd",
+                    v,
+                )
+                .map_err(|e| CliError::failed(format!("{e}; fix push-cmd in [cache.hook]")))?;
+            }
+        } else if let Some(url) = push_to {
             let mut paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
             paths.sort();
             paths.dedup();
@@ -282,7 +306,17 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
     Ok(CreateReleaseRequest {
         flake_ref: flake_ref.or_else(|| Some(a.flake.clone())),
         flake_rev,
-        cache_url: a.cache_url.clone().or_else(|| settings.cache_url.clone()),
+        cache_url: a
+            .cache_url
+            .clone()
+            .or_else(|| {
+                if a.hook {
+                    settings.hook.url.clone()
+                } else {
+                    None
+                }
+            })
+            .or_else(|| settings.cache_url.clone()),
         entries: entries
             .into_iter()
             .map(|e| ReleaseEntry {
