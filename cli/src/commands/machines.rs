@@ -224,6 +224,8 @@ pub struct StatusRow {
     pub stale: bool,
     /// Lifecycle.
     pub lifecycle: String,
+    /// Latest health: healthy, unhealthy or unknown.
+    pub health: String,
     /// Sync state.
     pub sync: SyncState,
     /// Current generation.
@@ -248,6 +250,7 @@ pub fn status_row(m: &MachineStatus, stale_threshold: u64) -> StatusRow {
             .seconds_since_last_report
             .is_none_or(|s| s > stale_threshold),
         lifecycle: m.lifecycle.clone(),
+        health: m.health.clone(),
         sync,
         current: m.current_generation.clone(),
         desired: m.desired_generation.clone(),
@@ -278,6 +281,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> Result<()> {
             let mut t = Table::new(&[
                 "HOST",
                 "STATE",
+                "HEALTH",
                 "LIFECYCLE",
                 "SYNC",
                 "CURRENT",
@@ -292,6 +296,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> Result<()> {
                     } else {
                         r.state.clone()
                     },
+                    or_dash(Some(&r.health)),
                     r.lifecycle.clone(),
                     match r.sync {
                         SyncState::InSync => "in sync".into(),
