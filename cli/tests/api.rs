@@ -621,7 +621,16 @@ fn a_rollout_to_real_agents_completes_with_exit_0_and_a_failing_health_check_pau
         detail.contains("PAUSED") && detail.contains("web-02") && detail.contains("unhealthy"),
         "{detail}"
     );
+    let paused = nf_ok(&s, &["rollout", "list", "--status", "paused"]);
+    assert!(paused.contains(id), "{paused}");
+    let out = nf_ok(&s, &["rollout", "resume", id]);
+    assert!(out.starts_with("Resumed rollout"), "{out}");
+    // Resuming a running rollout is refused by the control plane.
+    let again = nf(&s, &["rollout", "resume", id]);
+    assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
     nf_ok(&s, &["rollout", "cancel", id]);
+    let cancelled = json(&s, &["rollout", "status", id]);
+    assert_eq!(cancelled["status"], "cancelled");
 }
 
 #[test]
