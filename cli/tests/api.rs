@@ -696,3 +696,56 @@ fn ssh_deploy_and_rollback_tell_the_control_plane_only_after_a_successful_switch
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(desired("broken"), serde_json::json!(p1));
 }
+
+#[test]
+fn deploy_without_ssh_creates_a_release_and_a_rollout_of_it() {
+    let s = Scratch::new("apideploy");
+    let _cp = start(&s);
+    nf_ok(&s, &["bootstrap"]);
+    nf_ok(&s, &["machines", "register", "web-01", "--tags", "web"]);
+    nf_ok(&s, &["machines", "register", "web-02", "--tags", "web"]);
+    let flake = s.join("flake");
+    write_fleet_flake(&flake, "d1");
+    let deploy = |extra: &[&str]| {
+        run(nixfleet(&s, &s.path)
+            .env("NIX_CONFIG", common::sshd::NIX_CONFIG)
+            .args(["deploy", "--eval-only", "--flake"])
+            .arg(&flake)
+            .args(extra))
+    };
+
+    // --plan: a release is recorded, the rollout is only planned.
+    let out = deploy(&[
+        "--hosts",
+        "web-*",
+        "--strategy",
+        "staged",
+        "--batch-size",
+        "1,100%",
+        "--plan",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(2 hosts)")
+            && text.contains("Plan (nothing started): 2 machines in 2 batches"),
+        "{text}"
+    );
+    assert!(json(&s, &["rollout", "list"])
+        .as_array()
+        .is_some_and(Vec::is_empty));
+
+    // For real, targeting only the hosts --hosts picked.
+    let out = deploy(&["--hosts", "web-02", "--strategy", "all-at-once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Rollout r-") && text.contains("(1 batch, 1 machine)"),
+        "{text}"
+    );
+    let rollouts = json(&s, &["rollout", "list"]);
+    assert_eq!(
+        rollouts[0]["batches"][0]["machine_ids"],
+        serde_json::json!(["web-02"])
+    );
+}

@@ -226,17 +226,17 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<()> {
     } else {
         if a.plan {
             output::line(format!(
-                "Plan (nothing started): {} machines in {} batches, seed {}",
-                resp.total_machines,
-                resp.batches.len(),
+                "Plan (nothing started): {} in {}, seed {}",
+                count(resp.total_machines, "machine"),
+                count(resp.batches.len(), "batch"),
                 resp.seed
             ))?;
         } else {
             output::line(format!(
-                "Rollout {} created ({} batches, {} machines)",
+                "Rollout {} created ({}, {})",
                 resp.rollout_id,
-                resp.batches.len(),
-                resp.total_machines
+                count(resp.batches.len(), "batch"),
+                count(resp.total_machines, "machine")
             ))?;
         }
         let mut t = Table::new(&["BATCH", "MACHINES"]);
@@ -256,6 +256,15 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// "1 batch", "2 batches", "1 machine", "3 machines".
+fn count(n: usize, noun: &str) -> String {
+    match (n, noun.ends_with("ch")) {
+        (1, _) => format!("1 {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        (_, false) => format!("{n} {noun}s"),
+    }
 }
 
 fn healthy_count(d: &RolloutDetail, batch: usize) -> usize {
