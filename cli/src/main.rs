@@ -1,5 +1,9 @@
 //! Entry point of `nixfleet`: parse the command line, run it, turn the outcome into an exit code.
 
+// Doc comments of clap arguments are the CLI's help text, written for a terminal: `[default: …]`
+// and `<host>` there are not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod cli;
 mod client;
 mod commands;
