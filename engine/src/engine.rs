@@ -100,11 +100,59 @@ impl Engine {
         }
     }
 
-    /// Opens the sled log in `dir`, verifies it and rebuilds the projections by replay.
-    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Engine, LogError> {
+    /// Opens the data directory: the sled log in `data_dir/log`, verified, and the projections
+    /// rebuilt from the snapshot (if it matches the log) plus the records after it, or else by
+    /// replaying the whole log.
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Engine, LogError> {
+        let log_dir = data_dir.join("log");
+        match crate::snapshot::load(data_dir) {
+            Ok(Some((checkpoint, mut state))) => {
+                match SledLog::open_from(&log_dir, Some(checkpoint), |r| {
+                    state.apply(&r.into_envelope())
+                }) {
+                    Ok(log) => {
+                        tracing::info!(
+                            from = checkpoint.seq,
+                            to = log.last_seq().0,
+                            "projections loaded from the snapshot, the rest replayed"
+                        );
+                        return Ok(Engine::new(Arc::new(log), state, clock));
+                    }
+                    Err(LogError::CheckpointMismatch { seq }) => {
+                        tracing::warn!(
+                            seq,
+                            "the snapshot does not match the log; replaying the whole log"
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(None) => {}
+            Err(why) => tracing::warn!(%why, "ignoring the snapshot; replaying the whole log"),
+        }
         let mut state = State::default();
-        let log = SledLog::open(dir, |r| state.apply(&r.into_envelope()))?;
+        let log = SledLog::open(&log_dir, |r| state.apply(&r.into_envelope()))?;
         Ok(Engine::new(Arc::new(log), state, clock))
+    }
+
+    /// Writes a snapshot of the projections at the last durable sequence into `data_dir`.
+    /// Returns the sequence it covers (None when the log is empty).
+    pub fn write_snapshot(&self, data_dir: &Path) -> Result<Option<Seq>, String> {
+        let state = self.read(|s| s.clone());
+        let seq = state.last_seq;
+        if seq.0 == 0 {
+            return Ok(None);
+        }
+        self.log.wait_durable(seq).map_err(|e| e.to_string())?;
+        let hash = self
+            .log
+            .record_hash(seq)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("record {} is missing", seq.0))?;
+        let bytes = crate::snapshot::write(data_dir, &state, hash)
+            .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+        tracing::info!(seq = seq.0, bytes, "snapshot written");
+        Ok(Some(seq))
     }
 
     /// An engine over an empty in-memory log.

@@ -7,3 +7,4 @@ pub mod config;
 pub mod engine;
 pub mod log;
 pub mod postmortem;
+pub mod snapshot;

@@ -87,7 +87,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let started = std::time::Instant::now();
-    let engine = Engine::open(&config.data_dir.join("log"), Arc::new(SystemClock))
+    let engine = Engine::open(&config.data_dir, Arc::new(SystemClock))
         .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
     let engine = Arc::new(engine);
     let (seq, machines, rollouts) =
@@ -116,6 +116,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     }));
+    let snapshots = tokio::spawn(snapshot_loop(
+        engine.clone(),
+        config.data_dir.clone(),
+        stop_rx.clone(),
+    ));
     // A tick at start: deadlines that passed while the control plane was down fire now.
     let seq = engine.tick()?;
     engine.wait_durable(seq).await?;
@@ -132,10 +137,43 @@ async fn run(config: Config) -> anyhow::Result<()> {
     api::serve(app, listener, tls, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = executor.await;
+    let _ = snapshots.await;
     let last = engine.log().last_seq();
     engine.wait_durable(last).await?;
+    if let Err(e) = engine.write_snapshot(&config.data_dir) {
+        tracing::warn!(error = %e, "no snapshot at shutdown");
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Events between periodic snapshots.
+const SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
+
+/// Writes a snapshot whenever enough events have accumulated, checking once a minute.
+async fn snapshot_loop(
+    engine: Arc<Engine>,
+    data_dir: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut covered = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        let last = engine.read(|s| s.last_seq.0);
+        if last.saturating_sub(covered) < SNAPSHOT_EVERY_EVENTS {
+            continue;
+        }
+        let (e, d) = (engine.clone(), data_dir.clone());
+        match tokio::task::spawn_blocking(move || e.write_snapshot(&d)).await {
+            Ok(Ok(Some(seq))) => covered = seq.0,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+        }
+    }
 }
 
 /// Tells systemd (Type=notify) about our state, when started by it.

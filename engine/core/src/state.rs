@@ -6,6 +6,7 @@
 
 use crate::event::*;
 use crate::ids::*;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Health results kept per machine (the log keeps every one).
@@ -14,7 +15,7 @@ pub const HEALTH_HISTORY_MAX: usize = 32;
 pub const AUDIT_MAX: usize = 100_000;
 
 /// The desired generation of a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     /// The system store path.
     pub path: StorePath,
@@ -27,7 +28,7 @@ pub struct Desired {
 }
 
 /// The last report of a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReport {
     /// Its sequence number.
     pub seq: Seq,
@@ -48,7 +49,7 @@ pub struct LastReport {
 }
 
 /// One health result set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthEntry {
     /// Its sequence number.
     pub seq: Seq,
@@ -63,7 +64,7 @@ pub struct HealthEntry {
 }
 
 /// A machine row (machines, plus its machine_tags).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     /// Id.
     pub id: MachineId,
@@ -97,7 +98,7 @@ impl Machine {
 }
 
 /// A release.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// Id.
     pub id: ReleaseId,
@@ -116,7 +117,7 @@ pub struct Release {
 }
 
 /// Health of a machine within a started batch, measured from its own reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MachineHealth {
     /// No deciding report since the batch started.
     Pending,
@@ -127,7 +128,7 @@ pub enum MachineHealth {
 }
 
 /// Status of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchStatus {
     /// Not started.
     Pending,
@@ -140,7 +141,7 @@ pub enum BatchStatus {
 }
 
 /// A batch of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// 0-based.
     pub index: u32,
@@ -192,7 +193,7 @@ impl Batch {
 }
 
 /// A rollout with its batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     /// Id.
     pub id: RolloutId,
@@ -222,7 +223,7 @@ impl Rollout {
 }
 
 /// An API key row (the secret itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     /// Name.
     pub name: KeyName,
@@ -239,7 +240,7 @@ pub struct ApiKey {
 }
 
 /// An audit row, derived from an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Sequence of the event.
     pub seq: Seq,
@@ -248,7 +249,7 @@ pub struct AuditEntry {
     /// Who.
     pub actor: Actor,
     /// What (v0.1 action names).
-    pub action: &'static str,
+    pub action: String,
     /// On what.
     pub target: String,
     /// Details.
@@ -256,7 +257,7 @@ pub struct AuditEntry {
 }
 
 /// All projections.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Last applied sequence.
     pub last_seq: Seq,
@@ -280,8 +281,6 @@ pub struct State {
     pub audit: VecDeque<AuditEntry>,
     /// How many times rollouts entered each status other than running (for `nixfleet_rollouts_total`).
     pub rollouts_reached: BTreeMap<RolloutStatus, u64>,
-    /// Events applied, by kind.
-    pub events_by_kind: BTreeMap<&'static str, u64>,
 }
 
 impl State {
@@ -296,7 +295,6 @@ impl State {
         let (seq, at) = (env.seq, env.at);
         self.last_seq = seq;
         self.last_at = at;
-        *self.events_by_kind.entry(env.event.kind()).or_default() += 1;
         if let Some((action, target, detail)) = audit_of(&env.event) {
             if self.audit.len() == AUDIT_MAX {
                 self.audit.pop_front();
@@ -305,7 +303,7 @@ impl State {
                 seq,
                 at,
                 actor: env.actor.clone(),
-                action,
+                action: action.to_owned(),
                 target,
                 detail,
             });

@@ -952,7 +952,7 @@ where
                         id: a.seq.0,
                         timestamp: views::rfc3339(a.at),
                         actor: a.actor.to_string(),
-                        action: a.action.into(),
+                        action: a.action.clone(),
                         target: a.target.clone(),
                         detail: a.detail.clone(),
                     })

@@ -73,6 +73,14 @@ impl EventLog for MemoryLog {
             .take(limit)
             .collect())
     }
+    fn record_hash(&self, seq: Seq) -> Result<Option<[u8; 32]>, LogError> {
+        let v = self.inner.lock().expect("memory log lock");
+        Ok(seq
+            .0
+            .checked_sub(1)
+            .and_then(|i| v.get(i as usize))
+            .map(|b| hash_bytes(b)))
+    }
     fn last_seq(&self) -> Seq {
         Seq(self.inner.lock().expect("memory log lock").len() as u64)
     }

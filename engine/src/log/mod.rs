@@ -21,7 +21,7 @@ mod sled_log;
 
 pub use codec::{decode_record, encode_record, hash_bytes, Record, StoredEnvelope, SCHEMA_VERSION};
 pub use memory::MemoryLog;
-pub use sled_log::SledLog;
+pub use sled_log::{Checkpoint, SledLog};
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 
@@ -38,6 +38,12 @@ pub enum LogError {
         seq: u64,
         /// What is wrong.
         why: String,
+    },
+    /// A snapshot's checkpoint does not match this log (the snapshot is stale or from elsewhere).
+    #[error("the snapshot's checkpoint record {seq} is not in this log with the recorded hash")]
+    CheckpointMismatch {
+        /// The checkpoint's sequence number.
+        seq: u64,
     },
     /// The log was closed after a fatal storage error.
     #[error("event log is closed after a storage failure: {0}")]
@@ -76,6 +82,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Records of one stream with sequence greater than `after`, at most `limit`, in order.
     fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError>;
+
+    /// SHA-256 of the stored record `seq`, if it exists.
+    fn record_hash(&self, seq: Seq) -> Result<Option<[u8; 32]>, LogError>;
 
     /// The last staged sequence number.
     fn last_seq(&self) -> Seq;

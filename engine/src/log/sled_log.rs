@@ -8,20 +8,42 @@
 //!   must reach the head (else the tail was truncated); records past it were staged after the head
 //!   was written and are kept when their hashes chain.
 //!
-//! The per-stream index is kept in memory and rebuilt by the verifying scan at open.
+//! - `s` + stream + `0x00` + seq (big-endian) → empty: the per-stream index, inserted right after
+//!   its record, so after a crash only the last record's entry can be missing (repaired at open).
+//!
 //! Recovery relies on sled restoring a prefix of the writes after a crash; the SIGKILL test checks
 //! that every acknowledged record survives and the log stays a gap-free chain.
+//! A start from a snapshot checkpoint verifies the checkpoint record's hash and the chain after
+//! it; `nixfleet verify` (and an open without checkpoint) verifies the whole chain.
 //!
 //! sled is pinned at 0.34.x (see ARCHITECTURE.md); it stays behind [`super::EventLog`].
 
 use super::{decode_record, encode_record, hash_bytes, EventLog, LogError, Record};
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 const HEAD_KEY: &[u8] = b"h";
+
+fn stream_key(stream: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.len() + 10);
+    k.push(b's');
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Where a verified scan may start: the sequence and hash of a record known to be good
+/// (recorded in a projection snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// SHA-256 of its bytes.
+    pub hash: [u8; 32],
+}
 
 fn event_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -46,7 +68,6 @@ struct Flush {
 struct Shared {
     db: sled::Db,
     head: Mutex<Head>,
-    streams: Mutex<HashMap<String, Vec<u64>>>,
     flush: Mutex<Flush>,
     /// Wakes the flusher when something is staged.
     staged_cv: Condvar,
@@ -65,22 +86,42 @@ impl SledLog {
     /// Opens (or creates) the log at `path`, verifies every record and the head, and hands each
     /// record to `on_record` in order (to rebuild projections). A damaged log is an error that
     /// names the first bad sequence number; nothing is skipped.
-    pub fn open(path: &Path, mut on_record: impl FnMut(Record)) -> Result<SledLog, LogError> {
+    pub fn open(path: &Path, on_record: impl FnMut(Record)) -> Result<SledLog, LogError> {
+        Self::open_from(path, None, on_record)
+    }
+
+    /// Like [`SledLog::open`], but verifies and hands over only the records after `checkpoint`,
+    /// after checking that the checkpoint's record is in the log with that hash. A checkpoint that
+    /// does not match is [`LogError::CheckpointMismatch`]; the caller then replays from the start.
+    pub fn open_from(
+        path: &Path,
+        checkpoint: Option<Checkpoint>,
+        mut on_record: impl FnMut(Record),
+    ) -> Result<SledLog, LogError> {
         let db = Self::config(path).open()?;
-        let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
-        let (seq, hash) = Self::scan(&db, &mut |r| {
-            match streams.get_mut(&r.stream) {
-                Some(v) => v.push(r.seq.0),
-                None => {
-                    streams.insert(r.stream.clone(), vec![r.seq.0]);
+        let start = match checkpoint {
+            None => (0, [0u8; 32]),
+            Some(c) => {
+                let rec = db
+                    .get(event_key(c.seq))?
+                    .ok_or(LogError::CheckpointMismatch { seq: c.seq })?;
+                if hash_bytes(&rec) != c.hash {
+                    return Err(LogError::CheckpointMismatch { seq: c.seq });
                 }
+                (c.seq, c.hash)
             }
-            on_record(r)
-        })?;
+        };
+        let (seq, hash) = Self::scan(&db, start, &mut on_record)?;
+        // Repair the stream index entry of the last record, the only one a crash can lose.
+        if seq > 0 {
+            if let Some(v) = db.get(event_key(seq))? {
+                let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
+                db.insert(stream_key(&rec.stream, seq), &[][..])?;
+            }
+        }
         let shared = Arc::new(Shared {
             db,
             head: Mutex::new(Head { seq, hash }),
-            streams: Mutex::new(streams),
             flush: Mutex::new(Flush {
                 staged: seq,
                 staged_hash: hash,
@@ -106,7 +147,7 @@ impl SledLog {
     /// Verifies the log at `path` without keeping it open; returns the number of records.
     pub fn verify(path: &Path) -> Result<u64, LogError> {
         let db = Self::config(path).open()?;
-        let (seq, _) = Self::scan(&db, &mut |_| {})?;
+        let (seq, _) = Self::scan(&db, (0, [0u8; 32]), &mut |_| {})?;
         Ok(seq)
     }
 
@@ -119,18 +160,22 @@ impl SledLog {
             .cache_capacity(256 << 20)
     }
 
-    fn scan(db: &sled::Db, on_record: &mut dyn FnMut(Record)) -> Result<(u64, [u8; 32]), LogError> {
+    fn scan(
+        db: &sled::Db,
+        start: (u64, [u8; 32]),
+        on_record: &mut dyn FnMut(Record),
+    ) -> Result<(u64, [u8; 32]), LogError> {
         // Two-stage pipeline (the machine has two cores): a reader thread walks sled and hashes
         // each record; this thread decodes, checks order and chain, and applies.
         const CHUNK: usize = 1024;
         type Chunk = Vec<(Option<u64>, sled::IVec, [u8; 32])>;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, LogError>>(8);
-        let mut expect = 1u64;
-        let mut prev = [0u8; 32];
+        let mut expect = start.0 + 1;
+        let mut prev = start.1;
         let outcome = std::thread::scope(|scope| {
             scope.spawn(move || {
                 let mut chunk = Vec::with_capacity(CHUNK);
-                for item in db.scan_prefix(b"e") {
+                for item in db.range(event_key(start.0 + 1)..=event_key(u64::MAX)) {
                     match item {
                         Ok((k, v)) => {
                             let key_seq = k
@@ -283,22 +328,17 @@ impl EventLog for SledLog {
             return Err(LogError::Closed(e.clone()));
         }
         let (mut seq, mut hash) = (head.seq, head.hash);
-        let mut indexed = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
             let bytes = encode_record(Seq(seq), at, actor, hash, e);
             hash = hash_bytes(&bytes);
             self.shared.db.insert(event_key(seq), bytes)?;
-            indexed.push((e.stream(), seq));
+            self.shared
+                .db
+                .insert(stream_key(&e.stream(), seq), &[][..])?;
         }
         head.seq = seq;
         head.hash = hash;
-        {
-            let mut streams = self.shared.streams.lock().expect("stream index lock");
-            for (stream, s) in indexed {
-                streams.entry(stream).or_default().push(s);
-            }
-        }
         let mut f = self.shared.flush.lock().expect("flush lock");
         f.staged = seq;
         f.staged_hash = hash;
@@ -343,16 +383,16 @@ impl EventLog for SledLog {
     }
 
     fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
-        let seqs: Vec<u64> = {
-            let streams = self.shared.streams.lock().expect("stream index lock");
-            let Some(v) = streams.get(stream) else {
-                return Ok(Vec::new());
-            };
-            let start = v.partition_point(|s| *s <= after.0);
-            v[start..].iter().take(limit).copied().collect()
-        };
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
+        let start = stream_key(stream, after.0.saturating_add(1));
+        let end = stream_key(stream, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.shared.db.range(start..=end).take(limit) {
+            let (k, _) = item?;
+            let seq = k
+                .get(k.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             let v = self
                 .shared
                 .db
@@ -364,6 +404,14 @@ impl EventLog for SledLog {
             out.push(decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?);
         }
         Ok(out)
+    }
+
+    fn record_hash(&self, seq: Seq) -> Result<Option<[u8; 32]>, LogError> {
+        Ok(self
+            .shared
+            .db
+            .get(event_key(seq.0))?
+            .map(|v| hash_bytes(&v)))
     }
 
     fn last_seq(&self) -> Seq {
