@@ -214,3 +214,12 @@ def build_fake_system(node, host, version):
     """Build a fake system generation in `node`'s own store; returns its store path."""
     return node.succeed(f"nix-build /etc/nixfleet-vmtests/fake-system.nix --argstr host {host} "
                         f"--argstr version {version} --no-out-link").strip()
+
+
+def wait_healthy(node, machine_ids, timeout=30):
+    """Wait until the control plane holds a passing health report from each machine (agents' first
+    checks can run while the machine is still booting)."""
+    def ok():
+        status = {m["machine_id"]: m for m in list_machines(node)}
+        return all(status.get(i, {}).get("health") == "healthy" for i in machine_ids)
+    wait_for(ok, timeout=timeout, what=f"{', '.join(machine_ids)} to report healthy")

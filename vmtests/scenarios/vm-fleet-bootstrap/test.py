@@ -20,6 +20,7 @@ with subtest("The key lists machines: none, then the two agents"):
     web_01.succeed("systemctl start nixfleet-agent.service")
     web_02.succeed("systemctl start nixfleet-agent.service")
     wait_for(lambda: len(list_machines(cp)) == 2, timeout=60, what="2 machines")
+    wait_healthy(cp, ["web-01", "web-02"])
     listing = operator.succeed(f"{cli_env('operator', key=TEST_KEY)} nixfleet machines list")
     assert "web-01" in listing and "web-02" in listing, listing
 

@@ -3,6 +3,7 @@ cp.wait_for_unit("nixfleet-control-plane.service")
 cp.wait_for_open_port(8080)
 seed_admin_key(cp)
 wait_for(lambda: len(list_machines(cp)) == 2, timeout=60, what="2 machines")
+wait_healthy(cp, ["web-01", "web-02"])
 release = create_release(cp, {"web-01": current_system(web_01), "web-02": current_system(web_02)})
 
 with subtest("web-02 is cut off; the batch it is in times out and the rollout pauses"):

@@ -3,6 +3,7 @@ cp.wait_for_unit("nixfleet-control-plane.service")
 cp.wait_for_open_port(8080)
 seed_admin_key(cp)
 wait_for(lambda: len(list_machines(cp)) == 2, timeout=60, what="2 machines")
+wait_healthy(cp, ["web-01", "web-02"])
 agents = {"web-01": web_01, "web-02": web_02}
 g1 = {h: current_system(m) for h, m in agents.items()}
 
@@ -18,6 +19,7 @@ with subtest("The plan for a fixed seed names the machine of each batch"):
 with subtest("The second batch's machine fails its check; the first batch succeeds"):
     # Armed before the rollout: batches follow each other within seconds here.
     agents[h2].succeed("touch /var/lib/fail-next-health")
+    wait_for(lambda: machine_status(cp, h2)["health"] == "unhealthy", timeout=30, what=f"{h2} to report unhealthy")
     rid = create_rollout(cp, release, **ROLLOUT)
     assert [b["machine_ids"] for b in rollout(cp, rid)["batches"]] == [[h1], [h2]]
     detail = wait_rollout_status(cp, rid, "reverted", timeout=90)

@@ -9,9 +9,11 @@ with subtest("All three agents register with their tags"):
     assert [m["machine_id"] for m in list_machines(cp, ["db"])] == ["db-01"]
 
 with subtest("A canary rollout on tag web completes"):
-    # The web checks probe the demo service; it must answer before the gate starts counting.
+    # "Both agents healthy" first (as in the seed): the web checks probe the demo service, which
+    # may start after an agent's first check.
     for web in (web_01, web_02):
         web.wait_for_open_port(9000)
+    wait_healthy(cp, ["web-01", "web-02"])
     # Dry-run agents: each machine's release path is the system it runs.
     web_release = create_release(cp, {"web-01": current_system(web_01), "web-02": current_system(web_02)})
     web_rollout = create_rollout(cp, web_release, tags=["web"], strategy="staged", batch_sizes=["1", "100%"],
