@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod error;
 mod nix;
+mod oplog;
 mod output;
 mod settings;
 mod ssh;

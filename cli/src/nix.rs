@@ -45,17 +45,33 @@ impl std::fmt::Display for CommandFailed {
 
 /// Runs `cmd`, returning stdout on success. `what` names the step for error messages.
 pub fn run(cmd: &mut Command, what: &str, verbose: u8) -> Result<String, CommandFailed> {
+    let cmdline = describe(cmd);
     if verbose >= 1 {
-        eprintln!("+ {}", describe(cmd));
+        eprintln!("+ {cmdline}");
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| CommandFailed {
+    let started = std::time::Instant::now();
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        let err = format!("cannot start {}: {e}", cmd.get_program().to_string_lossy());
+        crate::oplog::command(
+            &cmdline,
+            None,
+            b"",
+            err.as_bytes(),
+            started.elapsed().as_millis(),
+        );
+        CommandFailed {
             what: what.to_string(),
             code: None,
-            stderr: format!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
-        })?;
+            stderr: err,
+        }
+    })?;
+    crate::oplog::command(
+        &cmdline,
+        out.status.code(),
+        &out.stdout,
+        &out.stderr,
+        started.elapsed().as_millis(),
+    );
     if out.status.success() {
         if verbose >= 2 && !out.stderr.is_empty() {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));

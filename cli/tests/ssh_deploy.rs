@@ -200,6 +200,39 @@ fn a_host_whose_switch_fails_is_counted_and_the_exit_code_is_non_zero() {
             .is_some_and(|l| l.starts_with("error: deploy failed on 1 host(s): broken")),
         "{err}"
     );
+
+    // The oplog named in the error holds every command with its exit code and output.
+    let last = err.lines().last().unwrap_or_default();
+    let log = last
+        .split("every command and its output: ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no oplog path in: {last}"));
+    assert!(log.starts_with(&s.home().display().to_string()), "{log}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(log)
+        .expect("oplog")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines[0]["op"], "deploy");
+    let switch = lines
+        .iter()
+        .find(|l| {
+            l["exit"] == 93
+                && l["cmd"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("nixos-system-broken"))
+        })
+        .expect("the failed activation is logged");
+    assert!(
+        switch["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("switch-to-configuration exited 1")),
+        "{switch}"
+    );
+    assert!(lines.iter().any(|l| l["cmd"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("nix-copy-closure --to root@target"))));
 }
 
 #[test]

@@ -213,6 +213,10 @@ struct Summary {
 
 /// Runs `nixfleet deploy`; the SSH mode is below, the rollout mode above.
 pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
+    let log = crate::oplog::start("deploy");
+    if let (Some(path), true) = (&log, settings.verbose >= 1) {
+        eprintln!("oplog: {}", path.display());
+    }
     if !args.ssh {
         return rollout_mode(settings, args);
     }
@@ -288,10 +292,12 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     } else {
         let names: Vec<&str> = summary.failed.iter().map(|f| f.host.as_str()).collect();
         Err(CliError::failed(format!(
-            "deploy failed on {} host(s): {}; fix the errors above and re-run with --hosts {}",
+            "deploy failed on {} host(s): {}; fix the errors above and re-run with --hosts {}{}",
             names.len(),
             names.join(", "),
-            names.join(",")
+            names.join(","),
+            log.map(|p| format!(" (every command and its output: {})", p.display()))
+                .unwrap_or_default()
         )))
     }
 }

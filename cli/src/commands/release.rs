@@ -331,6 +331,9 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
 
 /// Runs `release create` and returns the new id (used by `deploy` in rollout mode).
 pub fn create(settings: &Settings, a: &CreateArgs) -> Result<Option<String>> {
+    if let (Some(path), true) = (crate::oplog::start("release"), settings.verbose >= 1) {
+        eprintln!("oplog: {}", path.display());
+    }
     let req = build_release(settings, a)?;
     if a.dry_run {
         output::json(&req)?;

@@ -51,6 +51,9 @@ pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
         ));
     }
     nix::check_host_name(&args.host).map_err(|m| CliError::usage(format!("--host: {m}")))?;
+    if let (Some(path), true) = (crate::oplog::start("rollback"), settings.verbose >= 1) {
+        eprintln!("oplog: {}", path.display());
+    }
     let generation = args
         .generation
         .as_deref()
