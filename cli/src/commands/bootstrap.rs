@@ -21,15 +21,19 @@ pub struct BootstrapArgs {
     pub no_save: bool,
 }
 
-/// Runs `nixfleet bootstrap`.
-pub fn run(settings: &Settings, args: BootstrapArgs) -> Result<()> {
-    let client = Client::new(settings)?;
-    let created: ApiKeyCreated = client.post(
+/// Asks a fresh control plane for its first admin key (`POST /api/v1/keys/bootstrap`).
+pub fn mint(client: &Client, name: &str) -> Result<ApiKeyCreated> {
+    client.post(
         "/api/v1/keys/bootstrap",
         &BootstrapRequest {
-            name: Some(args.name.clone()),
+            name: Some(name.to_string()),
         },
-    )?;
+    )
+}
+
+/// Runs `nixfleet bootstrap`.
+pub fn run(settings: &Settings, args: BootstrapArgs) -> Result<()> {
+    let created = mint(&Client::new(settings)?, &args.name)?;
     let saved = if args.no_save {
         None
     } else {

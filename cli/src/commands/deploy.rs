@@ -188,7 +188,7 @@ fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
         wait: args.wait,
         wait_timeout: args.wait_timeout,
     };
-    rollout::create(settings, &create)
+    rollout::create(settings, &create).map(|_| ())
 }
 
 #[derive(Debug, Serialize)]

@@ -131,7 +131,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 }
 
 /// `pki init`: returns (cert, key) paths.
-fn init(a: &InitArgs) -> Result<(PathBuf, PathBuf)> {
+pub fn init(a: &InitArgs) -> Result<(PathBuf, PathBuf)> {
     create_dir(&a.dir)?;
     let (cert_path, key_path) = (a.dir.join(CA_CERT), a.dir.join(CA_KEY));
     refuse_overwrite(
@@ -194,7 +194,7 @@ fn san(entry: &str) -> Result<SanType> {
 }
 
 /// `pki issue`: returns (cert, key) paths.
-fn issue(a: &IssueArgs) -> Result<(PathBuf, PathBuf)> {
+pub fn issue(a: &IssueArgs) -> Result<(PathBuf, PathBuf)> {
     validate_name(&a.name)?;
     let (ca_cert_path, ca_key_path) = (a.dir.join(CA_CERT), a.dir.join(CA_KEY));
     let read = |p: &Path| {

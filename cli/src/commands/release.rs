@@ -339,7 +339,12 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<Option<String>> {
         output::json(&req)?;
         return Ok(None);
     }
-    let resp: CreateReleaseResponse = Client::new(settings)?.post("/api/v1/releases", &req)?;
+    post(settings, &req).map(Some)
+}
+
+/// Posts a release (`POST /api/v1/releases`), prints it and returns its id.
+pub fn post(settings: &Settings, req: &CreateReleaseRequest) -> Result<String> {
+    let resp: CreateReleaseResponse = Client::new(settings)?.post("/api/v1/releases", req)?;
     if settings.json {
         output::json(&resp)?;
     } else {
@@ -348,7 +353,7 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<Option<String>> {
             resp.id, resp.host_count
         ))?;
     }
-    Ok(Some(resp.id))
+    Ok(resp.id)
 }
 
 /// Runs `nixfleet release …`.

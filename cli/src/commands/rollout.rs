@@ -211,8 +211,8 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
     })
 }
 
-/// Runs `rollout create`.
-pub fn create(settings: &Settings, a: &CreateArgs) -> Result<()> {
+/// Runs `rollout create` and returns the rollout id the control plane answered with.
+pub fn create(settings: &Settings, a: &CreateArgs) -> Result<String> {
     let req = request(settings, a)?;
     let client = Client::new(settings)?;
     let path = if a.plan {
@@ -255,7 +255,7 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<()> {
             a.wait_timeout,
         )?;
     }
-    Ok(())
+    Ok(resp.rollout_id)
 }
 
 /// "1 batch", "2 batches", "1 machine", "3 machines".
@@ -425,7 +425,7 @@ fn wait(
 /// Runs `nixfleet rollout …`.
 pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
     match cmd {
-        RolloutCmd::Create(a) => create(settings, &a),
+        RolloutCmd::Create(a) => create(settings, &a).map(|_| ()),
         RolloutCmd::List { status } => {
             let pairs: Vec<(&str, String)> = status.into_iter().map(|s| ("status", s)).collect();
             let rollouts: Vec<RolloutDetail> =
