@@ -199,3 +199,42 @@ fn filters_select_by_stream_kind_actor_and_time() {
     assert!(verify_order(&records).is_ok());
     assert!(verify_order(&records[1..]).is_err());
 }
+
+#[test]
+fn records_from_the_events_api_round_trip_and_their_hash_chain_verifies() {
+    let records = golden();
+    let served: Vec<Record> = records
+        .iter()
+        .map(|r| record_from_wire(&nixfleet_engine::api::views::event_record(r)).unwrap())
+        .collect();
+    assert_eq!(
+        served, records,
+        "the API's JSON loses nothing a record holds"
+    );
+    assert!(verify_chain(&served).is_ok());
+    // An altered event breaks the chain at the next record.
+    let mut altered = served.clone();
+    if let Event::ReportReceived { message, .. } = &mut altered[21].event {
+        *message = "deployed".into();
+    } else {
+        panic!("record 22 is a report: {:?}", altered[21].event);
+    }
+    match verify_chain(&altered) {
+        Err(LogError::Corrupt { seq, .. }) => assert_eq!(seq, 23),
+        other => panic!("an altered record passed: {other:?}"),
+    }
+    // A record served out of order or missing is named.
+    let mut gap = served.clone();
+    gap.remove(4);
+    match verify_chain(&gap) {
+        Err(LogError::Corrupt { seq, .. }) => assert_eq!(seq, 5),
+        other => panic!("a gap passed: {other:?}"),
+    }
+    let bad_actor = nixfleet_proto::api::v1::EventRecord {
+        actor: "someone".into(),
+        ..nixfleet_engine::api::views::event_record(&records[0])
+    };
+    assert!(record_from_wire(&bad_actor)
+        .unwrap_err()
+        .contains("unknown actor"));
+}

@@ -36,6 +36,25 @@ impl fmt::Display for Actor {
     }
 }
 
+impl Actor {
+    /// Parses the displayed form (`apikey:ops`, `machine:web-01`, `executor`, …), as the events
+    /// API sends it; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Actor> {
+        Some(match s {
+            "system" => Actor::System,
+            "executor" => Actor::Executor,
+            "system:bootstrap" => Actor::Bootstrap,
+            _ => {
+                if let Some(k) = s.strip_prefix("apikey:") {
+                    Actor::Key(KeyName::parse(k).ok()?)
+                } else {
+                    Actor::Machine(MachineId::parse(s.strip_prefix("machine:")?).ok()?)
+                }
+            }
+        })
+    }
+}
+
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
