@@ -102,7 +102,27 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", p.display()))?
+                toml::from_str(&text).map_err(|e| {
+                    // toml's Display spans several lines (a source excerpt); one line is enough.
+                    let at = e.span().map(|s| {
+                        let n = text[..s.start].matches('\n').count();
+                        let src: String = text
+                            .lines()
+                            .nth(n)
+                            .unwrap_or("")
+                            .trim()
+                            .chars()
+                            .take(80)
+                            .collect();
+                        format!(":{} (`{src}`)", n + 1)
+                    });
+                    format!(
+                        "config file {}{}: {}",
+                        p.display(),
+                        at.unwrap_or_default(),
+                        e.message().trim()
+                    )
+                })?
             }
         };
         let listen = flags
