@@ -242,6 +242,32 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
 }
 
+#[test]
+fn an_early_refusal_reaches_a_client_still_sending_a_large_body() {
+    // Given a control plane, and requests that are refused before their body matters: a report
+    // under another machine's certificate (403) and a release without a key (401)
+    let (_d, _p, cp, key) = setup(&["web-01", "web-02"]);
+    let admin = cp.client("operator", Some(&key));
+    let before = events(&admin, "after=0").len();
+    let big = format!(r#"{{"entries":[],"pad":"{}"}}"#, "x".repeat(600 << 10));
+    for round in 0..10 {
+        // When each is sent with a 600 kB body on a fresh connection
+        let (s, t) = cp
+            .client("web-02", None)
+            .try_call("POST", "/api/v1/machines/web-01/report", Some(&big))
+            .unwrap_or_else(|e| panic!("round {round}: the 403 was lost: {e}"));
+        // Then the refusal arrives every time, not a connection reset
+        assert_eq!(s, 403, "round {round}: {t}");
+        let (s, t) = cp
+            .client("operator", None)
+            .try_call("POST", "/api/v1/releases", Some(&big))
+            .unwrap_or_else(|e| panic!("round {round}: the 401 was lost: {e}"));
+        assert_eq!(s, 401, "round {round}: {t}");
+    }
+    // And nothing was appended
+    assert_eq!(events(&admin, "after=0").len(), before);
+}
+
 fn fleet_with_release(cp: &Cp, key: &str, hosts: &[&str]) -> String {
     for h in hosts {
         let (s, t) = cp.client(h, None).post(

@@ -165,9 +165,25 @@ where
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let resp = match route(app, principal, req).await {
-        Ok(r) => r,
-        Err(e) => error(e),
+    // The body is read (up to the cap) before anything is decided, so that an early refusal
+    // (401, 403, 400 on a path id) reaches a client still sending a large body: a reply sent over
+    // an unread body makes hyper drop the connection, and the client sees a reset instead.
+    let (head, body) = req.into_parts();
+    let resp = match read_body(body).await {
+        Ok(bytes) => match route(app, principal, Request::from_parts(head, Full::new(bytes))).await
+        {
+            Ok(r) => r,
+            Err(e) => error(e),
+        },
+        Err(e) => {
+            // Over the cap: the rest is not read, so the connection cannot be reused.
+            let mut r = error(e);
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            r
+        }
     };
     if path != "/metrics" && path != "/health" {
         let labels = [
@@ -251,6 +267,27 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The whole request body, at most [`BODY_BYTES_MAX`] bytes (else 413).
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(Limited::new(body, BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::too_large(BODY_BYTES_MAX)
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
 async fn body_json<T: serde::de::DeserializeOwned, B>(req: Request<B>) -> Result<T, ApiError>
 where
     B: Body<Data = Bytes>,
@@ -262,17 +299,12 @@ where
             return Err(ApiError::unsupported_media());
         }
     }
-    let bytes = Limited::new(req.into_body(), BODY_BYTES_MAX)
+    let bytes = req
+        .into_body()
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::too_large(BODY_BYTES_MAX)
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            }
+            ApiError::bad_request(format!("could not read the request body: {}", e.into()))
         })?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
