@@ -99,6 +99,10 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: commands::keys::KeysCmd,
     },
+    /// The event replay tool for post-mortems (events, replay, timeline, verify, what-if), on
+    /// the events API or, with --data-dir, on a data directory.
+    #[command(flatten)]
+    Replay(crate::replay::ReplayCmd),
     /// A fleet CA and its certificates, for hand-made fleets and tests.
     Pki {
         #[command(subcommand)]
@@ -136,5 +140,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Commands::Deploy(args) => commands::deploy::run(&settings()?, args),
         Commands::Rollback(args) => commands::rollback::run(&settings()?, args),
         Commands::Keys { cmd } => commands::keys::run(&settings()?, cmd),
+        Commands::Replay(cmd) => crate::replay::run(&global, cmd),
     }
 }
