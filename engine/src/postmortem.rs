@@ -374,8 +374,9 @@ fn decision_text(e: &Event) -> Option<String> {
             ..
         } => {
             format!(
-                "batch {batch_index} started (attempt {attempt}, {} machines)",
-                previous.len()
+                "batch {batch_index} started (attempt {attempt}, {} machine{})",
+                previous.len(),
+                if previous.len() == 1 { "" } else { "s" }
             )
         }
         Event::BatchSucceeded {

@@ -196,7 +196,11 @@ pub fn describe(e: &Event) -> String {
             previous,
         } => format!(
             "{rollout} batch {batch_index} (attempt {attempt}): {}",
-            join(previous.iter().map(|(m, _)| m))
+            previous
+                .iter()
+                .map(|(m, _)| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Event::BatchSucceeded {
             rollout,

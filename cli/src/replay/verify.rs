@@ -92,7 +92,7 @@ pub fn run(source: &Source, json: bool) -> Result<()> {
             let before = match seq {
                 0 | 1 => String::new(),
                 2 => " (record 1 before it is intact)".to_string(),
-                _ => format!(" (records 1..{} before it chain correctly)", seq - 1),
+                _ => format!(" (records 1 to {} chain correctly)", seq - 1),
             };
             Err(CliError::failed(format!(
                 "the event log from {} fails verification at record {seq}: {why}{before}; keep a copy for the post-mortem and restore the control plane's data directory from a backup",
