@@ -118,9 +118,35 @@ fn page(client: &Client, after: u64, stream: Option<&str>, wait: u64) -> Result<
         .collect()
 }
 
+/// Copies of a data directory read before a damage found in each is believed: a copy made while
+/// a control plane writes can catch a write half done, a damaged log fails every time.
+const COPIES: usize = 3;
+
+/// Reads a data directory through [`postmortem::open_copy`], verifying it; a damage is reported
+/// only when [`COPIES`] copies in a row show it.
+pub fn read_copy(dir: &Path) -> Result<Vec<Record>, LogError> {
+    let mut attempt = 1;
+    loop {
+        match postmortem::open_copy(dir) {
+            Err(e) if attempt < COPIES && is_damage(&e) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Whether the log's content is bad (rather than the directory missing or unreadable).
+pub fn is_damage(e: &LogError) -> bool {
+    match e {
+        LogError::Corrupt { .. } => true,
+        // sled's own checksums failing.
+        LogError::Io(m) => m.to_lowercase().contains("corrupt"),
+        _ => false,
+    }
+}
+
 /// Reads a data directory on a copy, verifying it; what is wrong becomes one line saying what to do.
 fn read_dir(dir: &Path) -> Result<Vec<Record>> {
-    postmortem::open_copy(dir).map_err(|e| dir_error(dir, e))
+    read_copy(dir).map_err(|e| dir_error(dir, e))
 }
 
 /// A data directory's failure as the CLI reports it.
@@ -129,6 +155,10 @@ pub fn dir_error(dir: &Path, e: LogError) -> CliError {
         LogError::Corrupt { seq, why } => CliError::failed(format!(
             "the event log in {} is damaged at record {seq}: {why}; run `nixfleet verify --data-dir {}` and restore the directory from a backup",
             dir.display(),
+            dir.display()
+        )),
+        e if is_damage(&e) => CliError::failed(format!(
+            "the event log in {} is damaged: {e}; restore the directory from a backup",
             dir.display()
         )),
         other => CliError::usage(format!(

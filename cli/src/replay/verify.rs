@@ -3,9 +3,11 @@
 //!
 //! Offline, the data directory is opened (on a copy) the way the control plane opens it at
 //! start: every record decoded, numbered 1, 2, 3… and chained, and the head (the last durable
-//! record and its hash) matched, so tampering, gaps and truncation are all found. Online, the
-//! served records are re-encoded and hashed to check the same chain; the head is not served, so
-//! a log cut short after its last served record cannot be told from a whole one.
+//! record and its hash) matched, so tampering, gaps and truncation are all found; a damage counts
+//! only when three copies in a row show it, since a copy of a directory that a running control
+//! plane writes to can catch a write half done. Online, the served records are re-encoded and
+//! hashed to check the same chain; the head is not served, so a log cut short after its last
+//! served record cannot be told from a whole one.
 
 use super::source::Source;
 use super::text::utc;
@@ -36,7 +38,7 @@ fn last_hash(records: &[Record]) -> Option<String> {
 /// Runs `nixfleet verify`.
 pub fn run(source: &Source, json: bool) -> Result<()> {
     let (outcome, head_checked) = match source {
-        Source::Dir(dir) => match postmortem::open_copy(dir) {
+        Source::Dir(dir) => match super::source::read_copy(dir) {
             Ok(records) => (Ok(records), true),
             Err(e @ LogError::Corrupt { .. }) => (Err(e), true),
             Err(other) => return Err(super::source::dir_error(dir, other)),
