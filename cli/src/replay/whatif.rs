@@ -38,14 +38,23 @@ enum Side {
     WhatIf,
 }
 
+/// Whether two decisions are the same decision: same time, same words but for the threshold a
+/// batch was judged against (a what-if with another threshold quotes its own).
+fn same(a: &Decision, b: &Decision) -> bool {
+    fn key(t: &str) -> &str {
+        t.rfind(", threshold ").map_or(t, |i| &t[..i])
+    }
+    a.at == b.at && key(&a.text) == key(&b.text)
+}
+
 /// Aligns the two decision lists on their longest common subsequence, so that equal decisions
-/// pair up and the rest show on one side only.
+/// pair up (shown with the what-if's words) and the rest show on one side only.
 fn diff<'a>(a: &'a [Decision], b: &'a [Decision]) -> Vec<(Side, &'a Decision)> {
     let (n, m) = (a.len(), b.len());
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
+            lcs[i][j] = if same(&a[i], &b[j]) {
                 lcs[i + 1][j + 1] + 1
             } else {
                 lcs[i + 1][j].max(lcs[i][j + 1])
@@ -54,8 +63,8 @@ fn diff<'a>(a: &'a [Decision], b: &'a [Decision]) -> Vec<(Side, &'a Decision)> {
     }
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < n || j < m {
-        let recorded = if i < n && j < m && a[i] == b[j] {
-            out.push((Side::Both, &a[i]));
+        let recorded = if i < n && j < m && same(&a[i], &b[j]) {
+            out.push((Side::Both, &b[j]));
             i += 1;
             j += 1;
             continue;
@@ -259,8 +268,13 @@ mod tests {
 
     #[test]
     fn equal_decisions_pair_up_and_the_rest_show_on_their_side() {
-        let a = [d(0, "start"), d(5, "failed"), d(5, "paused"), d(9, "done")];
-        let b = [d(0, "start"), d(5, "succeeded"), d(9, "done")];
+        let a = [
+            d(0, "start"),
+            d(5, "failed"),
+            d(5, "paused"),
+            d(9, "done, threshold 0"),
+        ];
+        let b = [d(0, "start"), d(5, "succeeded"), d(9, "done, threshold 1")];
         let sides: Vec<(Side, &str)> = diff(&a, &b)
             .into_iter()
             .map(|(s, x)| (s, x.text.as_str()))
@@ -272,7 +286,7 @@ mod tests {
                 (Side::Recorded, "failed"),
                 (Side::Recorded, "paused"),
                 (Side::WhatIf, "succeeded"),
-                (Side::Both, "done"),
+                (Side::Both, "done, threshold 1"),
             ]
         );
     }
