@@ -37,7 +37,6 @@ pub enum ReplayCmd {
 
 /// Where to read the log: the events API (default) or a data directory.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Source")]
 pub struct SourceArgs {
     /// Read this control plane data directory (or a copy of it) instead of the events API.
     /// Read-only: it is copied first, so a running control plane is not disturbed.

@@ -161,7 +161,7 @@ fn print_tables(state: &State, now: Timestamp) -> Result<()> {
         let row = views::machine(x, now);
         let report = match (&x.last_report, row.seconds_since_last_report) {
             (Some(r), Some(age)) => format!(
-                "{} ({} before), {}",
+                "{} ({} earlier), {}",
                 utc(r.at),
                 crate::commands::time::age(age),
                 if r.success { "ok" } else { "failed" }
