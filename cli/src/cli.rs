@@ -71,6 +71,9 @@ pub struct GlobalArgs {
 /// To add one: a variant here (arguments in the command's own module) and an arm in [`run`].
 #[derive(Debug, Subcommand)]
 pub enum Commands {
+    /// See the whole product in one command: a local control plane, dry-run agents, a canary
+    /// rollout and a health-gated one, and their timeline (everything in --dir).
+    Demo(commands::demo::DemoArgs),
     /// Mint the first admin API key of a fresh control plane and save it.
     Bootstrap(commands::bootstrap::BootstrapArgs),
     /// Fleet overview: which machines run their desired generation (in sync / outdated / stale).
@@ -131,6 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::output::line(String::from_utf8_lossy(&buf).trim_end())
         }
         Commands::Pki { cmd } => commands::pki::run(global.json, cmd),
+        Commands::Demo(args) => commands::demo::run(global.verbose, global.json, args),
         Commands::Config => crate::output::json(&settings()?),
         Commands::Bootstrap(args) => commands::bootstrap::run(&settings()?, args),
         Commands::Status(args) => commands::machines::status(&settings()?, args),

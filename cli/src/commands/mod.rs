@@ -1,6 +1,7 @@
 //! One module per command group; each owns its clap arguments and its run function.
 
 pub mod bootstrap;
+pub mod demo;
 pub mod deploy;
 pub mod keys;
 pub mod machines;

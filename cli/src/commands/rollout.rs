@@ -259,7 +259,7 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<String> {
 }
 
 /// "1 batch", "2 batches", "1 machine", "3 machines".
-fn count(n: usize, noun: &str) -> String {
+pub fn count(n: usize, noun: &str) -> String {
     match (n, noun.ends_with("ch")) {
         (1, _) => format!("1 {noun}"),
         (_, true) => format!("{n} {noun}es"),

@@ -1,0 +1,1105 @@
+//! `nixfleet demo`: the whole product in one command, on loopback, in a local directory.
+//!
+//! It mints a dev PKI (the `nixfleet pki` code), starts `nixfleet-control-plane` with its
+//! embedded event log in `<dir>/cp`, bootstraps an admin key, starts four real `nixfleet-agent`s
+//! in dry-run mode (web-01..web-03 tagged `web` with a passing check, db-01 tagged `db` with a
+//! failing one), creates a release, runs a canary rollout on `web` to completion and an
+//! all-at-once rollout on `db` that its health gate pauses, printing a line per batch transition
+//! from the events long-poll, and ends with each rollout's timeline from the event log.
+//! Releases, rollouts and the status table go through the same code as `release`, `rollout
+//! create` and `status`.
+//!
+//! Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL after
+//! [`STOP_GRACE`]) at the end, on an error and on Ctrl-C; the directory stays for a look.
+//!
+//! Why the machines already "run" the release: a dry-run agent never switches, and the gate
+//! counts a machine healthy only on a passing health report *for its release path*. So each
+//! machine's `--current-system` link (in the demo directory) points at its release path from the
+//! start: a made-up store path of which the agent only reads the link. The agents find themselves
+//! up to date, run their checks and report them for that path, as a machine that had switched
+//! would. Nothing is fetched, built or switched, and the demo needs no Nix; `--dry-run` is there
+//! so that an agent asked for any other path would still touch nothing.
+
+use crate::client::{query, Client, Method};
+use crate::commands::{bootstrap, machines, pki, release, rollout};
+use crate::error::{CliError, Result};
+use crate::output;
+use crate::settings::{write_private, CacheHook, DeployDefaults, Settings};
+use clap::Args;
+use nixfleet_proto::api::v1::{
+    CommandCheck, CreateReleaseRequest, EventRecord, HealthChecksConfig, HttpCheck, MachineHealth,
+    MachineStatus, Readiness, ReleaseEntry, RolloutDetail,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// `nixfleet demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the PKI, the control plane's event log, the machines and the logs.
+    /// A previous demo there is removed first; any other non-empty directory is refused.
+    #[arg(long, value_name = "DIR", default_value = "nixfleet-demo")]
+    pub dir: PathBuf,
+    /// Where nixfleet-control-plane and nixfleet-agent are [default: the directory of this
+    /// nixfleet executable].
+    #[arg(long, env = "NIXFLEET_DEMO_BIN_DIR", value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// After the rollouts, keep the control plane and the agents running until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// Marks a directory as the demo's, so a second run may remove it.
+const MARKER: &str = ".nixfleet-demo";
+/// The demo's machines and their tags.
+const MACHINES: [(&str, &str); 4] = [
+    ("web-01", "web"),
+    ("web-02", "web"),
+    ("web-03", "web"),
+    ("db-01", "db"),
+];
+/// Health timeout of both rollouts; the db check fails at once, so nobody waits for it.
+const HEALTH_TIMEOUT_SECS: u64 = 30;
+/// How long a rollout may take before the demo gives up.
+const ROLLOUT_DEADLINE: Duration = Duration::from_secs(HEALTH_TIMEOUT_SECS + 20);
+/// How long the control plane and the agents may take to come up.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// Between SIGTERM and SIGKILL when stopping the children.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Seconds one events long-poll may wait (the client's own timeout is 30 s).
+const EVENTS_WAIT_SECS: u64 = 2;
+/// Page size of the events API.
+const EVENTS_LIMIT: usize = 1000;
+
+/// Runs `nixfleet demo`.
+pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
+    if json {
+        return Err(CliError::usage(
+            "nixfleet demo prints a story, not JSON; leave out --json",
+        ));
+    }
+    let started = Instant::now();
+    let bins = Binaries::find(args.bin_dir.as_deref())?;
+    let shown = args.dir.display().to_string();
+    let (dir, removed) = prepare_dir(&args.dir)?;
+    let fleet = Arc::new(Fleet::default());
+    let keep_running = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    stop_on_signal(
+        fleet.clone(),
+        keep_running.clone(),
+        interrupted.clone(),
+        shown.clone(),
+    )?;
+    let demo = Demo {
+        started,
+        dir,
+        shown,
+        bins,
+        verbose,
+        fleet: &fleet,
+    };
+    let result = demo.run(&args, removed, &keep_running);
+    if interrupted.load(Ordering::SeqCst) {
+        // The signal thread is stopping the children, which is why we failed: let it finish
+        // and exit, rather than report the failures it caused.
+        loop {
+            std::thread::park();
+        }
+    }
+    let stopped = fleet.stop();
+    match result {
+        Ok(()) => output::line(format!(
+            "\nDemo finished in {:.1} s; stopped the control plane and {} agents.\n{}",
+            started.elapsed().as_secs_f64(),
+            stopped.saturating_sub(1),
+            demo.leftovers()
+        )),
+        Err(e) => {
+            eprintln!(
+                "Stopped {stopped} processes; the demo's files and logs are in {}/logs",
+                demo.shown
+            );
+            Err(e)
+        }
+    }
+}
+
+/// The two executables the demo starts.
+struct Binaries {
+    cp: PathBuf,
+    agent: PathBuf,
+}
+
+impl Binaries {
+    fn find(bin_dir: Option<&Path>) -> Result<Binaries> {
+        let dir = match bin_dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .ok_or_else(|| {
+                    CliError::usage(
+                        "cannot tell where this nixfleet executable is; pass --bin-dir DIR",
+                    )
+                })?,
+        };
+        let (cp, agent) = (
+            dir.join("nixfleet-control-plane"),
+            dir.join("nixfleet-agent"),
+        );
+        let missing: Vec<&str> = [(&cp, "nixfleet-control-plane"), (&agent, "nixfleet-agent")]
+            .iter()
+            .filter(|(p, _)| !p.is_file())
+            .map(|(_, n)| *n)
+            .collect();
+        if !missing.is_empty() {
+            return Err(CliError::usage(format!(
+                "{} not found in {}; build them with `cargo build -p nixfleet-engine -p nixfleet-agent`, or pass --bin-dir DIR",
+                missing.join(" and "),
+                dir.display()
+            )));
+        }
+        Ok(Binaries { cp, agent })
+    }
+}
+
+/// Creates the demo directory, removing a previous demo's; returns its absolute path and
+/// whether a previous demo was removed.
+fn prepare_dir(dir: &Path) -> Result<(PathBuf, bool)> {
+    let mut removed = false;
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CliError::usage(format!(
+                "--dir {}: {e}; pass a directory",
+                dir.display()
+            )))
+        }
+        Ok(mut entries) => {
+            if dir.join(MARKER).is_file() {
+                let abs = std::fs::canonicalize(dir)
+                    .map_err(|e| CliError::usage(format!("--dir {}: {e}", dir.display())))?;
+                if let Some((pid, what)) = user_of(&abs) {
+                    return Err(CliError::usage(format!(
+                        "{} is in use by a running demo (pid {pid}: {what}); stop it first (Ctrl-C, or kill {pid}), or pass another --dir",
+                        dir.display()
+                    )));
+                }
+                std::fs::remove_dir_all(dir).map_err(|e| {
+                    CliError::failed(format!(
+                        "cannot remove the previous demo in {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                removed = true;
+            } else if entries.next().is_some() {
+                return Err(CliError::usage(format!(
+                    "{} exists and does not hold a previous demo (no {MARKER} in it); pass another --dir, or remove it",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
+    let abs = std::fs::canonicalize(dir)
+        .map_err(|e| CliError::usage(format!("--dir {}: {e}", dir.display())))?;
+    std::fs::write(
+        abs.join(MARKER),
+        format!("nixfleet demo, pid {}\n", std::process::id()),
+    )
+    .map_err(|e| CliError::usage(format!("cannot write in {}: {e}", dir.display())))?;
+    Ok((abs, removed))
+}
+
+/// A process other than this one whose command line names `dir` or whose pid the marker holds
+/// (a demo still running there, or a child a killed demo left behind).
+fn user_of(dir: &Path) -> Option<(u32, String)> {
+    let marker_pid: Option<u32> = std::fs::read_to_string(dir.join(MARKER))
+        .ok()
+        .and_then(|t| t.trim().rsplit(' ').next().and_then(|p| p.parse().ok()));
+    let needle = format!("{}/", dir.display());
+    let me = std::process::id();
+    let procs = std::fs::read_dir("/proc").ok()?;
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .find_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            let ours = Some(pid) == marker_pid && cmdline.contains("demo");
+            (ours || cmdline.contains(&needle)).then(|| (pid, cmdline.trim().to_string()))
+        })
+}
+
+/// The children: the control plane first, then the agents.
+#[derive(Default)]
+struct Fleet {
+    procs: Mutex<Vec<Proc>>,
+}
+
+struct Proc {
+    name: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Fleet {
+    fn lock(&self) -> MutexGuard<'_, Vec<Proc>> {
+        // A panic elsewhere must not stop us from stopping the children.
+        self.procs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts `cmd` in its own process group, stdout and stderr into `log`, without the
+    /// caller's NIXFLEET_* variables (they would override the demo's flags' defaults).
+    fn spawn(&self, name: &str, mut cmd: Command, log: &Path) -> Result<()> {
+        let file = std::fs::File::create(log)
+            .map_err(|e| CliError::failed(format!("cannot create {}: {e}", log.display())))?;
+        let err_file = file
+            .try_clone()
+            .map_err(|e| CliError::failed(format!("cannot reopen {}: {e}", log.display())))?;
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("NIXFLEET_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err_file)
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| {
+            CliError::failed(format!(
+                "cannot start {}: {e}",
+                cmd.get_program().to_string_lossy()
+            ))
+        })?;
+        self.lock().push(Proc {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+        });
+        Ok(())
+    }
+
+    /// Fails if a child has exited.
+    fn check_alive(&self) -> Result<()> {
+        for p in self.lock().iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(CliError::failed(format!(
+                    "{} exited ({status}); see {}",
+                    p.name,
+                    p.log.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every child and its process group; returns how many there were.
+    fn stop(&self) -> usize {
+        let mut procs = std::mem::take(&mut *self.lock());
+        // Agents first, so they do not spend their last moments retrying a stopped control plane.
+        procs.reverse();
+        for p in procs.iter_mut() {
+            if matches!(p.child.try_wait(), Ok(None)) {
+                signal_group(&p.child, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for p in procs.iter_mut() {
+            loop {
+                match p.child.try_wait() {
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        signal_group(&p.child, rustix::process::Signal::KILL);
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+        procs.len()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn signal_group(child: &Child, signal: rustix::process::Signal) {
+    // The child leads its own group (process_group(0)), so its pid is the group id.
+    let _ = rustix::process::kill_process_group(rustix::process::Pid::from_child(child), signal);
+}
+
+/// On SIGINT or SIGTERM: stop the children, say where the files are, exit (0 when
+/// `--keep-running` was waiting for exactly that, else 130).
+fn stop_on_signal(
+    fleet: Arc<Fleet>,
+    keep_running: Arc<AtomicBool>,
+    interrupted: Arc<AtomicBool>,
+    shown: String,
+) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| CliError::failed(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                interrupted.store(true, Ordering::SeqCst);
+                let n = fleet.stop();
+                let asked = keep_running.load(Ordering::SeqCst);
+                eprintln!(
+                    "{}: stopped {n} processes; the demo's files are in {shown}",
+                    if asked { "Stopping" } else { "Interrupted" }
+                );
+                std::process::exit(if asked { 0 } else { 130 });
+            }
+        })
+        .map_err(|e| CliError::failed(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// One run of the demo.
+struct Demo<'a> {
+    started: Instant,
+    /// Absolute, for the children.
+    dir: PathBuf,
+    /// As the user gave it, for messages.
+    shown: String,
+    bins: Binaries,
+    verbose: u8,
+    fleet: &'a Fleet,
+}
+
+impl Demo<'_> {
+    /// One line of the story, with the time since the start.
+    fn say(&self, text: impl AsRef<str>) -> Result<()> {
+        output::line(format!(
+            "[{:>5.1}s] {}",
+            self.started.elapsed().as_secs_f64(),
+            text.as_ref()
+        ))
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn run(&self, args: &DemoArgs, removed: bool, keep_running: &AtomicBool) -> Result<()> {
+        self.say(format!(
+            "nixfleet demo: a control plane, {} dry-run agents and two rollouts on 127.0.0.1, in {}",
+            MACHINES.len(),
+            self.shown
+        ))?;
+        if removed {
+            self.say("(removed the previous demo found there)")?;
+        }
+        self.mint_pki()?;
+        let [cp_port, dead_port] = free_ports()?;
+        let mut settings = self.start_control_plane(cp_port)?;
+        let key = bootstrap::mint(&Client::new(&settings)?, "demo-admin")?;
+        write_private(&self.path("api-key"), &format!("{}\n", key.key))?;
+        settings.api_key = Some(key.key);
+        self.write_project_file(cp_port)?;
+        self.say(format!(
+            "Admin API key minted with `bootstrap`, kept in {}/api-key (your credentials file is not touched)",
+            self.shown
+        ))?;
+        self.start_agents(cp_port, dead_port)?;
+        let client = Client::new(&settings)?;
+        self.wait_for_machines(&client)?;
+        machines::status(&settings, status_args())?;
+
+        let release = release::post(&settings, &self.release_request())?;
+        let mut events = Events::new(&client);
+        events.skip_to_end()?;
+
+        self.say("Rollout 1: canary on tag web (1 machine, then the rest), gated on health")?;
+        let canary = rollout::create(&settings, &rollout_args(&release, "canary", "web"))?;
+        let end = self.follow(&client, &mut events, &canary)?;
+        if end != "RolloutCompleted" {
+            return Err(CliError::failed(format!(
+                "the canary rollout {canary} ended with {end}, not RolloutCompleted; see {}/logs",
+                self.shown
+            )));
+        }
+
+        self.say(format!(
+            "Rollout 2: all at once on tag db, whose health check fails (nothing listens on 127.0.0.1:{dead_port})"
+        ))?;
+        let gated = rollout::create(&settings, &rollout_args(&release, "all_at_once", "db"))?;
+        let end = self.follow(&client, &mut events, &gated)?;
+        if end != "RolloutPaused" {
+            return Err(CliError::failed(format!(
+                "the db rollout {gated} ended with {end}, not RolloutPaused; see {}/logs",
+                self.shown
+            )));
+        }
+
+        output::line("")?;
+        machines::status(&settings, status_args())?;
+        for id in [&canary, &gated] {
+            output::line("")?;
+            print_timeline(&client, id)?;
+        }
+        if args.keep_running {
+            keep_running.store(true, Ordering::SeqCst);
+            output::line(format!(
+                "\nThe control plane and the agents keep running; press Ctrl-C to stop them. Meanwhile, in another terminal:\n  cd {} && nixfleet --api-key \"$(cat api-key)\" status\n  cd {} && nixfleet --api-key \"$(cat api-key)\" rollout resume {gated}",
+                self.shown, self.shown
+            ))?;
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                self.fleet.check_alive()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What is left in the directory, and how to look at a live fleet.
+    fn leftovers(&self) -> String {
+        format!(
+            "Left in {d} for a look: cp/ (the control plane's event log), logs/ (one per process), machines/, pki/ (a dev CA for this demo only).\n\
+             For a live fleet to poke at: nixfleet demo --keep-running, then in another terminal: cd {d} && nixfleet --api-key \"$(cat api-key)\" status",
+            d = self.shown
+        )
+    }
+
+    fn mint_pki(&self) -> Result<()> {
+        let dir = self.path("pki");
+        pki::init(&pki::InitArgs {
+            dir: dir.clone(),
+            cn: "nixfleet demo CA".into(),
+            days: 30,
+            force: false,
+        })?;
+        let issue = |name: &str, server: bool| {
+            pki::issue(&pki::IssueArgs {
+                dir: dir.clone(),
+                name: name.into(),
+                server,
+                san: if server {
+                    vec!["127.0.0.1".into(), "localhost".into()]
+                } else {
+                    vec![]
+                },
+                days: 30,
+                force: false,
+            })
+        };
+        issue("cp", true)?;
+        issue("operator", false)?;
+        for (id, _) in MACHINES {
+            issue(id, false)?;
+        }
+        self.say(format!(
+            "PKI: a dev CA and certificates for cp, operator and each machine (CN = machine id), in {}/pki",
+            self.shown
+        ))
+    }
+
+    /// Starts the control plane and waits until it answers; returns the operator's settings
+    /// (without an API key yet).
+    fn start_control_plane(&self, port: u16) -> Result<Settings> {
+        std::fs::create_dir_all(self.path("logs"))
+            .map_err(|e| CliError::failed(format!("cannot create {}/logs: {e}", self.shown)))?;
+        let pki = self.path("pki");
+        let mut cmd = Command::new(&self.bins.cp);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(self.path("cp"))
+            .arg("--tls-cert")
+            .arg(pki.join("cp-cert.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("cp-key.pem"))
+            .arg("--client-ca")
+            .arg(pki.join(pki::CA_CERT))
+            .args(["--log-format", "human"]);
+        self.fleet.spawn(
+            "the control plane",
+            cmd,
+            &self.path("logs/control-plane.log"),
+        )?;
+        let settings = Settings {
+            control_plane_url: format!("https://127.0.0.1:{port}"),
+            control_plane_url_configured: true,
+            api_key: None,
+            ca_cert: Some(pki.join(pki::CA_CERT)),
+            client_cert: Some(pki.join("operator-cert.pem")),
+            client_key: Some(pki.join("operator-key.pem")),
+            json: false,
+            verbose: self.verbose,
+            cache_url: None,
+            push_to: None,
+            hook: CacheHook::default(),
+            deploy: DeployDefaults::default(),
+            project_file: None,
+            credentials_file: None,
+            sources: BTreeMap::new(),
+        };
+        let client = Client::new(&settings)?;
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            self.fleet.check_alive()?;
+            match client.get::<Readiness>("/ready") {
+                Ok(r) if r.ready => break,
+                _ if Instant::now() >= deadline => {
+                    return Err(CliError::failed(format!(
+                        "the control plane did not become ready within {}s; see {}/logs/control-plane.log",
+                        START_DEADLINE.as_secs(),
+                        self.shown
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        self.say(format!(
+            "Control plane: https://127.0.0.1:{port}, mutual TLS, event log (sled) in {}/cp",
+            self.shown
+        ))?;
+        Ok(settings)
+    }
+
+    /// `.nixfleet.toml` in the demo directory, so `cd <dir> && nixfleet …` talks to the demo.
+    fn write_project_file(&self, port: u16) -> Result<()> {
+        let text = format!(
+            "# Written by `nixfleet demo`: the demo's control plane (while it runs).\n\
+             [control-plane]\nurl = \"https://127.0.0.1:{port}\"\nca-cert = \"pki/ca.pem\"\n\n\
+             [tls]\nclient-cert = \"pki/operator-cert.pem\"\nclient-key = \"pki/operator-key.pem\"\n"
+        );
+        let path = self.path(crate::settings::PROJECT_FILE);
+        std::fs::write(&path, text)
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
+    }
+
+    fn start_agents(&self, cp_port: u16, dead_port: u16) -> Result<()> {
+        let pki = self.path("pki");
+        for (id, tag) in MACHINES {
+            let dir = self.path("machines").join(id);
+            std::fs::create_dir_all(dir.join("state"))
+                .map_err(|e| CliError::failed(format!("cannot create {}: {e}", dir.display())))?;
+            // The machine "runs" its release path already: see the module documentation.
+            std::os::unix::fs::symlink(release_path(id), dir.join("current-system")).map_err(
+                |e| {
+                    CliError::failed(format!(
+                        "cannot create {}/current-system: {e}",
+                        dir.display()
+                    ))
+                },
+            )?;
+            let checks = if tag == "web" {
+                HealthChecksConfig {
+                    command: vec![CommandCheck {
+                        name: "app".into(),
+                        command: "true".into(),
+                        interval: None,
+                        timeout: 5,
+                    }],
+                    ..HealthChecksConfig::default()
+                }
+            } else {
+                HealthChecksConfig {
+                    http: vec![HttpCheck {
+                        url: format!("http://127.0.0.1:{dead_port}/health"),
+                        interval: None,
+                        timeout: 1,
+                        expected_status: 200,
+                    }],
+                    ..HealthChecksConfig::default()
+                }
+            };
+            let health = dir.join("health-checks.json");
+            std::fs::write(
+                &health,
+                serde_json::to_string_pretty(&checks).expect("health config serializes"),
+            )
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", health.display())))?;
+            let mut cmd = Command::new(&self.bins.agent);
+            cmd.arg("--control-plane-url")
+                .arg(format!("https://127.0.0.1:{cp_port}"))
+                .args(["--machine-id", id, "--tags", tag])
+                .arg("--ca-cert")
+                .arg(pki.join(pki::CA_CERT))
+                .arg("--client-cert")
+                .arg(pki.join(format!("{id}-cert.pem")))
+                .arg("--client-key")
+                .arg(pki.join(format!("{id}-key.pem")))
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .arg("--profile")
+                .arg(dir.join("system-profile"))
+                .arg("--current-system")
+                .arg(dir.join("current-system"))
+                .arg("--health-config")
+                .arg(&health)
+                .args([
+                    "--dry-run",
+                    "--switch-mode",
+                    "direct",
+                    "--poll-interval",
+                    "1",
+                    "--retry-interval",
+                    "1",
+                    "--health-interval",
+                    "1",
+                    "--log-format",
+                    "human",
+                ]);
+            self.fleet.spawn(
+                &format!("the agent of {id}"),
+                cmd,
+                &self.path(&format!("logs/{id}.log")),
+            )?;
+        }
+        self.say(format!(
+            "Agents (dry run, health every second): web-01, web-02, web-03 tagged web, check `true`; db-01 tagged db, check GET http://127.0.0.1:{dead_port}/health"
+        ))
+    }
+
+    /// Waits until every machine registered itself and reported its health once.
+    fn wait_for_machines(&self, client: &Client) -> Result<()> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            self.fleet.check_alive()?;
+            let listed: Vec<MachineStatus> = client.get("/api/v1/machines")?;
+            let reported = listed
+                .iter()
+                .filter(|m| !m.health.is_empty() && m.health != "unknown")
+                .count();
+            if reported == MACHINES.len() {
+                return self.say(format!(
+                    "{} machines registered themselves with their first report (CN of their certificate = machine id):",
+                    MACHINES.len()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(CliError::failed(format!(
+                    "only {reported} of {} agents reported within {}s; see {}/logs",
+                    MACHINES.len(),
+                    START_DEADLINE.as_secs(),
+                    self.shown
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn release_request(&self) -> CreateReleaseRequest {
+        CreateReleaseRequest {
+            flake_ref: Some("nixfleet-demo (made-up store paths)".into()),
+            flake_rev: None,
+            cache_url: None,
+            entries: MACHINES
+                .iter()
+                .map(|(id, tag)| ReleaseEntry {
+                    hostname: id.to_string(),
+                    store_path: release_path(id),
+                    platform: "x86_64-linux".into(),
+                    tags: vec![tag.to_string()],
+                })
+                .collect(),
+        }
+    }
+
+    /// Prints a line per batch transition of `rollout` (and each machine's first health report
+    /// in its batch) from the events long-poll; returns the kind of the event that ended it.
+    fn follow(&self, client: &Client, events: &mut Events<'_>, rollout: &str) -> Result<String> {
+        let stream = format!("rollout:{rollout}");
+        let deadline = Instant::now() + ROLLOUT_DEADLINE;
+        // Machines of the started batch whose health report we have not shown yet.
+        let mut waiting: BTreeSet<String> = BTreeSet::new();
+        loop {
+            self.fleet.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(CliError::failed(format!(
+                    "rollout {rollout} did not finish within {}s; see {}/logs",
+                    ROLLOUT_DEADLINE.as_secs(),
+                    self.shown
+                )));
+            }
+            for r in events.poll(EVENTS_WAIT_SECS)? {
+                if r.kind == "HealthReported" {
+                    let m = str_at(&r.data, "machine");
+                    if waiting.remove(&m) {
+                        self.say(format!("  {m}: {}", health_summary(&r.data)))?;
+                    }
+                    continue;
+                }
+                if r.stream != stream {
+                    continue;
+                }
+                match r.kind.as_str() {
+                    "BatchStarted" => {
+                        let machines = batch_machines(&r.data);
+                        self.say(format!(
+                            "batch {} started: {} asked to run the release",
+                            num_at(&r.data, "batch_index"),
+                            machines.join(", ")
+                        ))?;
+                        waiting = machines.into_iter().collect();
+                    }
+                    "BatchSucceeded" | "BatchFailed" => {
+                        waiting.clear();
+                        self.say(batch_decision(&r))?;
+                    }
+                    "RolloutCompleted" | "RolloutCancelled" => {
+                        self.say(format!("rollout {rollout} {}", end_word(&r.kind)))?;
+                        return Ok(r.kind);
+                    }
+                    "RolloutPaused" | "RolloutFailed" | "RolloutReverted" => {
+                        let d: RolloutDetail =
+                            client.get(&format!("/api/v1/rollouts/{rollout}"))?;
+                        self.say(format!(
+                            "rollout {rollout} {}: {}{}",
+                            end_word(&r.kind),
+                            str_at(&r.data, "reason"),
+                            unhealthy_reasons(&d)
+                        ))?;
+                        if r.kind == "RolloutPaused" {
+                            self.say(format!(
+                                "  (an operator would fix the cause, then: nixfleet rollout resume {rollout})"
+                            ))?;
+                        }
+                        return Ok(r.kind);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Two free loopback ports: one for the control plane, one where nothing will listen.
+fn free_ports() -> Result<[u16; 2]> {
+    let bind = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| Ok((l.local_addr()?.port(), l)))
+            .map_err(|e| CliError::failed(format!("cannot find a free port on 127.0.0.1: {e}")))
+    };
+    // Both are held at once, so they differ; both are closed before the children start.
+    let (a, _la) = bind()?;
+    let (b, _lb) = bind()?;
+    Ok([a, b])
+}
+
+/// A made-up system store path for a machine: valid syntax, never built.
+fn release_path(host: &str) -> String {
+    const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let hash: String = (0..32u8)
+        .map(|i| {
+            for b in host.bytes().chain([i]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            NIX_BASE32[(h >> 59) as usize] as char
+        })
+        .collect();
+    format!("/nix/store/{hash}-nixos-system-{host}-demo")
+}
+
+fn status_args() -> machines::StatusArgs {
+    machines::StatusArgs {
+        stale_threshold: 600,
+        watch: false,
+        interval: 2,
+        check: false,
+    }
+}
+
+fn rollout_args(release: &str, strategy: &str, tag: &str) -> rollout::CreateArgs {
+    rollout::CreateArgs {
+        release: release.to_string(),
+        strategy: Some(strategy.to_string()),
+        batch_size: vec![],
+        failure_threshold: Some("0".into()),
+        on_failure: Some("pause".into()),
+        health_timeout: Some(HEALTH_TIMEOUT_SECS),
+        tags: vec![tag.to_string()],
+        hosts: vec![],
+        cache_url: None,
+        seed: None,
+        plan: false,
+        wait: false,
+        wait_timeout: 0,
+    }
+}
+
+/// A cursor over `GET /api/v1/events`.
+struct Events<'a> {
+    client: &'a Client,
+    after: u64,
+}
+
+impl<'a> Events<'a> {
+    fn new(client: &'a Client) -> Self {
+        Events { client, after: 0 }
+    }
+
+    /// Events after the cursor, waiting up to `wait_secs` for the first; moves the cursor.
+    fn poll(&mut self, wait_secs: u64) -> Result<Vec<EventRecord>> {
+        let records = read_events(
+            self.client,
+            &[
+                ("after", self.after.to_string()),
+                ("wait", wait_secs.to_string()),
+                ("limit", EVENTS_LIMIT.to_string()),
+            ],
+        )?;
+        if let Some(last) = records.last() {
+            self.after = last.seq;
+        }
+        Ok(records)
+    }
+
+    /// Moves the cursor to the end of the log.
+    fn skip_to_end(&mut self) -> Result<()> {
+        while self.poll(0)?.len() == EVENTS_LIMIT {}
+        Ok(())
+    }
+}
+
+/// `GET /api/v1/events` with these query pairs, one JSON record per line.
+fn read_events(client: &Client, pairs: &[(&str, String)]) -> Result<Vec<EventRecord>> {
+    let path = format!("/api/v1/events{}", query(pairs));
+    let (_, text) = client.send(Method::Get, &path, None)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| {
+                CliError::Server(format!("unexpected line from {path}: {e}; is the control plane the same version as this CLI?"))
+            })
+        })
+        .collect()
+}
+
+fn str_at(data: &serde_json::Value, key: &str) -> String {
+    data.get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn num_at(data: &serde_json::Value, key: &str) -> u64 {
+    data.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+/// The machines of a BatchStarted event (its `previous` pairs).
+fn batch_machines(data: &serde_json::Value) -> Vec<String> {
+    data.get("previous")
+        .and_then(|p| p.as_array())
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|pair| pair.get(0)?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// "batch 0 succeeded: 1 healthy, 0 unhealthy, threshold 0".
+fn batch_decision(r: &EventRecord) -> String {
+    let reason = match r.data.get("reason").and_then(|v| v.as_str()) {
+        Some(why) => format!(" ({})", why.to_lowercase()),
+        None => String::new(),
+    };
+    format!(
+        "batch {} {}{reason}: {} healthy, {} unhealthy, threshold {}",
+        num_at(&r.data, "batch_index"),
+        if r.kind == "BatchSucceeded" {
+            "succeeded"
+        } else {
+            "FAILED"
+        },
+        num_at(&r.data, "healthy"),
+        num_at(&r.data, "unhealthy"),
+        num_at(&r.data, "threshold")
+    )
+}
+
+fn end_word(kind: &str) -> &'static str {
+    match kind {
+        "RolloutCompleted" => "completed",
+        "RolloutCancelled" => "cancelled",
+        "RolloutPaused" => "PAUSED",
+        "RolloutFailed" => "FAILED",
+        "RolloutReverted" => "REVERTED",
+        _ => "ended",
+    }
+}
+
+/// "health passed (app)" or "health FAILED: http://…: GET … failed: …".
+fn health_summary(data: &serde_json::Value) -> String {
+    let results = data
+        .get("results")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let passed = |r: &serde_json::Value| r.get("passed").and_then(|p| p.as_bool()) == Some(true);
+    if data.get("all_passed").and_then(|a| a.as_bool()) == Some(true) {
+        let names: Vec<String> = results.iter().map(|r| str_at(r, "name")).collect();
+        format!("health passed ({})", names.join(", "))
+    } else {
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !passed(r))
+            .map(|r| format!("{}: {}", str_at(r, "name"), str_at(r, "message")))
+            .collect();
+        format!("health FAILED: {}", failed.join("; "))
+    }
+}
+
+/// " (db-01: health checks failed: …)" for each unhealthy machine of the rollout.
+fn unhealthy_reasons(d: &RolloutDetail) -> String {
+    let why: Vec<String> = d
+        .batches
+        .iter()
+        .flat_map(|b| b.machine_health.iter())
+        .filter_map(|(m, h)| match h {
+            MachineHealth::Unhealthy(why) => Some(format!("{m}: {why}")),
+            _ => None,
+        })
+        .collect();
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join("; "))
+    }
+}
+
+/// Prints a rollout's timeline from its stream in the event log, with each batch decision's
+/// per-machine verdicts.
+///
+/// Stand-in for the replay tool's `nixfleet timeline` (cli/src/replay/, being written): once it
+/// lands, call it here instead.
+fn print_timeline(client: &Client, rollout: &str) -> Result<()> {
+    let stream = format!("rollout:{rollout}");
+    let records = read_events(
+        client,
+        &[
+            ("stream", stream.clone()),
+            ("limit", EVENTS_LIMIT.to_string()),
+        ],
+    )?;
+    let d: RolloutDetail = client.get(&format!("/api/v1/rollouts/{rollout}"))?;
+    output::line(format!(
+        "Timeline of {rollout} from the event log (GET /api/v1/events?stream={stream}):"
+    ))?;
+    let t0 = records.first().map(|r| r.at_ms).unwrap_or(0);
+    let actor_width = records.iter().map(|r| r.actor.len()).max().unwrap_or(0);
+    for r in &records {
+        let text = match r.kind.as_str() {
+            "RolloutCreated" => format!(
+                "created: {} of {} to {} in {} ({}), threshold {}, on failure {}, health timeout {}s",
+                d.strategy,
+                d.release_id,
+                rollout::count(
+                    d.batches.iter().map(|b| b.machine_ids.len()).sum::<usize>(),
+                    "machine"
+                ),
+                rollout::count(d.batches.len(), "batch"),
+                d.batches
+                    .iter()
+                    .map(|b| b.machine_ids.len().to_string())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                d.failure_threshold,
+                d.on_failure,
+                d.health_timeout
+            ),
+            "BatchStarted" => format!(
+                "batch {} started (attempt {}): {}",
+                num_at(&r.data, "batch_index"),
+                num_at(&r.data, "attempt"),
+                batch_machines(&r.data).join(", ")
+            ),
+            "BatchSucceeded" | "BatchFailed" => batch_decision(r),
+            "RolloutPaused" | "RolloutFailed" => {
+                format!("{}: {}", end_word(&r.kind).to_lowercase(), str_at(&r.data, "reason"))
+            }
+            other => end_word(other).to_string(),
+        };
+        let head = format!(
+            "  {:<8} #{:<4} {:<actor_width$}  ",
+            format!("+{:.3}s", r.at_ms.saturating_sub(t0) as f64 / 1000.0),
+            r.seq,
+            r.actor
+        );
+        output::line(format!("{head}{text}"))?;
+        if matches!(r.kind.as_str(), "BatchSucceeded" | "BatchFailed") {
+            let index = num_at(&r.data, "batch_index") as usize;
+            if let Some(b) = d.batches.get(index) {
+                for (m, h) in &b.machine_health {
+                    let verdict = match h {
+                        MachineHealth::Healthy => {
+                            "healthy: a passing health report for the release path".to_string()
+                        }
+                        MachineHealth::Unhealthy(why) => format!("unhealthy: {why}"),
+                        MachineHealth::Pending => "pending".to_string(),
+                    };
+                    output::line(format!(
+                        "{:w$}  {m} {verdict}",
+                        "",
+                        w = head.chars().count()
+                    ))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_release_paths_look_like_store_paths() {
+        let p = release_path("web-01");
+        let rest = p.strip_prefix("/nix/store/").expect("prefix");
+        let (hash, name) = rest.split_at(32);
+        assert!(hash
+            .chars()
+            .all(|c| "0123456789abcdfghijklmnpqrsvwxyz".contains(c)));
+        assert_eq!(name, "-nixos-system-web-01-demo");
+        assert_ne!(release_path("web-01"), release_path("web-02"));
+        assert_eq!(release_path("db-01"), release_path("db-01"));
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_demo_is_refused_and_a_previous_demo_is_removed() {
+        let base = std::env::temp_dir().join(format!("nfdemo-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("mkdir");
+        std::fs::write(base.join("precious"), "x").expect("write");
+        let err = prepare_dir(&base).expect_err("refused");
+        assert!(
+            err.to_string().contains("does not hold a previous demo"),
+            "{err}"
+        );
+        assert!(base.join("precious").exists());
+
+        std::fs::remove_file(base.join("precious")).expect("rm");
+        let (abs, removed) = prepare_dir(&base).expect("empty dir is fine");
+        assert!(!removed);
+        std::fs::write(abs.join("old-log"), "x").expect("write");
+        // The marker names a process that is not a demo: the directory is a finished demo's.
+        std::fs::write(abs.join(MARKER), "nixfleet demo, pid 1\n").expect("write");
+        let (_, removed) = prepare_dir(&base).expect("previous demo");
+        assert!(removed);
+        assert!(!abs.join("old-log").exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
