@@ -1,7 +1,7 @@
 //! Control-plane configuration: flags and `NIXFLEET_CP_*` variables over an optional TOML file.
 //!
 //! [`Config::resolve`] validates without any IO beyond reading the TOML file itself, so the NixOS
-//! module can run `--check-config` in the build sandbox; [`Config::build_tls`] and the engine
+//! module can run `--check-config` in the build sandbox; the TLS setup (`api::tls`) and the engine
 //! opening come later and do the IO.
 
 use clap::Parser;

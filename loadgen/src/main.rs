@@ -34,20 +34,20 @@ use std::time::{Duration, Instant};
     about = "Load generator for the nixfleet control plane: N agents with their own client certificates reporting over keep-alive mTLS"
 )]
 struct Args {
-    /// Control plane to load, https://HOST:PORT (its --client-ca must be <pki-dir>/ca.pem).
+    /// Control plane to load, https://HOST:PORT (its --client-ca must be PKI_DIR/ca.pem).
     #[arg(long, conflicts_with = "spawn_cp")]
     url: Option<String>,
     /// Start this nixfleet-control-plane binary on a free loopback port, with the loadgen CA as --client-ca.
     #[arg(long, value_name = "PATH", requires = "data_dir")]
     spawn_cp: Option<PathBuf>,
-    /// Data directory of the spawned control plane (created; its log is <data-dir>.log).
+    /// Data directory of the spawned control plane (created; its log is DATA_DIR.log).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Directory with ca.pem and ca-key.pem (`nixfleet pki init`); a CA is created there if missing.
     /// Default: a fresh temporary directory.
     #[arg(long, value_name = "DIR")]
     pki_dir: Option<PathBuf>,
-    /// CA certificate that signed the server's certificate (default: <pki-dir>/ca.pem).
+    /// CA certificate that signed the server's certificate (default: PKI_DIR/ca.pem).
     #[arg(long, value_name = "FILE")]
     server_ca: Option<PathBuf>,
     /// TLS server name and Host header.
@@ -77,7 +77,7 @@ struct Args {
     /// Admin API key of the control plane; without it, the loadgen bootstraps one.
     #[arg(long, env = "NIXFLEET_LOADGEN_ADMIN_KEY")]
     admin_key: Option<String>,
-    /// Machine ids are <prefix>-<n>.
+    /// Machine ids are PREFIX-N.
     #[arg(long, default_value = "lg")]
     prefix: String,
 }

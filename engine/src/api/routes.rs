@@ -26,7 +26,7 @@ pub const PAGE_MAX: usize = 500;
 /// Longest long-poll on the events API.
 pub const EVENTS_WAIT_SECS_MAX: u64 = 60;
 
-/// Every route: method and path pattern (`{x}` is a path parameter). The match in [`route`]
+/// Every route: method and path pattern (`{x}` is a path parameter). The match in `route`
 /// dispatches exactly these; a unit test and the OpenAPI test (`docs/openapi.yaml`) keep them in step.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
