@@ -253,10 +253,11 @@ pub fn timeline(records: &[Record], rollout: &RolloutId) -> Result<Vec<StoryLine
         let mut evidence = Vec::new();
         let text = match &r.event {
             Event::RolloutCreated { plan, .. } => format!(
-                "created: release {}, strategy {}, {} batches ({}), threshold {}, on failure {}, health timeout {}s, seed {}",
+                "created: release {}, strategy {}, {} batch{} ({}), threshold {}, on failure {}, health timeout {}s, seed {}",
                 plan.release,
                 plan.strategy,
                 plan.batches.len(),
+                if plan.batches.len() == 1 { "" } else { "es" },
                 plan.batches.iter().map(|b| b.len().to_string()).collect::<Vec<_>>().join("+"),
                 plan.failure_threshold,
                 plan.on_failure,

@@ -70,10 +70,11 @@ pub fn plan(p: &RolloutPlan) -> String {
         Target::Hosts(h) => format!("hosts {}", join(h)),
     };
     format!(
-        "release {}, {}, {target}, {} batches ({}), threshold {}, on failure {}, health timeout {}s",
+        "release {}, {}, {target}, {} batch{} ({}), threshold {}, on failure {}, health timeout {}s",
         p.release,
         p.strategy,
         p.batches.len(),
+        if p.batches.len() == 1 { "" } else { "es" },
         p.batches
             .iter()
             .map(|b| b.len().to_string())
