@@ -83,17 +83,20 @@ fn the_demo_completes_a_canary_pauses_the_db_rollout_on_health_prints_timelines_
     ] {
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
-    // The canary completed: its batches in order, then the end, from its own timeline.
-    let timelines: Vec<&str> = text.split("Timeline of r-").skip(1).collect();
+    // The timelines, by `nixfleet timeline`: the canary's batches in order, then the end.
+    let timelines: Vec<&str> = text.split("$ nixfleet timeline r-").skip(1).collect();
     assert_eq!(timelines.len(), 2, "{text}");
     let canary = timelines[0];
     let order = [
-        "created: canary of rel-",
+        "created: release rel-",
+        "strategy canary, 2 batches (1+2)",
         "batch 0 started (attempt 1): web-0",
         "batch 0 succeeded: 1 healthy",
+        "healthy by #",
         "batch 1 started (attempt 1): web-0",
         "batch 1 succeeded: 2 healthy",
         "completed",
+        "Status: completed",
     ];
     let mut at = 0;
     for step in order {
@@ -102,14 +105,36 @@ fn the_demo_completes_a_canary_pauses_the_db_rollout_on_health_prints_timelines_
             .unwrap_or_else(|| panic!("{step:?} missing or out of order in:\n{canary}"));
     }
     let gated = timelines[1];
-    assert!(gated.contains("created: all_at_once of rel-"), "{gated}");
+    for expected in [
+        "strategy all_at_once",
+        "batch 0 FAILED (unhealthy): 0 healthy, 1 unhealthy, threshold 0",
+        "db-01 unhealthy by #",
+        "health checks failed: http://127.0.0.1:",
+        "paused: batch 0 failed: 1 unhealthy, threshold 0",
+        "Status: paused",
+    ] {
+        assert!(
+            gated.contains(expected),
+            "{expected:?} missing from:\n{gated}"
+        );
+    }
     assert!(
-        gated.contains("db-01 unhealthy: health checks failed: http://127.0.0.1:"),
-        "{gated}"
+        text.contains("nixfleet timeline --data-dir "),
+        "the offline commands are missing:\n{text}"
     );
+
+    // The offline command it prints works on the directory it left.
+    let offline = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("nixfleet timeline --data-dir "))
+        .expect("offline timeline command");
+    let (data_dir, id) = offline.split_once(' ').expect("dir and id");
+    let story = run(nixfleet(&s, &s.path).args(["timeline", "--data-dir", data_dir, id]));
+    assert!(story.status.success(), "{}", stderr(&story));
     assert!(
-        gated.contains("paused: batch 0 failed: 1 unhealthy, threshold 0"),
-        "{gated}"
+        stdout(&story).contains("Status: completed"),
+        "{}",
+        stdout(&story)
     );
 
     let left = processes_under(&s.path);

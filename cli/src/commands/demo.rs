@@ -114,11 +114,11 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
     }
     let stopped = fleet.stop();
     match result {
-        Ok(()) => output::line(format!(
+        Ok(ids) => output::line(format!(
             "\nDemo finished in {:.1} s; stopped the control plane and {} agents.\n{}",
             started.elapsed().as_secs_f64(),
             stopped.saturating_sub(1),
-            demo.leftovers()
+            demo.leftovers(&ids)
         )),
         Err(e) => {
             eprintln!(
@@ -397,7 +397,13 @@ impl Demo<'_> {
         self.dir.join(rel)
     }
 
-    fn run(&self, args: &DemoArgs, removed: bool, keep_running: &AtomicBool) -> Result<()> {
+    /// The demo proper; returns the ids of the two rollouts.
+    fn run(
+        &self,
+        args: &DemoArgs,
+        removed: bool,
+        keep_running: &AtomicBool,
+    ) -> Result<[String; 2]> {
         self.say(format!(
             "nixfleet demo: a control plane, {} dry-run agents and two rollouts on 127.0.0.1, in {}",
             MACHINES.len(),
@@ -451,8 +457,8 @@ impl Demo<'_> {
         output::line("")?;
         machines::status(&settings, status_args())?;
         for id in [&canary, &gated] {
-            output::line("")?;
-            print_timeline(&client, id)?;
+            output::line(format!("\n$ nixfleet timeline {id}"))?;
+            crate::replay::timeline(&settings, id)?;
         }
         if args.keep_running {
             keep_running.store(true, Ordering::SeqCst);
@@ -465,13 +471,18 @@ impl Demo<'_> {
                 self.fleet.check_alive()?;
             }
         }
-        Ok(())
+        Ok([canary, gated])
     }
 
     /// What is left in the directory, and how to look at a live fleet.
-    fn leftovers(&self) -> String {
+    fn leftovers(&self, [canary, gated]: &[String; 2]) -> String {
         format!(
-            "Left in {d} for a look: cp/ (the control plane's event log), logs/ (one per process), machines/, pki/ (a dev CA for this demo only).\n\
+            "Left in {d} for a look: cp/ (the control plane's data directory), logs/ (one per process), machines/, pki/ (a dev CA for this demo only).\n\
+             Read its event log offline with the replay tool:\n  \
+             nixfleet events --data-dir {d}/cp\n  \
+             nixfleet timeline --data-dir {d}/cp {canary}\n  \
+             nixfleet what-if --data-dir {d}/cp {gated} --failure-threshold 1\n  \
+             nixfleet verify --data-dir {d}/cp\n\
              For a live fleet to poke at: nixfleet demo --keep-running, then in another terminal: cd {d} && nixfleet --api-key \"$(cat api-key)\" status",
             d = self.shown
         )
@@ -977,88 +988,6 @@ fn unhealthy_reasons(d: &RolloutDetail) -> String {
     } else {
         format!(" ({})", why.join("; "))
     }
-}
-
-/// Prints a rollout's timeline from its stream in the event log, with each batch decision's
-/// per-machine verdicts.
-///
-/// Stand-in for the replay tool's `nixfleet timeline` (cli/src/replay/, being written): once it
-/// lands, call it here instead.
-fn print_timeline(client: &Client, rollout: &str) -> Result<()> {
-    let stream = format!("rollout:{rollout}");
-    let records = read_events(
-        client,
-        &[
-            ("stream", stream.clone()),
-            ("limit", EVENTS_LIMIT.to_string()),
-        ],
-    )?;
-    let d: RolloutDetail = client.get(&format!("/api/v1/rollouts/{rollout}"))?;
-    output::line(format!(
-        "Timeline of {rollout} from the event log (GET /api/v1/events?stream={stream}):"
-    ))?;
-    let t0 = records.first().map(|r| r.at_ms).unwrap_or(0);
-    let actor_width = records.iter().map(|r| r.actor.len()).max().unwrap_or(0);
-    for r in &records {
-        let text = match r.kind.as_str() {
-            "RolloutCreated" => format!(
-                "created: {} of {} to {} in {} ({}), threshold {}, on failure {}, health timeout {}s",
-                d.strategy,
-                d.release_id,
-                rollout::count(
-                    d.batches.iter().map(|b| b.machine_ids.len()).sum::<usize>(),
-                    "machine"
-                ),
-                rollout::count(d.batches.len(), "batch"),
-                d.batches
-                    .iter()
-                    .map(|b| b.machine_ids.len().to_string())
-                    .collect::<Vec<_>>()
-                    .join("+"),
-                d.failure_threshold,
-                d.on_failure,
-                d.health_timeout
-            ),
-            "BatchStarted" => format!(
-                "batch {} started (attempt {}): {}",
-                num_at(&r.data, "batch_index"),
-                num_at(&r.data, "attempt"),
-                batch_machines(&r.data).join(", ")
-            ),
-            "BatchSucceeded" | "BatchFailed" => batch_decision(r),
-            "RolloutPaused" | "RolloutFailed" => {
-                format!("{}: {}", end_word(&r.kind).to_lowercase(), str_at(&r.data, "reason"))
-            }
-            other => end_word(other).to_string(),
-        };
-        let head = format!(
-            "  {:<8} #{:<4} {:<actor_width$}  ",
-            format!("+{:.3}s", r.at_ms.saturating_sub(t0) as f64 / 1000.0),
-            r.seq,
-            r.actor
-        );
-        output::line(format!("{head}{text}"))?;
-        if matches!(r.kind.as_str(), "BatchSucceeded" | "BatchFailed") {
-            let index = num_at(&r.data, "batch_index") as usize;
-            if let Some(b) = d.batches.get(index) {
-                for (m, h) in &b.machine_health {
-                    let verdict = match h {
-                        MachineHealth::Healthy => {
-                            "healthy: a passing health report for the release path".to_string()
-                        }
-                        MachineHealth::Unhealthy(why) => format!("unhealthy: {why}"),
-                        MachineHealth::Pending => "pending".to_string(),
-                    };
-                    output::line(format!(
-                        "{:w$}  {m} {verdict}",
-                        "",
-                        w = head.chars().count()
-                    ))?;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -63,6 +63,20 @@ pub fn run(global: &GlobalArgs, cmd: ReplayCmd) -> Result<()> {
     }
 }
 
+/// `nixfleet timeline ROLLOUT` on the events API of the control plane of `settings` (for
+/// `nixfleet demo`, which holds its own settings).
+pub fn timeline(settings: &Settings, rollout: &str) -> Result<()> {
+    let source = Source::Api(
+        Box::new(crate::client::Client::new(settings)?),
+        settings.control_plane_url.clone(),
+    );
+    let args = story::TimelineArgs {
+        source: SourceArgs { data_dir: None },
+        rollout: rollout.to_string(),
+    };
+    story::run(&source, false, &args)
+}
+
 /// Checks a rollout id given on the command line.
 fn rollout_id(s: &str) -> Result<nixfleet_core::ids::RolloutId> {
     nixfleet_core::ids::RolloutId::parse(s).map_err(|e| {
