@@ -7,7 +7,7 @@
 //! one group commit before they are durable; nobody is told "done" before they are, and the log is
 //! a prefix-durable sequence, so a crash loses only unacknowledged events and their consequences.
 
-use crate::log::{EventLog, LogError, MemoryLog, SledLog};
+use crate::log::{Checkpoint, EventLog, LogError, MemoryLog, SledLog};
 use nixfleet_core::event::BatchFailReason;
 use nixfleet_core::{
     decide, executor, Actor, Command, Event, ExecutorInput, Rejection, Seq, State, Timestamp,
@@ -81,6 +81,9 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     wake: tokio::sync::Notify,
     poisoned: AtomicBool,
+    /// The snapshot's checkpoint when the projections came from one: the records up to it were not
+    /// read at start and are verified afterwards ([`Engine::verify_history`]).
+    unverified: Option<Checkpoint>,
 }
 
 impl Engine {
@@ -97,6 +100,7 @@ impl Engine {
             clock,
             wake: tokio::sync::Notify::new(),
             poisoned: AtomicBool::new(false),
+            unverified: None,
         }
     }
 
@@ -116,7 +120,9 @@ impl Engine {
                             to = log.last_seq().0,
                             "projections loaded from the snapshot, the rest replayed"
                         );
-                        return Ok(Engine::new(Arc::new(log), state, clock));
+                        let mut engine = Engine::new(Arc::new(log), state, clock);
+                        engine.unverified = Some(checkpoint);
+                        return Ok(engine);
                     }
                     Err(LogError::CheckpointMismatch { seq }) => {
                         tracing::warn!(
@@ -133,6 +139,27 @@ impl Engine {
         let mut state = State::default();
         let log = SledLog::open(&log_dir, |r| state.apply(&r.into_envelope()))?;
         Ok(Engine::new(Arc::new(log), state, clock))
+    }
+
+    /// The snapshot checkpoint the engine started from, if any: the records up to it have not
+    /// been verified by this process yet.
+    pub fn unverified_history(&self) -> Option<Checkpoint> {
+        self.unverified
+    }
+
+    /// Verifies the records a start from a snapshot did not read (records 1 to the checkpoint),
+    /// so that a damaged or altered record is refused even when a snapshot made start-up skip it.
+    /// Returns how many records were verified (0 when the start read the whole log). On an error
+    /// the engine stops accepting writes; the caller removes the snapshot and stops, so the next
+    /// start replays, and refuses, the whole log.
+    pub fn verify_history(&self) -> Result<u64, LogError> {
+        let Some(c) = self.unverified else {
+            return Ok(0);
+        };
+        self.log
+            .verify_prefix(c)
+            .inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        Ok(c.seq)
     }
 
     /// Writes a snapshot of the projections at the last durable sequence into `data_dir`.

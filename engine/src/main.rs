@@ -61,8 +61,10 @@ fn describe_tls(c: &Config) -> String {
 fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: under systemd the journal would store the escape codes.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
@@ -125,19 +127,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let seq = engine.tick()?;
     engine.wait_durable(seq).await?;
     sd_notify("READY=1");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("Received SIGTERM, shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Received SIGINT, shutting down"),
+    let history = verify_history_in_background(engine.clone());
+    let corrupt = Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let corrupt = corrupt.clone();
+        async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("Received SIGTERM, shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("Received SIGINT, shutting down"),
+                Ok(e) = history => {
+                    tracing::error!(error = %e, "the event log is damaged below the snapshot; stopping");
+                    let _ = corrupt.set(e);
+                }
+            }
+            sd_notify("STOPPING=1");
         }
-        sd_notify("STOPPING=1");
     };
     api::serve(app, listener, tls, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = executor.await;
     let _ = snapshots.await;
+    if let Some(e) = corrupt.get() {
+        // The snapshot let this start skip the damaged records; without it the next start reads
+        // them and refuses to serve, naming the record, as it would have without a snapshot.
+        let snap = nixfleet_engine::snapshot::path(&config.data_dir);
+        if let Err(rm) = std::fs::remove_file(&snap) {
+            tracing::warn!(error = %rm, "cannot remove {}", snap.display());
+        }
+        anyhow::bail!("{e}; the snapshot was removed, so the next start verifies the whole log");
+    }
     let last = engine.log().last_seq();
     engine.wait_durable(last).await?;
     if let Err(e) = engine.write_snapshot(&config.data_dir) {
@@ -145,6 +166,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// A start from a snapshot read only the records after its checkpoint. This verifies the others
+/// on a blocking thread while the control plane serves; the receiver gets the error, if any.
+fn verify_history_in_background(
+    engine: Arc<Engine>,
+) -> tokio::sync::oneshot::Receiver<nixfleet_engine::log::LogError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Some(c) = engine.unverified_history() {
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match engine.verify_history() {
+                Ok(n) => tracing::info!(
+                    records = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "the records under the snapshot are verified"
+                ),
+                Err(e) => {
+                    let _ = tx.send(e);
+                }
+            }
+        });
+        tracing::info!(
+            up_to = c.seq,
+            "verifying the records under the snapshot in the background"
+        );
+    }
+    rx
 }
 
 /// Events between periodic snapshots.

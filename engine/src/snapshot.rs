@@ -7,6 +7,10 @@
 //! deleting a snapshot changes nothing but start-up time (a test checks it).
 //!
 //! The file is written to a temporary name, fsynced and renamed, so a crash leaves the old one.
+//! It starts with the SHA-256 of the rest, checked before anything is decoded: a damaged length
+//! prefix inside the state could otherwise ask for an allocation of exabytes and abort the start
+//! that the snapshot was only meant to speed up (the `decode_record` fuzz target found that for log
+//! records).
 
 use crate::log::Checkpoint;
 use nixfleet_core::State;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// The snapshot file inside the data directory.
 pub const FILE: &str = "snapshot.bin";
-const FORMAT: u16 = 1;
+const FORMAT: u16 = 2;
 
 #[derive(Serialize)]
 struct Header<'a> {
@@ -54,13 +58,15 @@ pub fn write(data_dir: &Path, state: &State, hash: [u8; 32]) -> std::io::Result<
         bincode::config::standard(),
     )
     .map_err(std::io::Error::other)?;
+    let sum = crate::log::hash_bytes(&bytes);
     let tmp = data_dir.join(format!("{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&sum)?;
     f.write_all(&bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path(data_dir))?;
     std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(bytes.len() as u64)
+    Ok(sum.len() as u64 + bytes.len() as u64)
 }
 
 /// Loads the snapshot: `Ok(None)` when there is none, `Err` (with why) when it is unusable.
@@ -71,8 +77,14 @@ pub fn load(data_dir: &Path) -> Result<Option<(Checkpoint, State)>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
     };
+    let (sum, bytes) = bytes
+        .split_at_checked(32)
+        .ok_or_else(|| format!("{} is truncated", p.display()))?;
+    if crate::log::hash_bytes(bytes) != sum {
+        return Err(format!("{} is damaged (checksum mismatch)", p.display()));
+    }
     let (s, used): (Loaded, usize) =
-        bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|e| format!("{} is unreadable: {e}", p.display()))?;
     if used != bytes.len() || s.format != FORMAT || s.build != env!("CARGO_PKG_VERSION") {
         return Err(format!(

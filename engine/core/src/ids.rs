@@ -139,6 +139,9 @@ string_id!(
     KeyName, "key name", &[':', '@']
 );
 
+/// Longest name part of a store path (after the hash and '-') Nix accepts.
+pub const STORE_NAME_LEN_MAX: usize = 211;
+
 /// Characters Nix allows in a store path name.
 fn is_store_name_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
@@ -164,7 +167,10 @@ impl StorePath {
         let rest = s
             .strip_prefix("/nix/store/")
             .ok_or_else(|| InvalidId::new(KIND, s, "must start with /nix/store/"))?;
-        if s.len() > 211 + 11 {
+        // Nix's limit is 211 characters for the name; the check used to count the whole path
+        // against 222 and refused valid names of 179 to 211 characters (found by the
+        // `store_path` fuzz target, which holds the control plane and the agent to one rule).
+        if rest.len() > 32 + 1 + STORE_NAME_LEN_MAX {
             return Err(InvalidId::new(KIND, s, "is too long"));
         }
         let (hash, name) = rest
@@ -180,7 +186,13 @@ impl StorePath {
         let name = name
             .strip_prefix('-')
             .ok_or_else(|| InvalidId::new(KIND, s, "needs '-' after the hash"))?;
-        if name.is_empty() || name.starts_with('.') || !name.bytes().all(is_store_name_char) {
+        // '..' anywhere is refused, as the agent does: it is harmless without '/', but what the
+        // control plane accepts must be exactly what the agent will act on.
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains("..")
+            || !name.bytes().all(is_store_name_char)
+        {
             return Err(InvalidId::new(
                 KIND,
                 s,
@@ -231,6 +243,7 @@ mod tests {
             "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a b",
             "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-`x`",
             "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-..",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a..b",
             "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x",
             "/tmp/0123456789abcdfghijklmnpqrsvwxyz-x",
             "/nix/store/short-x",
@@ -238,6 +251,19 @@ mod tests {
         ] {
             assert!(StorePath::parse(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn a_name_of_up_to_211_characters_is_accepted_and_no_longer() {
+        let path = |n: usize| {
+            format!(
+                "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{}",
+                "n".repeat(n)
+            )
+        };
+        assert!(StorePath::parse(&path(179)).is_ok());
+        assert!(StorePath::parse(&path(211)).is_ok());
+        assert!(StorePath::parse(&path(212)).is_err());
     }
 
     #[test]

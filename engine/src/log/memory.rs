@@ -1,7 +1,7 @@
 //! An in-memory log with the same encoding and hash chain as the sled log, for tests and the
 //! deterministic simulation. Everything staged is durable at once.
 
-use super::{decode_record, encode_record, hash_bytes, EventLog, LogError, Record};
+use super::{decode_record, encode_record, hash_bytes, Checkpoint, EventLog, LogError, Record};
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 use std::sync::Mutex;
 
@@ -80,6 +80,28 @@ impl EventLog for MemoryLog {
             .checked_sub(1)
             .and_then(|i| v.get(i as usize))
             .map(|b| hash_bytes(b)))
+    }
+    fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError> {
+        let v = self.inner.lock().expect("memory log lock");
+        let mut prev = [0u8; 32];
+        for seq in 1..=checkpoint.seq {
+            let corrupt = |why: String| LogError::Corrupt { seq, why };
+            let bytes = v
+                .get(seq as usize - 1)
+                .ok_or_else(|| corrupt(format!("record {seq} is missing")))?;
+            let rec = decode_record(bytes).map_err(corrupt)?;
+            if rec.seq.0 != seq || rec.prev_hash != prev {
+                return Err(corrupt("hash chain broken".into()));
+            }
+            prev = hash_bytes(bytes);
+        }
+        if prev != checkpoint.hash {
+            return Err(LogError::Corrupt {
+                seq: checkpoint.seq,
+                why: "the chain does not lead to the checkpoint".into(),
+            });
+        }
+        Ok(())
     }
     fn last_seq(&self) -> Seq {
         Seq(self.inner.lock().expect("memory log lock").len() as u64)

@@ -19,7 +19,10 @@ mod codec;
 mod memory;
 mod sled_log;
 
-pub use codec::{decode_record, encode_record, hash_bytes, Record, StoredEnvelope, SCHEMA_VERSION};
+pub use codec::{
+    decode_record, encode_record, hash_bytes, Record, StoredEnvelope, RECORD_BYTES_MAX,
+    SCHEMA_VERSION,
+};
 pub use memory::MemoryLog;
 pub use sled_log::{Checkpoint, SledLog};
 
@@ -85,6 +88,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// SHA-256 of the stored record `seq`, if it exists.
     fn record_hash(&self, seq: Seq) -> Result<Option<[u8; 32]>, LogError>;
+
+    /// Verifies records 1 to `checkpoint.seq` (the part a start from a snapshot did not read):
+    /// they decode, none is missing, they chain, and the last is the checkpoint's record.
+    fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError>;
 
     /// The last staged sequence number.
     fn last_seq(&self) -> Seq;

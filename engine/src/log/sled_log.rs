@@ -18,7 +18,9 @@
 //!
 //! sled is pinned at 0.34.x (see ARCHITECTURE.md); it stays behind [`super::EventLog`].
 
-use super::{decode_record, encode_record, hash_bytes, EventLog, LogError, Record};
+use super::{
+    decode_record, encode_record, hash_bytes, EventLog, LogError, Record, RECORD_BYTES_MAX,
+};
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -160,9 +162,44 @@ impl SledLog {
             .cache_capacity(256 << 20)
     }
 
+    /// Verifies records 1 to `checkpoint.seq` of this open log, the part a start from a snapshot
+    /// did not read: each decodes, none is missing, each chains to the one before, and the last
+    /// one is the checkpoint's record. An error names the first bad sequence number.
+    pub fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError> {
+        let (seq, hash) =
+            Self::scan_range(&self.shared.db, (0, [0u8; 32]), checkpoint.seq, &mut |_| {})?;
+        if seq != checkpoint.seq {
+            return Err(LogError::Corrupt {
+                seq: seq + 1,
+                why: format!("record {} is missing (the log ends at {seq})", seq + 1),
+            });
+        }
+        if hash != checkpoint.hash {
+            return Err(LogError::Corrupt {
+                seq,
+                why: "the chain up to this record does not lead to the snapshot's checkpoint"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     fn scan(
         db: &sled::Db,
         start: (u64, [u8; 32]),
+        on_record: &mut dyn FnMut(Record),
+    ) -> Result<(u64, [u8; 32]), LogError> {
+        let (last, prev) = Self::scan_range(db, start, u64::MAX, on_record)?;
+        Self::check_head(db, last)?;
+        Ok((last, prev))
+    }
+
+    /// Walks records `start.0 + 1 ..= end` in order, checking sequence numbers and the chain from
+    /// `start.1`; returns the last sequence number read and its hash.
+    fn scan_range(
+        db: &sled::Db,
+        start: (u64, [u8; 32]),
+        end: u64,
         on_record: &mut dyn FnMut(Record),
     ) -> Result<(u64, [u8; 32]), LogError> {
         // Two-stage pipeline (the machine has two cores): a reader thread walks sled and hashes
@@ -175,7 +212,7 @@ impl SledLog {
         let outcome = std::thread::scope(|scope| {
             scope.spawn(move || {
                 let mut chunk = Vec::with_capacity(CHUNK);
-                for item in db.range(event_key(start.0 + 1)..=event_key(u64::MAX)) {
+                for item in db.range(event_key(start.0 + 1)..=event_key(end)) {
                     match item {
                         Ok((k, v)) => {
                             let key_seq = k
@@ -231,7 +268,11 @@ impl SledLog {
             Ok(())
         });
         outcome?;
-        let last = expect - 1;
+        Ok((expect - 1, prev))
+    }
+
+    /// The head names the last record made durable: it must be present and unaltered.
+    fn check_head(db: &sled::Db, last: u64) -> Result<(), LogError> {
         if let Some(h) = db.get(HEAD_KEY)? {
             let head_seq = h
                 .get(0..8)
@@ -257,7 +298,7 @@ impl SledLog {
                 }
             }
         }
-        Ok((last, prev))
+        Ok(())
     }
 
     /// Flushes and stops the flusher.
@@ -328,14 +369,25 @@ impl EventLog for SledLog {
             return Err(LogError::Closed(e.clone()));
         }
         let (mut seq, mut hash) = (head.seq, head.hash);
+        // Encode everything first: a record too large to be read back is refused before any of
+        // the group is written (no event can reach that size through the API's 1 MiB bodies).
+        let mut encoded = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
             let bytes = encode_record(Seq(seq), at, actor, hash, e);
+            if bytes.len() > RECORD_BYTES_MAX {
+                return Err(LogError::Io(format!(
+                    "a {} event of {} bytes is over the {RECORD_BYTES_MAX}-byte record cap",
+                    e.kind(),
+                    bytes.len()
+                )));
+            }
             hash = hash_bytes(&bytes);
+            encoded.push((seq, e.stream(), bytes));
+        }
+        for (seq, stream, bytes) in encoded {
             self.shared.db.insert(event_key(seq), bytes)?;
-            self.shared
-                .db
-                .insert(stream_key(&e.stream(), seq), &[][..])?;
+            self.shared.db.insert(stream_key(&stream, seq), &[][..])?;
         }
         head.seq = seq;
         head.hash = hash;
@@ -412,6 +464,10 @@ impl EventLog for SledLog {
             .db
             .get(event_key(seq.0))?
             .map(|v| hash_bytes(&v)))
+    }
+
+    fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError> {
+        SledLog::verify_prefix(self, checkpoint)
     }
 
     fn last_seq(&self) -> Seq {
