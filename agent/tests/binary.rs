@@ -990,3 +990,89 @@ fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_roll
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     assert_eq!(second.wait().expect("wait").code(), Some(0));
 }
+
+#[test]
+fn a_desired_generation_built_to_traverse_or_reach_a_shell_is_refused_and_runs_nothing() {
+    // Given every program the agent could run (nix, nix-store, nix-env, systemd-run, systemctl,
+    // sh) replaced by a shim that records its arguments, and a marker file an injection would create
+    let (cp, port) = StubCp::start();
+    let shims = tempfile::tempdir().expect("tempdir");
+    let calls = shims.path().join("calls");
+    let marker = shims.path().join("pwned");
+    for prog in [
+        "nix",
+        "nix-store",
+        "nix-env",
+        "nix-copy-closure",
+        "systemd-run",
+        "systemctl",
+        "sh",
+        "bash",
+    ] {
+        let p = shims.path().join(prog);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{prog} $*\" >> {}\nexit 1\n",
+                calls.display()
+            ),
+        )
+        .expect("write shim");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let h = "0123456789abcdfghijklmnpqrsvwxyz";
+    let m = marker.display();
+    let hostile = [
+        format!("/nix/store/{h}-x;touch {m}"),
+        format!("/nix/store/{h}-$(touch {m})"),
+        format!("/nix/store/{h}-`touch {m}`"),
+        format!("/nix/store/{h}-x|touch {m}"),
+        format!("/nix/store/{h}-x\ntouch {m}"),
+        format!("/nix/store/{h}-x && touch {m}"),
+        format!("/nix/store/{h}-x/../../../tmp"),
+        format!("/nix/store/{h}-x/bin/switch-to-configuration"),
+        format!("/nix/store/{h}-.."),
+        "/nix/store/../../bin/sh".to_owned(),
+        format!("{m}"),
+        "--help".to_owned(),
+    ];
+    let agent = RunningAgent::start(
+        port,
+        &["--poll-interval", "1"],
+        r#"{}"#,
+        Some(&shims.path().display().to_string()),
+    );
+    for (i, path) in hostile.iter().enumerate() {
+        // When the control plane asks for it
+        *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
+            hash: path.clone(),
+            cache_url: Some(format!("https://cache.example/$(touch {m})")),
+            poll_hint: None,
+            quarantined: false,
+        });
+        // Then the agent reports a refusal that names the value
+        wait_until(
+            &format!("the refusal of {path:?}"),
+            Duration::from_secs(15),
+            || {
+                cp.reports().iter().any(|r| {
+                    !r.success
+                        && r.message.starts_with("invalid desired generation")
+                        && r.message.contains(&format!("{path:?}"))
+                })
+            },
+        );
+        assert!(!marker.exists(), "case {i} {path:?} ran a command");
+    }
+    // And it ran no program with the value (only the default health check, systemctl
+    // is-system-running), nothing created the marker, and it still runs
+    let ran = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        ran.lines().all(|l| l == "systemctl is-system-running"),
+        "the agent ran: {ran}"
+    );
+    assert!(!marker.exists());
+    assert!(cp.reports().iter().all(|r| r.current_generation == RUNNING));
+    assert_eq!(agent.terminate(), 0);
+}
