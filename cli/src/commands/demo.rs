@@ -96,6 +96,7 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
         interrupted.clone(),
         shown.clone(),
     )?;
+    let _stop = StopOnDrop(&fleet);
     let demo = Demo {
         started,
         dir,
@@ -120,13 +121,8 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
             stopped.saturating_sub(1),
             demo.leftovers(&ids)
         )),
-        Err(e) => {
-            eprintln!(
-                "Stopped {stopped} processes; the demo's files and logs are in {}/logs",
-                demo.shown
-            );
-            Err(e)
-        }
+        // The error names the log to read; the children are stopped either way.
+        Err(e) => Err(e),
     }
 }
 
@@ -187,7 +183,7 @@ fn prepare_dir(dir: &Path) -> Result<(PathBuf, bool)> {
                     .map_err(|e| CliError::usage(format!("--dir {}: {e}", dir.display())))?;
                 if let Some((pid, what)) = user_of(&abs) {
                     return Err(CliError::usage(format!(
-                        "{} is in use by a running demo (pid {pid}: {what}); stop it first (Ctrl-C, or kill {pid}), or pass another --dir",
+                        "{} holds a previous demo that is still in use (pid {pid}: {what}); stop that process first, or pass another --dir",
                         dir.display()
                     )));
                 }
@@ -331,9 +327,13 @@ impl Fleet {
     }
 }
 
-impl Drop for Fleet {
+/// Stops the fleet when dropped, so that an early return or a panic leaves no process behind
+/// (the signal thread holds the fleet too, so the fleet itself is never dropped).
+struct StopOnDrop<'a>(&'a Fleet);
+
+impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
