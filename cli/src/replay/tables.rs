@@ -123,17 +123,7 @@ fn header(records: &[Record], last: Option<&Record>, until: Option<Until>) -> St
 }
 
 fn keys(state: &State) -> Vec<wire::ApiKeyInfo> {
-    state
-        .api_keys
-        .values()
-        .map(|k| wire::ApiKeyInfo {
-            name: k.name.to_string(),
-            role: k.role.to_string(),
-            created_at: views::rfc3339(k.created_at),
-            created_by: k.created_by.to_string(),
-            revoked_at: k.revoked_at.map(views::rfc3339),
-        })
-        .collect()
+    state.api_keys.values().map(views::api_key).collect()
 }
 
 fn section(title: &str, t: &Table, empty: bool) -> Result<()> {

@@ -471,18 +471,9 @@ where
         }
         (["keys"], &Method::GET) => {
             require_role(app, parts, Role::Admin)?;
-            let keys: Vec<wire::ApiKeyInfo> = app.engine.read(|s| {
-                s.api_keys
-                    .values()
-                    .map(|k| wire::ApiKeyInfo {
-                        name: k.name.to_string(),
-                        role: k.role.to_string(),
-                        created_at: views::rfc3339(k.created_at),
-                        created_by: k.created_by.to_string(),
-                        revoked_at: k.revoked_at.map(views::rfc3339),
-                    })
-                    .collect()
-            });
+            let keys: Vec<wire::ApiKeyInfo> = app
+                .engine
+                .read(|s| s.api_keys.values().map(views::api_key).collect());
             Ok(json(200, &keys))
         }
         (["keys"], &Method::POST) => {

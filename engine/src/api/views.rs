@@ -4,7 +4,9 @@
 use crate::log::Record;
 use nixfleet_core::event::*;
 use nixfleet_core::ids::Timestamp;
-use nixfleet_core::state::{Batch, BatchStatus, Machine, MachineHealth, Release, Rollout, State};
+use nixfleet_core::state::{
+    ApiKey, Batch, BatchStatus, Machine, MachineHealth, Release, Rollout, State,
+};
 use nixfleet_proto::api::v1 as wire;
 use serde_json::json;
 
@@ -66,6 +68,17 @@ pub fn release(r: &Release) -> wire::Release {
             .collect(),
         created_at: rfc3339(r.created_at),
         created_by: r.created_by.to_string(),
+    }
+}
+
+/// An API key as `GET /api/v1/keys` lists it (never its hash).
+pub fn api_key(k: &ApiKey) -> wire::ApiKeyInfo {
+    wire::ApiKeyInfo {
+        name: k.name.to_string(),
+        role: k.role.to_string(),
+        created_at: rfc3339(k.created_at),
+        created_by: k.created_by.to_string(),
+        revoked_at: k.revoked_at.map(rfc3339),
     }
 }
 
