@@ -1,58 +1,163 @@
-//! Start-up time on a large log, with and without a projection snapshot.
-//! Run: `cargo run --release -p nixfleet-engine --example bench_start [-- EVENTS]` (default 10,000,000).
+//! Start-up time on a large log, with and without a projection snapshot (docs/benchmarks.md).
+//! Run: `cargo run --release -p nixfleet-engine --example bench_start [-- EVENTS]` (default
+//! 10,000,000; `NIXFLEET_BENCH_DIR=DIR` puts the temporary log under DIR).
+//!
+//! Writes a log of 10,000 machines' reports and health results, then measures: a start without
+//! snapshot (verify and replay everything); a start from a snapshot at the head; a start from a
+//! snapshot 100,000 events behind the head (the control plane writes one every 100,000 events);
+//! the background verification of the records under the snapshot; and checks that each start
+//! gives the projections of a full replay (deleting the snapshot changes nothing but the time).
 #![allow(clippy::unwrap_used)]
 
 use nixfleet_core::event::{Actor, CheckResult, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, StorePath, Timestamp};
 use nixfleet_engine::engine::{Engine, SystemClock};
 use nixfleet_engine::log::{EventLog, SledLog};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const MACHINES: u64 = 10_000;
+
+/// Appends reports and health results of the machines until the log holds `until` records.
+fn write(log: &SledLog, until: u64) {
+    let mut i = log.last_seq().0;
+    let mut batch = Vec::with_capacity(2000);
+    while i < until {
+        batch.clear();
+        for _ in 0..1000 {
+            let m = MachineId::parse(&format!("m-{:05}", i % MACHINES)).unwrap();
+            let g = Some(
+                StorePath::parse(&format!("/nix/store/{:032}-nixos-system-{m}", i % 7)).unwrap(),
+            );
+            batch.push(Event::ReportReceived {
+                machine: m.clone(),
+                generation: g.clone(),
+                success: true,
+                message: "up-to-date".into(),
+                agent_version: "0.2.0".into(),
+                uptime_secs: i,
+                dry_run: false,
+                rolled_back_from: None,
+            });
+            batch.push(Event::HealthReported {
+                machine: m,
+                generation: g,
+                results: vec![CheckResult {
+                    name: "http".into(),
+                    passed: true,
+                    duration_ms: 2,
+                    message: String::new(),
+                }],
+                all_passed: true,
+            });
+            i += 2;
+        }
+        log.stage(Timestamp(i), &Actor::System, &batch).unwrap();
+    }
+    log.wait_durable(log.last_seq()).unwrap();
+}
+
+fn open(dir: &Path) -> (Engine, f64) {
+    let t = Instant::now();
+    let e = Engine::open(dir, Arc::new(SystemClock)).unwrap();
+    (e, t.elapsed().as_secs_f64())
+}
+
+fn du(p: &Path) -> u64 {
+    let Ok(m) = std::fs::metadata(p) else {
+        return 0;
+    };
+    if !m.is_dir() {
+        return m.len();
+    }
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| du(&e.unwrap().path()))
+        .sum()
+}
+
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
-    let base = std::env::var("NIXFLEET_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    let base = std::env::var("NIXFLEET_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let machines = 10_000u64;
+    let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "bench_start: {n} events, {MACHINES} machines; load average {}",
+        loadavg().trim()
+    );
     let start = Instant::now();
     {
         let log = SledLog::open(&dir.path().join("log"), |_| {}).unwrap();
-        let reg: Vec<Event> = (0..machines)
-            .map(|m| Event::MachineRegistered { machine: MachineId::parse(&format!("m-{m:05}")).unwrap(), lifecycle: Lifecycle::Active, tags: vec![], auto: true })
+        let reg: Vec<Event> = (0..MACHINES)
+            .map(|m| Event::MachineRegistered {
+                machine: MachineId::parse(&format!("m-{m:05}")).unwrap(),
+                lifecycle: Lifecycle::Active,
+                tags: vec![],
+                auto: true,
+            })
             .collect();
         log.stage(Timestamp(0), &Actor::System, &reg).unwrap();
-        let mut i = machines;
-        let mut batch = Vec::with_capacity(2000);
-        while i < n {
-            batch.clear();
-            for _ in 0..1000 {
-                let m = MachineId::parse(&format!("m-{:05}", i % machines)).unwrap();
-                let g = Some(StorePath::parse(&format!("/nix/store/{:032}-nixos-system-{m}", i % 7)).unwrap());
-                batch.push(Event::ReportReceived { machine: m.clone(), generation: g.clone(), success: true, message: "up-to-date".into(), agent_version: "0.2.0".into(), uptime_secs: i, dry_run: false, rolled_back_from: None });
-                batch.push(Event::HealthReported { machine: m, generation: g, results: vec![CheckResult { name: "http".into(), passed: true, duration_ms: 2, message: String::new() }], all_passed: true });
-                i += 2;
-            }
-            log.stage(Timestamp(i), &Actor::System, &batch).unwrap();
-        }
-        let last = log.last_seq();
-        log.wait_durable(last).unwrap();
-        println!("wrote {} events for {machines} machines in {:.0}s", last.0, start.elapsed().as_secs_f64());
+        write(&log, n);
+        println!(
+            "wrote {} events in {:.0} s; log {:.0} MiB on disk",
+            log.last_seq().0,
+            start.elapsed().as_secs_f64(),
+            du(&dir.path().join("log")) as f64 / 1048576.0
+        );
         log.close().unwrap();
     }
-    let t = Instant::now();
-    let e = Engine::open(dir.path(), Arc::new(SystemClock)).unwrap();
-    let full = t.elapsed().as_secs_f64();
+    let snap = nixfleet_engine::snapshot::path(dir.path());
+
+    let (e, full) = open(dir.path());
     let seq = e.log().last_seq().0;
-    println!("start without snapshot (verify + replay {seq} events): {full:.2}s");
+    let replayed = e.read(|s| s.clone());
+    println!("start without snapshot (verify and replay {seq} events): {full:.2} s");
     let t = Instant::now();
     e.write_snapshot(dir.path()).unwrap();
-    let size = std::fs::metadata(nixfleet_engine::snapshot::path(dir.path())).unwrap().len();
-    println!("snapshot written in {:.2}s, {:.1} MiB", t.elapsed().as_secs_f64(), size as f64 / 1048576.0);
+    println!(
+        "snapshot written in {:.2} s, {:.1} MiB",
+        t.elapsed().as_secs_f64(),
+        du(&snap) as f64 / 1048576.0
+    );
     drop(e);
+
+    let (e, head) = open(dir.path());
+    assert_eq!(e.read(|s| s.clone()), replayed, "snapshot start == replay");
+    println!("start with a snapshot at the head: {head:.2} s");
+    drop(e);
+
+    {
+        let log = SledLog::open_from(&dir.path().join("log"), None, |_| {}).unwrap();
+        write(&log, seq + 100_000);
+        log.close().unwrap();
+    }
+    let (e, behind) = open(dir.path());
+    let tail = e.read(|s| s.last_seq.0) - seq;
+    println!("start with a snapshot {tail} events behind the head: {behind:.2} s");
     let t = Instant::now();
-    let e = Engine::open(dir.path(), Arc::new(SystemClock)).unwrap();
-    println!("start with snapshot at the head: {:.2}s (ready: projections at {})", t.elapsed().as_secs_f64(), e.read(|s| s.last_seq.0));
+    let verified = e.verify_history().unwrap();
+    println!(
+        "background verification of the {verified} records under the snapshot: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let from_snapshot = e.read(|s| s.clone());
+    drop(e);
+    std::fs::remove_file(&snap).unwrap();
+    let (e, full) = open(dir.path());
+    assert_eq!(
+        e.read(|s| s.clone()),
+        from_snapshot,
+        "deleting the snapshot changes nothing but start-up time"
+    );
+    println!("start after deleting the snapshot: {full:.2} s (same projections)");
+    println!("load average {}", loadavg().trim());
 }

@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -21,6 +24,19 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed (tests embedding several servers): keep ours for rendering.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples pile up in the recorder until upkeep drains them into buckets;
+            // a scrape does that too, but a control plane nobody scrapes would grow by 8 bytes
+            // per request forever (found by the 10-minute soak, docs/reliability.md).
+            let h = handle.clone();
+            let upkeep = std::thread::Builder::new()
+                .name("nixfleet-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    h.run_upkeep();
+                });
+            if let Err(e) = upkeep {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+            }
             handle
         })
         .clone()
