@@ -268,6 +268,31 @@ fn an_early_refusal_reaches_a_client_still_sending_a_large_body() {
     assert_eq!(events(&admin, "after=0").len(), before);
 }
 
+#[test]
+fn a_body_over_the_cap_gets_413_not_a_reset_and_the_connection_stays_usable() {
+    // Given a control plane and an operator with a key
+    let (_d, _p, cp, key) = setup(&["web-01"]);
+    let admin = cp.client("operator", Some(&key));
+    let before = events(&admin, "after=0").len();
+    let huge = "x".repeat(3 << 20);
+    for round in 0..10 {
+        // When a 3 MiB release body is sent (the cap is 1 MiB)
+        let (s, t) = admin
+            .try_call("POST", "/api/v1/releases", Some(&huge))
+            .unwrap_or_else(|e| panic!("round {round}: the 413 was lost: {e}"));
+        // Then the 413 arrives every time, naming the cap
+        assert_eq!(s, 413, "round {round}: {t}");
+        assert!(t.contains("1048576"), "{t}");
+        // And the same client (a kept-alive connection) goes on working
+        assert_eq!(admin.get("/api/v1/machines").0, 200, "round {round}");
+    }
+    assert_eq!(
+        events(&admin, "after=0").len(),
+        before,
+        "nothing was appended"
+    );
+}
+
 fn fleet_with_release(cp: &Cp, key: &str, hosts: &[&str]) -> String {
     for h in hosts {
         let (s, t) = cp.client(h, None).post(

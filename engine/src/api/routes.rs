@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::views;
 use super::App;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::{Method, Request, Response};
 use nixfleet_core::decide::{Command, ReportInput};
@@ -175,13 +175,15 @@ where
             Ok(r) => r,
             Err(e) => error(e),
         },
-        Err(e) => {
-            // Over the cap: the rest is not read, so the connection cannot be reused.
+        Err(BodyRefused { error: e, drained }) => {
             let mut r = error(e);
-            r.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
+            if !drained {
+                // The rest of the body was not read: the connection cannot be reused.
+                r.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             r
         }
     };
@@ -267,25 +269,61 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A body over [`BODY_BYTES_MAX`] is read on and thrown away, up to this many more bytes and
+/// for at most [`BODY_DRAIN_TIME`], so that a client still sending it receives the 413 instead of a
+/// connection reset (the server would otherwise close with unread data in its receive buffer).
+pub const BODY_DRAIN_MAX: usize = 16 << 20;
+/// See [`BODY_DRAIN_MAX`].
+pub const BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a body was not read: the refusal, and whether the connection may be reused.
+struct BodyRefused {
+    error: ApiError,
+    drained: bool,
+}
+
 /// The whole request body, at most [`BODY_BYTES_MAX`] bytes (else 413).
-async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+async fn read_body<B>(body: B) -> Result<Bytes, BodyRefused>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    Ok(Limited::new(body, BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::too_large(BODY_BYTES_MAX)
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes())
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyRefused {
+            error: ApiError::bad_request(format!("could not read the request body: {}", e.into())),
+            drained: false,
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > BODY_BYTES_MAX {
+            let drain = async {
+                let mut thrown = 0usize;
+                while let Some(frame) = body.frame().await {
+                    match frame.map(|f| f.into_data()) {
+                        Ok(Ok(d)) => thrown += d.len(),
+                        Ok(Err(_)) => {}
+                        Err(_) => return false,
+                    }
+                    if thrown > BODY_DRAIN_MAX {
+                        return false;
+                    }
+                }
+                true
+            };
+            let drained = tokio::time::timeout(BODY_DRAIN_TIME, drain)
+                .await
+                .unwrap_or(false);
+            return Err(BodyRefused {
+                error: ApiError::too_large(BODY_BYTES_MAX),
+                drained,
+            });
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 async fn body_json<T: serde::de::DeserializeOwned, B>(req: Request<B>) -> Result<T, ApiError>
