@@ -292,7 +292,7 @@ fn data_dir(s: &Scratch, name: &str, dir: &str) -> (PathBuf, usize) {
         log.append(r.at, &r.actor, &[r.event]).unwrap();
     }
     log.close().unwrap();
-    let db = sled::open(data.join("log")).unwrap();
+    let db = nixfleet_engine::log::open_raw(&data.join("log")).unwrap();
     let mut altered = 0;
     for (i, bytes) in raw.iter().enumerate() {
         let k = event_key(i as u64 + 1);
@@ -414,7 +414,7 @@ fn verify_names_the_first_missing_record_of_a_truncated_or_gapped_log() {
     let total = read_raw("story.bin").len() as u64;
     let (cut, _) = data_dir(&s, "story.bin", "cut");
     {
-        let db = sled::open(cut.join("log")).unwrap();
+        let db = nixfleet_engine::log::open_raw(&cut.join("log")).unwrap();
         db.remove(event_key(total)).unwrap();
         db.remove(event_key(total - 1)).unwrap();
         db.flush().unwrap();
@@ -426,7 +426,7 @@ fn verify_names_the_first_missing_record_of_a_truncated_or_gapped_log() {
     );
     let (gap, _) = data_dir(&s, "story.bin", "gap");
     {
-        let db = sled::open(gap.join("log")).unwrap();
+        let db = nixfleet_engine::log::open_raw(&gap.join("log")).unwrap();
         db.remove(event_key(12)).unwrap();
         db.flush().unwrap();
     }

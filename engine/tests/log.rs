@@ -30,7 +30,7 @@ fn fill(dir: &Path, n: u64) {
 
 /// Opens the raw sled database under the log, to damage it as a disk or an attacker would.
 fn raw(dir: &Path) -> sled::Db {
-    sled::open(dir).unwrap()
+    nixfleet_engine::log::open_raw(dir).unwrap()
 }
 
 fn key(seq: u64) -> Vec<u8> {

@@ -74,7 +74,7 @@ fn key(seq: u64) -> Vec<u8> {
 
 /// Damages the log as a disk or an intruder would, through sled directly.
 fn damage(data: &Path, f: impl FnOnce(&sled::Db)) {
-    let db = sled::open(data.join("log")).unwrap();
+    let db = nixfleet_engine::log::open_raw(&data.join("log")).unwrap();
     f(&db);
     db.flush().unwrap();
 }

@@ -55,7 +55,7 @@ fn verify_rejects_a_tampered_log_and_names_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = golden_dir(dir.path());
     {
-        let db = sled::open(data.join("log")).unwrap();
+        let db = nixfleet_engine::log::open_raw(&data.join("log")).unwrap();
         let mut k = vec![b'e'];
         k.extend_from_slice(&10u64.to_be_bytes());
         let mut v = db.get(&k).unwrap().unwrap().to_vec();

@@ -24,7 +24,7 @@ pub use codec::{
     SCHEMA_VERSION,
 };
 pub use memory::MemoryLog;
-pub use sled_log::{Checkpoint, SledLog};
+pub use sled_log::{open_raw, Checkpoint, SledLog};
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 

@@ -100,7 +100,7 @@ impl SledLog {
         checkpoint: Option<Checkpoint>,
         mut on_record: impl FnMut(Record),
     ) -> Result<SledLog, LogError> {
-        let db = Self::config(path).open()?;
+        let db = open_config(Self::config(path))?;
         let start = match checkpoint {
             None => (0, [0u8; 32]),
             Some(c) => {
@@ -148,7 +148,7 @@ impl SledLog {
 
     /// Verifies the log at `path` without keeping it open; returns the number of records.
     pub fn verify(path: &Path) -> Result<u64, LogError> {
-        let db = Self::config(path).open()?;
+        let db = open_config(Self::config(path))?;
         let (seq, _) = Self::scan(&db, (0, [0u8; 32]), &mut |_| {})?;
         Ok(seq)
     }
@@ -323,6 +323,34 @@ impl Drop for SledLog {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// How long an open waits for another handle's lock on the same directory to go away.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while the directory's lock is still held: a handle
+/// that was just closed releases it only when sled's own background thread exits, a moment
+/// later, so a reopen right after a close (a restart, a tool after a test) would otherwise fail.
+fn open_config(config: sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens the sled database of a log directory as it is, without verifying or repairing
+/// anything: for tools and tests that read or edit raw records. Waits like [`SledLog::open`]
+/// for a lock that a closed handle has not released yet.
+pub fn open_raw(path: &Path) -> Result<sled::Db, LogError> {
+    Ok(open_config(SledLog::config(path))?)
 }
 
 fn flush_loop(s: &Shared) {
