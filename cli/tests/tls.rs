@@ -33,25 +33,7 @@ fn ok(cmd: &mut Command) {
 
 /// A PKI (CA, server cert for 127.0.0.1, client cert "operator") and a server requiring mTLS.
 fn start(s: &Scratch) -> TlsServer {
-    let pki = s.join("pki");
-    ok(nixfleet(s, &s.path)
-        .args(["pki", "init", "--dir"])
-        .arg(&pki));
-    ok(nixfleet(s, &s.path)
-        .args([
-            "pki",
-            "issue",
-            "--name",
-            "cp",
-            "--server",
-            "--san",
-            "127.0.0.1,localhost",
-            "--dir",
-        ])
-        .arg(&pki));
-    ok(nixfleet(s, &s.path)
-        .args(["pki", "issue", "--name", "operator", "--dir"])
-        .arg(&pki));
+    let pki = common::cp::operator_pki(s);
     let root = s.join("www");
     std::fs::create_dir_all(root.join("api/v1")).expect("mkdir");
     let body = r#"[{"machine_id":"web-01","current_generation":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-01","desired_generation":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-01","agent_version":"0.2.0","system_state":"ok","uptime_seconds":5,"last_report":"2026-11-25T08:00:00Z","lifecycle":"active","tags":["web"],"seconds_since_last_report":3,"health":"healthy","quarantined":[]}]"#;

@@ -55,8 +55,9 @@ pub fn start(s: &Scratch) -> ControlPlane {
     start_in(s, None)
 }
 
-/// The same, inside network namespace `ns` (on its loopback) when given.
-pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
+/// `s/pki`: a fleet CA made with `nixfleet pki init`, a server certificate `cp` for
+/// 127.0.0.1 and localhost, and a client certificate `operator`.
+pub fn operator_pki(s: &Scratch) -> PathBuf {
     let pki = s.join("pki");
     ok(nixfleet(s, &s.path)
         .args(["pki", "init", "--dir"])
@@ -76,6 +77,12 @@ pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
     ok(nixfleet(s, &s.path)
         .args(["pki", "issue", "--name", "operator", "--dir"])
         .arg(&pki));
+    pki
+}
+
+/// The same, inside network namespace `ns` (on its loopback) when given.
+pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
+    let pki = operator_pki(s);
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("free port")
         .local_addr()
