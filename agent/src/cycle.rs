@@ -389,8 +389,13 @@ impl Agent {
         }
     }
 
+    /// The checks' latest results (running those that are due), for a poll's report. A failing
+    /// check is logged here too, as by the periodic report: an operator reading the journal sees
+    /// why the machine counts as unhealthy whichever report carried it.
     fn latest_health(&mut self) -> HealthReport {
-        self.health.run_due(Instant::now(), false)
+        let health = self.health.run_due(Instant::now(), false);
+        log_failed_checks(&health);
+        health
     }
 
     fn outcome(
