@@ -13,7 +13,6 @@ use nixfleet_core::ids::*;
 use nixfleet_engine::engine::{Engine, ManualClock};
 use nixfleet_engine::snapshot;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,21 +99,7 @@ fn run_cp(root: &Path, pki: &Pki, data: &Path, secs: u64) -> Outcome {
     let port = free_port();
     let log = root.join(format!("cp-{port}.log"));
     let d = &pki.dir;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--tls-cert")
-        .arg(d.join("cp-cert.pem"))
-        .arg("--tls-key")
-        .arg(d.join("cp-key.pem"))
-        .arg("--client-ca")
-        .arg(d.join("ca.pem"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cp(data, pki, port, &log);
     let client = Client::new(port, d, Some("operator"), None);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut served = false;

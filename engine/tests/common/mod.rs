@@ -75,6 +75,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Spawns the real control plane on `data` with mutual TLS on 127.0.0.1:`port`, its log on
+/// `log`; does not wait for it to serve.
+pub fn spawn_cp(data: &Path, pki: &Pki, port: u16, log: &Path) -> Child {
+    let d = &pki.dir;
+    Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--tls-cert")
+        .arg(d.join("cp-cert.pem"))
+        .arg("--tls-key")
+        .arg(d.join("cp-key.pem"))
+        .arg("--client-ca")
+        .arg(d.join("ca.pem"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 impl Cp {
     /// Starts the control plane with mutual TLS on a free loopback port.
     pub fn start(root: &Path, pki: &Pki) -> Cp {
@@ -90,21 +111,7 @@ impl Cp {
                 .as_nanos()
         ));
         let d = &pki.dir;
-        let child = Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--tls-cert")
-            .arg(d.join("cp-cert.pem"))
-            .arg("--tls-key")
-            .arg(d.join("cp-key.pem"))
-            .arg("--client-ca")
-            .arg(d.join("ca.pem"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_cp(&data, pki, port, &log);
         let cp = Cp {
             child,
             port,
