@@ -41,6 +41,11 @@ pub struct Flags {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "NIXFLEET_CP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Records per archive segment: once more than twice this many records are in the embedded
+    /// store, the oldest segment moves to a sealed file in `DATA_DIR/log/archive` (default
+    /// 262144, at least 16).
+    #[arg(long, env = "NIXFLEET_CP_LOG_SEGMENT_RECORDS")]
+    pub log_segment_records: Option<u64>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -66,6 +71,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Agents register themselves on their first authenticated report (default true).
     pub auto_register: Option<bool>,
+    /// See the flag.
+    pub log_segment_records: Option<u64>,
 }
 
 /// Log output format.
@@ -92,6 +99,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Agents self-register.
     pub auto_register: bool,
+    /// How much of the log stays in sled.
+    pub log: crate::log::LogOptions,
 }
 
 impl Config {
@@ -156,6 +165,15 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(format!("log format {other:?} must be human or json")),
         };
+        let segment = flags
+            .log_segment_records
+            .or(file.log_segment_records)
+            .unwrap_or(crate::log::LogOptions::DEFAULT_SEGMENT_RECORDS);
+        if !(16..=1 << 24).contains(&segment) {
+            return Err(format!(
+                "log segment records {segment} must be between 16 and 16777216 (default 262144)"
+            ));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -163,6 +181,7 @@ impl Config {
             insecure,
             log_format,
             auto_register: file.auto_register.unwrap_or(true),
+            log: crate::log::LogOptions::segments_of(segment),
         })
     }
 }

@@ -7,7 +7,7 @@
 //! one group commit before they are durable; nobody is told "done" before they are, and the log is
 //! a prefix-durable sequence, so a crash loses only unacknowledged events and their consequences.
 
-use crate::log::{Checkpoint, EventLog, LogError, MemoryLog, SledLog};
+use crate::log::{Checkpoint, EventLog, LogError, LogOptions, MemoryLog, SledLog};
 use nixfleet_core::event::BatchFailReason;
 use nixfleet_core::{
     decide, executor, Actor, Command, Event, ExecutorInput, Rejection, Seq, State, Timestamp,
@@ -108,10 +108,20 @@ impl Engine {
     /// rebuilt from the snapshot (if it matches the log) plus the records after it, or else by
     /// replaying the whole log.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Engine, LogError> {
+        Self::open_with(data_dir, clock, LogOptions::default())
+    }
+
+    /// Like [`Engine::open`], with `options` for how much of the log stays in sled (the rest is in
+    /// the archive, `data_dir/log/archive`).
+    pub fn open_with(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        options: LogOptions,
+    ) -> Result<Engine, LogError> {
         let log_dir = data_dir.join("log");
         match crate::snapshot::load(data_dir) {
             Ok(Some((checkpoint, mut state))) => {
-                match SledLog::open_from(&log_dir, Some(checkpoint), |r| {
+                match SledLog::open_with(&log_dir, Some(checkpoint), options, |r| {
                     state.apply(&r.into_envelope())
                 }) {
                     Ok(log) => {
@@ -137,7 +147,7 @@ impl Engine {
             Err(why) => tracing::warn!(%why, "ignoring the snapshot; replaying the whole log"),
         }
         let mut state = State::default();
-        let log = SledLog::open(&log_dir, |r| state.apply(&r.into_envelope()))?;
+        let log = SledLog::open_with(&log_dir, None, options, |r| state.apply(&r.into_envelope()))?;
         Ok(Engine::new(Arc::new(log), state, clock))
     }
 

@@ -89,7 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let started = std::time::Instant::now();
-    let engine = Engine::open(&config.data_dir, Arc::new(SystemClock))
+    let engine = Engine::open_with(&config.data_dir, Arc::new(SystemClock), config.log)
         .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
     let engine = Arc::new(engine);
     let (seq, machines, rollouts) =

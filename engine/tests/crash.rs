@@ -5,7 +5,7 @@
 
 use nixfleet_core::event::{Actor, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, Timestamp};
-use nixfleet_engine::log::{EventLog, SledLog};
+use nixfleet_engine::log::{EventLog, LogOptions, SledLog};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -13,8 +13,15 @@ use std::sync::Arc;
 const CHILD_ENV: &str = "NIXFLEET_CRASH_CHILD_DIR";
 const ROUNDS: u64 = 20;
 
+/// Small archive segments, so that kills also land while a segment is written or while its
+/// records leave sled.
+fn archiving() -> LogOptions {
+    LogOptions::segments_of(64)
+}
+
 fn child(dir: &str) -> ! {
-    let log = Arc::new(SledLog::open(std::path::Path::new(dir), |_| {}).unwrap());
+    let log =
+        Arc::new(SledLog::open_with(std::path::Path::new(dir), None, archiving(), |_| {}).unwrap());
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let workers: Vec<_> = (0..8)
         .map(|t| {
@@ -55,6 +62,7 @@ fn every_acknowledged_event_survives_sigkill() {
             .unwrap_or(0x5eed),
     );
     let mut max_acked = 0u64;
+    let mut archived = 0u64;
     for round in 1..=ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -98,7 +106,7 @@ fn every_acknowledged_event_survives_sigkill() {
             "round {round}: the child acknowledged nothing"
         );
         let mut seqs = Vec::new();
-        let log = SledLog::open(dir.path(), |r| seqs.push(r.seq.0))
+        let log = SledLog::open_with(dir.path(), None, archiving(), |r| seqs.push(r.seq.0))
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let last = log.last_seq().0;
         assert!(
@@ -110,7 +118,9 @@ fn every_acknowledged_event_survives_sigkill() {
             (1..=last).collect::<Vec<_>>(),
             "round {round}: not a gap-free prefix"
         );
+        archived = log.archived_seq();
         drop(log);
     }
-    println!("crash test: {ROUNDS} rounds, {max_acked} acknowledged events, all recovered");
+    assert!(archived > 0, "the archive was never used");
+    println!("crash test: {ROUNDS} rounds, {max_acked} acknowledged events, all recovered; {archived} archived");
 }

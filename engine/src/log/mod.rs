@@ -15,6 +15,7 @@
 //! When [`EventLog::append`] (stage + wait) returns `Ok(seq)`, the events are fsynced and will be
 //! replayed after a crash. The HTTP front end never answers 2xx before step 3.
 
+pub mod archive;
 mod codec;
 mod memory;
 mod sled_log;
@@ -24,7 +25,7 @@ pub use codec::{
     SCHEMA_VERSION,
 };
 pub use memory::MemoryLog;
-pub use sled_log::{open_raw, Checkpoint, SledLog};
+pub use sled_log::{open_raw, Checkpoint, LogOptions, SledLog, ARCHIVE_DIR};
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 

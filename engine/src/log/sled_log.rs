@@ -1,4 +1,4 @@
-//! The sled-backed log (the embedded default), with group commit.
+//! The sled-backed log (the embedded default), with group commit and an archive of sealed segments.
 //!
 //! Layout in one sled tree:
 //! - `e` + seq (big-endian u64) → encoded record (one plain insert per event: sled batches are
@@ -7,26 +7,38 @@
 //!   each fsync, so it always names a record that the same fsync makes durable. At open, records
 //!   must reach the head (else the tail was truncated); records past it were staged after the head
 //!   was written and are kept when their hashes chain.
-//!
 //! - `s` + stream + `0x00` + seq (big-endian) → empty: the per-stream index, inserted right after
 //!   its record, so after a crash only the last record's entry can be missing (repaired at open).
 //!
+//! Records far behind the head move to the archive (`archive/` next to sled's files, see
+//! [`super::archive`]): once more than `keep + segment` durable records are in sled, a background
+//! thread writes the oldest `segment` of them to a sealed segment file, makes it durable, and only
+//! then removes them (and their index entries) from sled. sled's memory grows with what it holds,
+//! so this is what keeps the control plane's memory flat on a log that grows for ever. Readers see
+//! one log: every read takes the archive's read lock, finds the archive's top under it and reads
+//! what is at or below the top from the archive, the rest from sled; removals from sled take the
+//! write lock, so no reader sees a record in neither place.
+//!
 //! Recovery relies on sled restoring a prefix of the writes after a crash; the SIGKILL test checks
-//! that every acknowledged record survives and the log stays a gap-free chain.
+//! that every acknowledged record survives and the log stays a gap-free chain, with archiving on.
 //! A start from a snapshot checkpoint verifies the checkpoint record's hash and the chain after
-//! it; `nixfleet verify` (and an open without checkpoint) verifies the whole chain.
+//! it; `nixfleet verify` (and an open without checkpoint) verifies the whole chain, archive and sled.
 //!
 //! sled is pinned at 0.34.x (see ARCHITECTURE.md); it stays behind [`super::EventLog`].
 
+use super::archive::{self, Archive};
 use super::{
     decode_record, encode_record, hash_bytes, EventLog, LogError, Record, RECORD_BYTES_MAX,
 };
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 const HEAD_KEY: &[u8] = b"h";
+/// The archive's directory inside the log directory.
+pub const ARCHIVE_DIR: &str = "archive";
 
 fn stream_key(stream: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(stream.len() + 10);
@@ -47,11 +59,139 @@ pub struct Checkpoint {
     pub hash: [u8; 32],
 }
 
+/// How much of the log stays in sled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Records per archive segment (at least 1).
+    pub segment_records: u64,
+    /// Durable records always left in sled behind the head (at least 1), so that reads of the
+    /// recent past, and a start from a recent snapshot, never open the archive.
+    pub keep_records: u64,
+}
+
+impl LogOptions {
+    /// The default segment size: 262,144 records, about 47 MB of reports, a few minutes of the
+    /// heaviest load measured and about thirteen minutes at one report per machine per minute
+    /// on 10,000 machines.
+    pub const DEFAULT_SEGMENT_RECORDS: u64 = 1 << 18;
+
+    /// Segments of `segment_records` records, keeping as many in sled.
+    pub fn segments_of(segment_records: u64) -> LogOptions {
+        LogOptions {
+            segment_records: segment_records.max(1),
+            keep_records: segment_records.max(1),
+        }
+    }
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions::segments_of(Self::DEFAULT_SEGMENT_RECORDS)
+    }
+}
+
 fn event_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'e';
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn key_seq(k: &[u8]) -> u64 {
+    k.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// A record's stored bytes, from sled or from a segment file.
+enum Bytes {
+    Sled(sled::IVec),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Sled(v) => v,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// sled and the archive: the whole log as stored.
+struct Store {
+    db: sled::Db,
+    archive: RwLock<Archive>,
+}
+
+impl Store {
+    fn open(path: &Path) -> Result<Store, LogError> {
+        let db = open_config(SledLog::config(path))?;
+        let archive = Archive::open(&path.join(ARCHIVE_DIR))?;
+        let top = archive.top().0;
+        // A crash after a segment was made durable but before its records left sled: remove them
+        // now (the segment holds them).
+        if top > 0 {
+            let mut leftovers = Vec::new();
+            for item in db.range(event_key(1)..=event_key(top)) {
+                let (k, v) = item?;
+                leftovers.push((key_seq(&k), decode_record(&v).ok().map(|r| r.stream)));
+            }
+            for (seq, stream) in leftovers {
+                if let Some(stream) = stream {
+                    db.remove(stream_key(&stream, seq))?;
+                }
+                db.remove(event_key(seq))?;
+            }
+        }
+        Ok(Store {
+            db,
+            archive: RwLock::new(archive),
+        })
+    }
+
+    fn archive(&self) -> std::sync::RwLockReadGuard<'_, Archive> {
+        self.archive.read().expect("archive lock")
+    }
+
+    /// Records `after + 1 ..= upto` as stored, at most `limit`: the archived ones, then sled's.
+    /// Sequence numbers come from the keys, so a gap shows as a jump.
+    fn window(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
+        let arch = self.archive();
+        let top = arch.top().0;
+        let mut out = Vec::new();
+        if after < top {
+            arch.read(after, upto.min(top), limit, &mut |s, b| {
+                out.push((s, Bytes::Owned(b)))
+            })?;
+            if out.len() >= limit || upto <= top {
+                return Ok(out);
+            }
+        }
+        let from = after.max(top).saturating_add(1);
+        if from > upto {
+            return Ok(out);
+        }
+        for item in self
+            .db
+            .range(event_key(from)..=event_key(upto))
+            .take(limit - out.len())
+        {
+            let (k, v) = item?;
+            out.push((key_seq(&k), Bytes::Sled(v)));
+        }
+        Ok(out)
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Bytes>, LogError> {
+        let arch = self.archive();
+        if seq <= arch.top().0 {
+            return Ok(arch.get(seq)?.map(Bytes::Owned));
+        }
+        Ok(self.db.get(event_key(seq))?.map(Bytes::Sled))
+    }
 }
 
 struct Head {
@@ -68,7 +208,8 @@ struct Flush {
 }
 
 struct Shared {
-    db: sled::Db,
+    store: Store,
+    options: LogOptions,
     head: Mutex<Head>,
     flush: Mutex<Flush>,
     /// Wakes the flusher when something is staged.
@@ -76,12 +217,20 @@ struct Shared {
     /// Wakes appenders when the durable mark moves.
     durable_cv: Condvar,
     watch: tokio::sync::watch::Sender<u64>,
+    /// The archive's top, for the flusher to decide whether to wake the archiver.
+    archived: AtomicU64,
+    /// Wakes the archiver (taken, and so closed, at shutdown).
+    archiver_wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// One archiving step at a time (the thread's, or [`SledLog::archive_due`]'s).
+    archiving: Mutex<()>,
+    stopping: AtomicBool,
 }
 
 /// The sled log.
 pub struct SledLog {
     shared: Arc<Shared>,
     flusher: Option<JoinHandle<()>>,
+    archiver: Option<JoinHandle<()>>,
 }
 
 impl SledLog {
@@ -89,7 +238,7 @@ impl SledLog {
     /// record to `on_record` in order (to rebuild projections). A damaged log is an error that
     /// names the first bad sequence number; nothing is skipped.
     pub fn open(path: &Path, on_record: impl FnMut(Record)) -> Result<SledLog, LogError> {
-        Self::open_from(path, None, on_record)
+        Self::open_with(path, None, LogOptions::default(), on_record)
     }
 
     /// Like [`SledLog::open`], but verifies and hands over only the records after `checkpoint`,
@@ -98,14 +247,24 @@ impl SledLog {
     pub fn open_from(
         path: &Path,
         checkpoint: Option<Checkpoint>,
+        on_record: impl FnMut(Record),
+    ) -> Result<SledLog, LogError> {
+        Self::open_with(path, checkpoint, LogOptions::default(), on_record)
+    }
+
+    /// Like [`SledLog::open_from`], with `options` for how much of the log stays in sled.
+    pub fn open_with(
+        path: &Path,
+        checkpoint: Option<Checkpoint>,
+        options: LogOptions,
         mut on_record: impl FnMut(Record),
     ) -> Result<SledLog, LogError> {
-        let db = open_config(Self::config(path))?;
+        let store = Store::open(path)?;
         let start = match checkpoint {
             None => (0, [0u8; 32]),
             Some(c) => {
-                let rec = db
-                    .get(event_key(c.seq))?
+                let rec = store
+                    .get(c.seq)?
                     .ok_or(LogError::CheckpointMismatch { seq: c.seq })?;
                 if hash_bytes(&rec) != c.hash {
                     return Err(LogError::CheckpointMismatch { seq: c.seq });
@@ -113,16 +272,22 @@ impl SledLog {
                 (c.seq, c.hash)
             }
         };
-        let (seq, hash) = Self::scan(&db, start, &mut on_record)?;
+        let (seq, hash) = Self::scan(&store, start, &mut on_record)?;
+        let archived = store.archive().top().0;
         // Repair the stream index entry of the last record, the only one a crash can lose.
-        if seq > 0 {
-            if let Some(v) = db.get(event_key(seq))? {
+        if seq > archived {
+            if let Some(v) = store.db.get(event_key(seq))? {
                 let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
-                db.insert(stream_key(&rec.stream, seq), &[][..])?;
+                store.db.insert(stream_key(&rec.stream, seq), &[][..])?;
             }
         }
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
-            db,
+            store,
+            options: LogOptions {
+                segment_records: options.segment_records.max(1),
+                keep_records: options.keep_records.max(1),
+            },
             head: Mutex::new(Head { seq, hash }),
             flush: Mutex::new(Flush {
                 staged: seq,
@@ -134,22 +299,34 @@ impl SledLog {
             staged_cv: Condvar::new(),
             durable_cv: Condvar::new(),
             watch: tokio::sync::watch::channel(seq).0,
+            archived: AtomicU64::new(archived),
+            archiver_wake: Mutex::new(Some(wake_tx)),
+            archiving: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         });
         let s = shared.clone();
         let flusher = std::thread::Builder::new()
             .name("nixfleet-log-flush".into())
             .spawn(move || flush_loop(&s))
             .map_err(|e| LogError::Io(format!("cannot start the flusher thread: {e}")))?;
+        let s = shared.clone();
+        let archiver = std::thread::Builder::new()
+            .name("nixfleet-log-archive".into())
+            .spawn(move || archive_loop(&s, wake_rx))
+            .map_err(|e| LogError::Io(format!("cannot start the archiver thread: {e}")))?;
+        // A log that grew past the mark while archiving was off (or before a crash) catches up.
+        shared.wake_archiver_if_due(seq);
         Ok(SledLog {
             shared,
             flusher: Some(flusher),
+            archiver: Some(archiver),
         })
     }
 
     /// Verifies the log at `path` without keeping it open; returns the number of records.
     pub fn verify(path: &Path) -> Result<u64, LogError> {
-        let db = open_config(Self::config(path))?;
-        let (seq, _) = Self::scan(&db, (0, [0u8; 32]), &mut |_| {})?;
+        let store = Store::open(path)?;
+        let (seq, _) = Self::scan(&store, (0, [0u8; 32]), &mut |_| {})?;
         Ok(seq)
     }
 
@@ -162,12 +339,29 @@ impl SledLog {
             .cache_capacity(256 << 20)
     }
 
+    /// The last record moved to the archive (0 when none is).
+    pub fn archived_seq(&self) -> u64 {
+        self.shared.archived.load(Ordering::SeqCst)
+    }
+
+    /// Runs the archiver's work now, in this thread: seals segments while more than
+    /// `keep + segment` durable records are in sled. Returns the archive's new top. The
+    /// background thread does the same after flushes; this is for tests and tools.
+    pub fn archive_due(&self) -> Result<u64, LogError> {
+        archive_due(&self.shared)?;
+        Ok(self.archived_seq())
+    }
+
     /// Verifies records 1 to `checkpoint.seq` of this open log, the part a start from a snapshot
     /// did not read: each decodes, none is missing, each chains to the one before, and the last
     /// one is the checkpoint's record. An error names the first bad sequence number.
     pub fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError> {
-        let (seq, hash) =
-            Self::scan_range(&self.shared.db, (0, [0u8; 32]), checkpoint.seq, &mut |_| {})?;
+        let (seq, hash) = Self::scan_range(
+            &self.shared.store,
+            (0, [0u8; 32]),
+            checkpoint.seq,
+            &mut |_| {},
+        )?;
         if seq != checkpoint.seq {
             return Err(LogError::Corrupt {
                 seq: seq + 1,
@@ -185,72 +379,68 @@ impl SledLog {
     }
 
     fn scan(
-        db: &sled::Db,
+        store: &Store,
         start: (u64, [u8; 32]),
         on_record: &mut dyn FnMut(Record),
     ) -> Result<(u64, [u8; 32]), LogError> {
-        let (last, prev) = Self::scan_range(db, start, u64::MAX, on_record)?;
-        Self::check_head(db, last)?;
+        let (last, prev) = Self::scan_range(store, start, u64::MAX, on_record)?;
+        Self::check_head(store, last)?;
         Ok((last, prev))
     }
 
     /// Walks records `start.0 + 1 ..= end` in order, checking sequence numbers and the chain from
     /// `start.1`; returns the last sequence number read and its hash.
     fn scan_range(
-        db: &sled::Db,
+        store: &Store,
         start: (u64, [u8; 32]),
         end: u64,
         on_record: &mut dyn FnMut(Record),
     ) -> Result<(u64, [u8; 32]), LogError> {
-        // Two-stage pipeline (the machine has two cores): a reader thread walks sled and hashes
-        // each record; this thread decodes, checks order and chain, and applies.
+        // Two-stage pipeline (the machine has two cores): a reader thread reads windows of the
+        // log (each under the archive's read lock, so archiving can go on between them) and
+        // hashes each record; this thread decodes, checks order and chain, and applies.
         const CHUNK: usize = 1024;
-        type Chunk = Vec<(Option<u64>, sled::IVec, [u8; 32])>;
+        type Chunk = Vec<(u64, Bytes, [u8; 32])>;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, LogError>>(8);
         let mut expect = start.0 + 1;
         let mut prev = start.1;
         let outcome = std::thread::scope(|scope| {
             scope.spawn(move || {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for item in db.range(event_key(start.0 + 1)..=event_key(end)) {
-                    match item {
-                        Ok((k, v)) => {
-                            let key_seq = k
-                                .get(1..9)
-                                .and_then(|b| b.try_into().ok())
-                                .map(u64::from_be_bytes);
-                            let h = hash_bytes(&v);
-                            chunk.push((key_seq, v, h));
-                            if chunk.len() == CHUNK
-                                && tx
-                                    .send(Ok(std::mem::replace(
-                                        &mut chunk,
-                                        Vec::with_capacity(CHUNK),
-                                    )))
-                                    .is_err()
-                            {
-                                return;
-                            }
-                        }
+                let mut cursor = start.0;
+                while cursor < end {
+                    let window = match store.window(cursor, end, CHUNK) {
+                        Ok(w) => w,
                         Err(e) => {
-                            let _ = tx.send(Err(e.into()));
+                            let _ = tx.send(Err(e));
                             return;
                         }
+                    };
+                    let Some(&(last, _)) = window.last() else {
+                        return;
+                    };
+                    // A damaged key could make the cursor go backwards; the checker stops at it.
+                    let stuck = last <= cursor;
+                    cursor = last;
+                    let chunk: Chunk = window
+                        .into_iter()
+                        .map(|(s, b)| {
+                            let h = hash_bytes(&b);
+                            (s, b, h)
+                        })
+                        .collect();
+                    if tx.send(Ok(chunk)).is_err() || stuck {
+                        return;
                     }
                 }
-                let _ = tx.send(Ok(chunk));
             });
             for chunk in rx {
                 for (key_seq, v, h) in chunk? {
                     let rec =
                         decode_record(&v).map_err(|why| LogError::Corrupt { seq: expect, why })?;
-                    if key_seq != Some(expect) || rec.seq.0 != expect {
+                    if key_seq != expect || rec.seq.0 != expect {
                         return Err(LogError::Corrupt {
                             seq: expect,
-                            why: format!(
-                                "record {expect} is missing (found {} next)",
-                                key_seq.unwrap_or(0)
-                            ),
+                            why: format!("record {expect} is missing (found {key_seq} next)"),
                         });
                     }
                     if rec.prev_hash != prev {
@@ -272,8 +462,8 @@ impl SledLog {
     }
 
     /// The head names the last record made durable: it must be present and unaltered.
-    fn check_head(db: &sled::Db, last: u64) -> Result<(), LogError> {
-        if let Some(h) = db.get(HEAD_KEY)? {
+    fn check_head(store: &Store, last: u64) -> Result<(), LogError> {
+        if let Some(h) = store.db.get(HEAD_KEY)? {
             let head_seq = h
                 .get(0..8)
                 .and_then(|b| b.try_into().ok())
@@ -286,7 +476,7 @@ impl SledLog {
                 });
             }
             if head_seq > 0 {
-                let rec = db.get(event_key(head_seq))?.ok_or(LogError::Corrupt {
+                let rec = store.get(head_seq)?.ok_or(LogError::Corrupt {
                     seq: head_seq,
                     why: "the head names a missing record".into(),
                 })?;
@@ -301,12 +491,19 @@ impl SledLog {
         Ok(())
     }
 
-    /// Flushes and stops the flusher.
+    /// Flushes and stops the flusher and the archiver.
     pub fn close(mut self) -> Result<(), LogError> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<(), LogError> {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Ok(mut w) = self.shared.archiver_wake.lock() {
+            w.take();
+        }
+        if let Some(h) = self.archiver.take() {
+            let _ = h.join();
+        }
         if let Ok(mut f) = self.shared.flush.lock() {
             f.shutdown = true;
         }
@@ -314,7 +511,7 @@ impl SledLog {
         if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
-        self.shared.db.flush()?;
+        self.shared.store.db.flush()?;
         Ok(())
     }
 }
@@ -348,9 +545,98 @@ fn open_config(config: sled::Config) -> Result<sled::Db, sled::Error> {
 
 /// Opens the sled database of a log directory as it is, without verifying or repairing
 /// anything: for tools and tests that read or edit raw records. Waits like [`SledLog::open`]
-/// for a lock that a closed handle has not released yet.
+/// for a lock that a closed handle has not released yet. Archived records are not in it.
 pub fn open_raw(path: &Path) -> Result<sled::Db, LogError> {
     Ok(open_config(SledLog::config(path))?)
+}
+
+impl Shared {
+    fn wake_archiver_if_due(&self, durable: u64) {
+        let o = self.options;
+        let archived = self.archived.load(Ordering::SeqCst);
+        if durable.saturating_sub(archived) >= o.keep_records + o.segment_records {
+            if let Some(tx) = self.archiver_wake.lock().expect("wake lock").as_ref() {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+fn archive_loop(s: &Shared, wake: std::sync::mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        if let Err(e) = archive_due(s) {
+            // Nothing is lost: the records stay in sled, and the next wake tries again.
+            tracing::warn!(error = %e, "archiving old log records failed; they stay in sled");
+        }
+    }
+}
+
+/// Seals segments while more than `keep + segment` durable records are in sled.
+fn archive_due(s: &Shared) -> Result<(), LogError> {
+    let _one = s.archiving.lock().expect("archiving lock");
+    let o = s.options;
+    loop {
+        if s.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let durable = s.flush.lock().expect("flush lock").durable;
+        let (top, top_hash) = s.store.archive().top();
+        if durable.saturating_sub(top) < o.keep_records + o.segment_records {
+            return Ok(());
+        }
+        archive_one(s, top, top_hash, o.segment_records)?;
+    }
+}
+
+/// Moves records `top + 1 ..= top + n` (all durable) from sled to a new segment.
+fn archive_one(s: &Shared, top: u64, top_hash: [u8; 32], n: u64) -> Result<(), LogError> {
+    let db = &s.store.db;
+    let (first, last) = (top + 1, top + n);
+    // Read and check them: a segment only ever holds a gap-free chain.
+    let mut recs: Vec<(sled::IVec, String)> = Vec::with_capacity(n as usize);
+    let mut prev = top_hash;
+    for item in db.range(event_key(first)..=event_key(last)) {
+        let (k, v) = item?;
+        let seq = first + recs.len() as u64;
+        if key_seq(&k) != seq {
+            return Err(LogError::Corrupt {
+                seq,
+                why: format!("record {seq} is missing (found {} next)", key_seq(&k)),
+            });
+        }
+        let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
+        if rec.seq.0 != seq || rec.prev_hash != prev {
+            return Err(LogError::Corrupt {
+                seq,
+                why: "hash chain broken: this record or the one before it was altered".into(),
+            });
+        }
+        prev = hash_bytes(&v);
+        recs.push((v, rec.stream));
+    }
+    if recs.len() as u64 != n {
+        return Err(LogError::Corrupt {
+            seq: first + recs.len() as u64,
+            why: "a durable record is missing from sled".into(),
+        });
+    }
+    let dir = s.store.archive().dir().to_path_buf();
+    let refs: Vec<(&[u8], &str)> = recs.iter().map(|(v, st)| (&v[..], st.as_str())).collect();
+    let seg = archive::write_segment(&dir, first, top_hash, &refs)?;
+    // From here the segment is durable and is the record of these events.
+    s.store.archive.write().expect("archive lock").push(seg);
+    s.archived.store(last, Ordering::SeqCst);
+    metrics::counter!("nixfleet_log_archived_records_total").increment(n);
+    for (i, chunk) in recs.chunks(4096).enumerate() {
+        let _w = s.store.archive.write().expect("archive lock");
+        for (j, (_, stream)) in chunk.iter().enumerate() {
+            let seq = first + (i * 4096 + j) as u64;
+            db.remove(stream_key(stream, seq))?;
+            db.remove(event_key(seq))?;
+        }
+    }
+    tracing::debug!(first, last, "log records archived");
+    Ok(())
 }
 
 fn flush_loop(s: &Shared) {
@@ -369,7 +655,11 @@ fn flush_loop(s: &Shared) {
         let mut h = Vec::with_capacity(40);
         h.extend_from_slice(&target.to_be_bytes());
         h.extend_from_slice(&hash);
-        let result = s.db.insert(HEAD_KEY, h).and_then(|_| s.db.flush());
+        let result = s
+            .store
+            .db
+            .insert(HEAD_KEY, h)
+            .and_then(|_| s.store.db.flush());
         let mut f = s.flush.lock().expect("flush lock");
         match result {
             Ok(_) => {
@@ -383,7 +673,10 @@ fn flush_loop(s: &Shared) {
                 return;
             }
         }
+        let durable = f.durable;
+        drop(f);
         s.durable_cv.notify_all();
+        s.wake_archiver_if_due(durable);
     }
 }
 
@@ -413,9 +706,10 @@ impl EventLog for SledLog {
             hash = hash_bytes(&bytes);
             encoded.push((seq, e.stream(), bytes));
         }
+        let db = &self.shared.store.db;
         for (seq, stream, bytes) in encoded {
-            self.shared.db.insert(event_key(seq), bytes)?;
-            self.shared.db.insert(stream_key(&stream, seq), &[][..])?;
+            db.insert(event_key(seq), bytes)?;
+            db.insert(stream_key(&stream, seq), &[][..])?;
         }
         head.seq = seq;
         head.hash = hash;
@@ -445,53 +739,49 @@ impl EventLog for SledLog {
     }
 
     fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
-        let mut out = Vec::new();
-        for item in self
-            .shared
-            .db
-            .range(event_key(after.0.saturating_add(1))..=event_key(u64::MAX))
-            .take(limit)
-        {
-            let (_, v) = item?;
-            let rec = decode_record(&v).map_err(|why| LogError::Corrupt {
-                seq: after.0 + out.len() as u64 + 1,
-                why,
-            })?;
-            out.push(rec);
-        }
-        Ok(out)
+        let window = self.shared.store.window(after.0, u64::MAX, limit)?;
+        window
+            .into_iter()
+            .map(|(seq, v)| decode_record(&v).map_err(|why| LogError::Corrupt { seq, why }))
+            .collect()
     }
 
     fn read_stream(&self, stream: &str, after: Seq, limit: usize) -> Result<Vec<Record>, LogError> {
-        let start = stream_key(stream, after.0.saturating_add(1));
-        let end = stream_key(stream, u64::MAX);
-        let mut out = Vec::new();
-        for item in self.shared.db.range(start..=end).take(limit) {
-            let (k, _) = item?;
-            let seq = k
-                .get(k.len() - 8..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            let v = self
-                .shared
-                .db
-                .get(event_key(seq))?
-                .ok_or(LogError::Corrupt {
+        let store = &self.shared.store;
+        let arch = store.archive();
+        let top = arch.top().0;
+        let mut stored: Vec<(u64, Bytes)> = Vec::new();
+        if after.0 < top {
+            arch.read_stream(stream, after.0, limit, &mut |seq, b| {
+                stored.push((seq, Bytes::Owned(b)))
+            })?;
+        }
+        if stored.len() < limit {
+            let start = stream_key(stream, after.0.max(top).saturating_add(1));
+            let end = stream_key(stream, u64::MAX);
+            for item in store.db.range(start..=end).take(limit - stored.len()) {
+                let (k, _) = item?;
+                let seq = k
+                    .get(k.len() - 8..)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let v = store.db.get(event_key(seq))?.ok_or(LogError::Corrupt {
                     seq,
                     why: "indexed record is missing".into(),
                 })?;
-            out.push(decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?);
+                stored.push((seq, Bytes::Sled(v)));
+            }
         }
-        Ok(out)
+        drop(arch);
+        stored
+            .into_iter()
+            .map(|(seq, v)| decode_record(&v).map_err(|why| LogError::Corrupt { seq, why }))
+            .collect()
     }
 
     fn record_hash(&self, seq: Seq) -> Result<Option<[u8; 32]>, LogError> {
-        Ok(self
-            .shared
-            .db
-            .get(event_key(seq.0))?
-            .map(|v| hash_bytes(&v)))
+        Ok(self.shared.store.get(seq.0)?.map(|v| hash_bytes(&v)))
     }
 
     fn verify_prefix(&self, checkpoint: Checkpoint) -> Result<(), LogError> {

@@ -1,0 +1,291 @@
+//! The archive: records far behind the head move from sled to sealed segment files, and the log
+//! stays one log: every read, replay and verification sees records 1 to the head, a crash at any
+//! step loses nothing, and damage to a segment is refused naming the record.
+#![allow(clippy::unwrap_used)]
+
+use nixfleet_core::event::{Actor, Event, Lifecycle};
+use nixfleet_core::ids::{MachineId, Seq, Timestamp};
+use nixfleet_engine::log::{Checkpoint, EventLog, LogError, LogOptions, SledLog, ARCHIVE_DIR};
+use std::path::{Path, PathBuf};
+
+const SEGMENT: u64 = 100;
+
+fn opts() -> LogOptions {
+    LogOptions::segments_of(SEGMENT)
+}
+
+fn registered(i: u64) -> Event {
+    Event::MachineRegistered {
+        machine: MachineId::parse(&format!("m-{}", i % 10)).unwrap(),
+        lifecycle: Lifecycle::Active,
+        tags: vec![],
+        auto: false,
+    }
+}
+
+/// `n` events in appends of ten, with archiving of `options`.
+fn fill(dir: &Path, n: u64, options: LogOptions) {
+    let log = SledLog::open_with(dir, None, options, |_| {}).unwrap();
+    for i in (1..=n).step_by(10) {
+        let events: Vec<_> = (i..i + 10).map(registered).collect();
+        log.append(Timestamp(i), &Actor::System, &events).unwrap();
+    }
+    log.close().unwrap();
+}
+
+/// Opens with small segments, archives what is due, closes; returns the archive's top.
+fn archive(dir: &Path) -> u64 {
+    let log = SledLog::open_with(dir, None, opts(), |_| {}).unwrap();
+    let top = log.archive_due().unwrap();
+    log.close().unwrap();
+    top
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join(ARCHIVE_DIR))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn seqs_in_sled(dir: &Path) -> Vec<u64> {
+    let db = nixfleet_engine::log::open_raw(dir).unwrap();
+    db.scan_prefix(b"e")
+        .map(|kv| u64::from_be_bytes(kv.unwrap().0[1..9].try_into().unwrap()))
+        .collect()
+}
+
+fn replayed(dir: &Path) -> Vec<u64> {
+    let mut seen = Vec::new();
+    SledLog::open_with(dir, None, opts(), |r| seen.push(r.seq.0))
+        .unwrap()
+        .close()
+        .unwrap();
+    seen
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn given_a_log_past_the_mark_when_it_is_archived_then_sled_keeps_only_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    assert_eq!(seqs_in_sled(dir.path()).len(), 1000);
+
+    // keep 100 + segment 100: segments are sealed while 200 or more durable records are in sled.
+    assert_eq!(archive(dir.path()), 900);
+
+    assert_eq!(segments(dir.path()).len(), 9);
+    assert_eq!(seqs_in_sled(dir.path()), (901..=1000).collect::<Vec<_>>());
+    let db = nixfleet_engine::log::open_raw(dir.path()).unwrap();
+    let index_entries = db.scan_prefix(b"s").count();
+    assert_eq!(
+        index_entries, 100,
+        "the archived records' stream index entries left sled too"
+    );
+}
+
+#[test]
+fn given_an_archived_log_then_reads_replay_and_verify_see_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    let before = SledLog::open(dir.path(), |_| {}).unwrap();
+    let all_before = before.read_after(Seq(0), 10_000).unwrap();
+    let hash_5 = before.record_hash(Seq(5)).unwrap();
+    let stream_before = before.read_stream("machine:m-7", Seq(0), 1000).unwrap();
+    before.close().unwrap();
+    archive(dir.path());
+
+    let log = SledLog::open_with(dir.path(), None, opts(), |_| {}).unwrap();
+    assert_eq!(log.archived_seq(), 900);
+    assert_eq!(log.read_after(Seq(0), 10_000).unwrap(), all_before);
+    let across: Vec<u64> = log
+        .read_after(Seq(850), 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.0)
+        .collect();
+    assert_eq!(across, (851..=950).collect::<Vec<_>>());
+    assert_eq!(log.record_hash(Seq(5)).unwrap(), hash_5);
+    assert_eq!(log.record_hash(Seq(1001)).unwrap(), None);
+    assert_eq!(
+        log.read_stream("machine:m-7", Seq(0), 1000).unwrap(),
+        stream_before
+    );
+    let from_895: Vec<u64> = log
+        .read_stream("machine:m-7", Seq(880), 3)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.0)
+        .collect();
+    assert_eq!(
+        from_895,
+        vec![887, 897, 907],
+        "a stream read crosses the archive's top"
+    );
+    log.close().unwrap();
+
+    assert_eq!(replayed(dir.path()), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(SledLog::verify(dir.path()).unwrap(), 1000);
+}
+
+#[test]
+fn given_an_archived_log_when_appending_goes_on_then_the_background_archiver_keeps_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open_with(dir.path(), None, LogOptions::segments_of(50), |_| {}).unwrap();
+    for i in 1..=600 {
+        log.append(Timestamp(i), &Actor::System, &[registered(i)])
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.archived_seq() < 500 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        log.archived_seq(),
+        500,
+        "600 durable, keep 50: sealed up to 500"
+    );
+    let seqs: Vec<u64> = log
+        .read_after(Seq(0), 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.0)
+        .collect();
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+    log.close().unwrap();
+    assert_eq!(SledLog::verify(dir.path()).unwrap(), 600);
+}
+
+#[test]
+fn given_a_crash_after_a_segment_was_sealed_but_before_sled_let_go_then_nothing_is_doubled() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fill(a.path(), 1000, LogOptions::default());
+    copy_dir(a.path(), b.path());
+    archive(a.path());
+    // b: every record still in sled, and the segments already in place.
+    copy_dir(&a.path().join(ARCHIVE_DIR), &b.path().join(ARCHIVE_DIR));
+    assert_eq!(seqs_in_sled(b.path()).len(), 1000);
+
+    assert_eq!(replayed(b.path()), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(seqs_in_sled(b.path()), (901..=1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn given_a_crash_while_a_segment_was_written_then_the_temporary_file_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    let arch = dir.path().join(ARCHIVE_DIR);
+    std::fs::create_dir_all(&arch).unwrap();
+    let tmp = arch.join("00000000000000000001-00000000000000000100.seg.tmp");
+    std::fs::write(&tmp, b"half a segment").unwrap();
+
+    assert_eq!(replayed(dir.path()), (1..=1000).collect::<Vec<_>>());
+    assert!(!tmp.exists());
+}
+
+#[test]
+fn given_a_snapshot_checkpoint_inside_the_archive_then_only_the_records_after_it_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    let log = SledLog::open(dir.path(), |_| {}).unwrap();
+    let checkpoint = Checkpoint {
+        seq: 500,
+        hash: log.record_hash(Seq(500)).unwrap().unwrap(),
+    };
+    log.close().unwrap();
+    archive(dir.path());
+
+    let mut seen = Vec::new();
+    let log =
+        SledLog::open_with(dir.path(), Some(checkpoint), opts(), |r| seen.push(r.seq.0)).unwrap();
+    assert_eq!(seen, (501..=1000).collect::<Vec<_>>());
+    log.verify_prefix(checkpoint).unwrap();
+    let wrong = Checkpoint {
+        seq: 500,
+        hash: [7; 32],
+    };
+    log.close().unwrap();
+    assert!(matches!(
+        SledLog::open_with(dir.path(), Some(wrong), opts(), |_| {}),
+        Err(LogError::CheckpointMismatch { seq: 500 })
+    ));
+}
+
+fn corrupt_seq(r: Result<u64, LogError>) -> (u64, String) {
+    match r {
+        Err(LogError::Corrupt { seq, why }) => (seq, why),
+        other => panic!("expected a corrupt log, got {other:?}"),
+    }
+}
+
+#[test]
+fn given_an_altered_archived_record_then_open_and_verify_refuse_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    archive(dir.path());
+    let seg = &segments(dir.path())[2]; // records 201 to 300
+    let mut bytes = std::fs::read(seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(seg, bytes).unwrap();
+
+    let (seq, why) = corrupt_seq(SledLog::verify(dir.path()));
+    assert!((201..=301).contains(&seq), "named {seq}: {why}");
+    let (seq2, _) = corrupt_seq(SledLog::open_with(dir.path(), None, opts(), |_| {}).map(|_| 0));
+    assert_eq!(seq, seq2);
+}
+
+#[test]
+fn given_a_missing_segment_then_the_open_names_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    archive(dir.path());
+    std::fs::remove_file(&segments(dir.path())[1]).unwrap();
+
+    let (seq, why) = corrupt_seq(SledLog::verify(dir.path()));
+    assert_eq!(seq, 101, "{why}");
+    assert!(why.contains("missing"), "{why}");
+}
+
+#[test]
+fn given_a_truncated_segment_then_reading_it_names_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    archive(dir.path());
+    let last = segments(dir.path()).pop().unwrap(); // records 801 to 900
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+
+    let (seq, why) = corrupt_seq(SledLog::verify(dir.path()));
+    assert_eq!(seq, 801, "{why}");
+}
+
+#[test]
+fn given_a_stray_file_in_the_archive_then_the_open_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 300, LogOptions::default());
+    archive(dir.path());
+    std::fs::write(dir.path().join(ARCHIVE_DIR).join("notes.txt"), "hi").unwrap();
+    match SledLog::open_with(dir.path(), None, opts(), |_| {}) {
+        Err(LogError::Io(why)) => assert!(why.contains("notes.txt"), "{why}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a stray file was accepted"),
+    }
+}
