@@ -444,6 +444,49 @@ fn verify_names_the_first_missing_record_of_a_truncated_or_gapped_log() {
 }
 
 #[test]
+fn the_tools_read_a_log_whose_oldest_records_are_in_the_archive_as_one_log() {
+    let s = Scratch::new("rarchive");
+    let (plain, _) = data_dir(&s, "story.bin", "plain");
+    let (archived, _) = data_dir(&s, "story.bin", "archived");
+    let total = read_raw("story.bin").len() as u64;
+    let log = SledLog::open_with(
+        &archived.join("log"),
+        None,
+        nixfleet_engine::log::LogOptions::segments_of(8),
+        |_| {},
+    )
+    .unwrap();
+    let top = log.archive_due().unwrap();
+    log.close().unwrap();
+    assert!(top >= total - 16 && top > 0, "archived to {top} of {total}");
+    for args in [
+        vec!["verify"],
+        vec!["events"],
+        vec!["replay"],
+        vec!["timeline", "r-web"],
+    ] {
+        let run = |dir: &Path| {
+            let mut all = args.clone();
+            all.extend(["--data-dir", d(dir)]);
+            nf_ok(&s, &all).replace(d(dir), "DIR")
+        };
+        assert_eq!(run(&archived), run(&plain), "nixfleet {args:?}");
+    }
+    // A damaged segment is named like a damaged sled record.
+    let seg = std::fs::read_dir(archived.join("log/archive"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    let err = nf_fails(&s, &["verify", "--data-dir", d(&archived)], 1);
+    assert!(err.contains("fails verification at record"), "{err}");
+}
+
+#[test]
 fn reading_a_data_directory_never_changes_it() {
     let s = Scratch::new("rreadonly");
     let (story, _) = data_dir(&s, "story.bin", "story");

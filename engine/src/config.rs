@@ -43,7 +43,7 @@ pub struct Flags {
     pub config: Option<PathBuf>,
     /// Records per archive segment: once more than twice this many records are in the embedded
     /// store, the oldest segment moves to a sealed file in `DATA_DIR/log/archive` (default
-    /// 262144, at least 16).
+    /// 65536, at least 16).
     #[arg(long, env = "NIXFLEET_CP_LOG_SEGMENT_RECORDS")]
     pub log_segment_records: Option<u64>,
     /// Validate the configuration and exit.
@@ -171,7 +171,7 @@ impl Config {
             .unwrap_or(crate::log::LogOptions::DEFAULT_SEGMENT_RECORDS);
         if !(16..=1 << 24).contains(&segment) {
             return Err(format!(
-                "log segment records {segment} must be between 16 and 16777216 (default 262144)"
+                "log segment records {segment} must be between 16 and 16777216 (default 65536)"
             ));
         }
         Ok(Config {

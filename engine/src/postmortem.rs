@@ -5,7 +5,7 @@
 //! Works on records from a data directory (opened on a private copy, so the original is never
 //! written) or from the events API. Everything here but [`open_copy`] is pure.
 
-use crate::log::{LogError, Record, SledLog};
+use crate::log::{LogError, LogOptions, Record, SledLog};
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
 use nixfleet_core::plan::{batch_lengths, seeded_order, RolloutSpec};
@@ -13,8 +13,9 @@ use nixfleet_core::state::{MachineHealth, State};
 use nixfleet_core::{decide, executor, Command};
 use std::path::Path;
 
-/// Copies `data_dir/log` (or `data_dir` itself if it is the log) to a temporary directory and
-/// reads every record from the copy, verifying the chain. The original is never opened by sled,
+/// Copies `data_dir/log` (or `data_dir` itself if it is the log) to a temporary directory (the
+/// archive's sealed segments are hard-linked when they can be) and reads every record from the
+/// copy, verifying the chain. The original is never opened by sled,
 /// so this works on a live control plane's directory and never changes it.
 pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
     let src =
@@ -37,7 +38,8 @@ pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
     copy_dir(&src, &tmp)
         .map_err(|e| LogError::Io(format!("cannot copy {}: {e}", src.display())))?;
     let mut records = Vec::new();
-    let result = SledLog::open(&tmp, |r| records.push(r)).map(drop);
+    let result =
+        SledLog::open_with(&tmp, None, LogOptions::NO_ARCHIVING, |r| records.push(r)).map(drop);
     let _ = std::fs::remove_dir_all(&tmp);
     result.map(|_| records)
 }
@@ -54,6 +56,10 @@ fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
         let to = dst.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &to)?;
+        } else if src.file_name() == Some(std::ffi::OsStr::new(crate::log::ARCHIVE_DIR))
+            && std::fs::hard_link(e.path(), &to).is_ok()
+        {
+            // Sealed segments are never written again: a link is as good as a copy.
         } else {
             std::fs::copy(e.path(), &to)?;
         }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// The snapshot file inside the data directory.
 pub const FILE: &str = "snapshot.bin";
-const FORMAT: u16 = 2;
+const FORMAT: u16 = 3;
 
 #[derive(Serialize)]
 struct Header<'a> {

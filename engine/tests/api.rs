@@ -560,6 +560,79 @@ fn a_control_plane_killed_mid_rollout_continues_from_its_log() {
 }
 
 #[test]
+fn with_most_of_its_log_archived_the_control_plane_serves_and_restarts_on_the_whole_log() {
+    // Segments of 16 records: the rollout's own events, and the reports around them, end up in
+    // sealed segment files while the control plane runs.
+    let env = [("NIXFLEET_CP_LOG_SEGMENT_RECORDS", "16")];
+    let hosts = ["web-01", "web-02"];
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet_pki(dir.path(), &hosts);
+    let mut cp = Cp::start_env(dir.path().join("data"), &pki, free_port(), &env);
+    let key = bootstrap(&cp);
+    let rel = fleet_with_release(&cp, &key, &hosts);
+    let id = rollout(
+        &cp,
+        &key,
+        serde_json::json!({"release_id": rel, "strategy": "canary", "target": {"tags": ["web"]}, "health_timeout": 60}),
+    );
+    let d = status(&cp, &key, &id);
+    for b in 0..2 {
+        let h = d["batches"][b]["machine_ids"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..30 {
+            cp.client(&h, None).post(
+                &format!("/api/v1/machines/{h}/report"),
+                &report(&h, &gen(&h, 2), true, Some(true), &["web"]),
+            );
+        }
+    }
+    wait_status(&cp, &key, &id, "completed", 10);
+    let admin = cp.client("operator", Some(&key));
+    let all = events(&admin, "after=0&limit=10000");
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let archive = dir.path().join("data/log/archive");
+    wait_until("the archive to hold segments", 10, || {
+        std::fs::read_dir(&archive).map(|d| d.count()).unwrap_or(0) >= 2
+    });
+    let timeline = status(&cp, &key, &id)["events"].clone();
+    assert_eq!(timeline.as_array().unwrap().len(), 6, "{timeline}");
+    // The rollout's first events are in a sealed segment, not in sled.
+    let created = events(&admin, &format!("after=0&stream=rollout:{id}"))[0]["seq"]
+        .as_u64()
+        .unwrap();
+    let archived_to = std::fs::read_dir(&archive)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.split_once('-')?.1.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        created <= archived_to,
+        "RolloutCreated ({created}) is archived (to {archived_to})"
+    );
+    cp.kill9();
+
+    let cp = Cp::start_env(dir.path().join("data"), &pki, cp.port, &env);
+    let admin = cp.client("operator", Some(&key));
+    assert_eq!(
+        events(&admin, "after=0&limit=10000"),
+        all,
+        "the events API reads the archive and sled as one log"
+    );
+    let d = status(&cp, &key, &id);
+    assert_eq!(d["status"], "completed");
+    assert_eq!(d["events"], timeline, "the rollout's timeline reads its archived events");
+    let evs = events(&admin, &format!("after=0&stream=rollout:{id}"));
+    assert_eq!(kinds(&evs).first().map(String::as_str), Some("RolloutCreated"));
+    assert_eq!(kinds(&evs).last().map(String::as_str), Some("RolloutCompleted"));
+}
+
+#[test]
 fn the_plan_endpoint_writes_nothing() {
     let (_d, _p, cp, key) = setup(&["web-01"]);
     let rel = fleet_with_release(&cp, &key, &["web-01"]);

@@ -205,6 +205,9 @@ pub struct Rollout {
     pub batches: Vec<Batch>,
     /// Created.
     pub created_at: Timestamp,
+    /// The sequence number of its `RolloutCreated` event: its stream starts there, so reading its
+    /// timeline never scans the log before it.
+    pub created_seq: Seq,
     /// Last change.
     pub updated_at: Timestamp,
     /// By.
@@ -488,6 +491,7 @@ impl State {
                         status: RolloutStatus::Running,
                         batches,
                         created_at: at,
+                        created_seq: seq,
                         updated_at: at,
                         created_by: env.actor.clone(),
                         reason: None,

@@ -949,10 +949,18 @@ where
         (["rollouts", id], &Method::GET) => {
             require_role(app, parts, Role::Readonly)?;
             let id = RolloutId::parse(id)?;
-            let timeline =
-                app.engine
-                    .log()
-                    .read_stream(&format!("rollout:{id}"), Seq(0), 10_000)?;
+            // Its stream starts at its creation: the read never opens older archive segments.
+            let Some(created) = app
+                .engine
+                .read(|s| s.rollouts.get(&id).map(|r| r.created_seq))
+            else {
+                return Err(ApiError::not_found(format!("rollout {id} not found")));
+            };
+            let timeline = app.engine.log().read_stream(
+                &format!("rollout:{id}"),
+                Seq(created.0.saturating_sub(1)),
+                10_000,
+            )?;
             let durable = app.engine.log().durable_seq();
             let timeline: Vec<_> = timeline.into_iter().filter(|r| r.seq <= durable).collect();
             app.engine

@@ -78,6 +78,17 @@ pub fn free_port() -> u16 {
 /// Spawns the real control plane on `data` with mutual TLS on 127.0.0.1:`port`, its log on
 /// `log`; does not wait for it to serve.
 pub fn spawn_cp(data: &Path, pki: &Pki, port: u16, log: &Path) -> Child {
+    spawn_cp_env(data, pki, port, log, &[])
+}
+
+/// [`spawn_cp`] with extra environment variables (`NIXFLEET_CP_*` settings).
+pub fn spawn_cp_env(
+    data: &Path,
+    pki: &Pki,
+    port: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Child {
     let d = &pki.dir;
     Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -90,6 +101,7 @@ pub fn spawn_cp(data: &Path, pki: &Pki, port: u16, log: &Path) -> Child {
         .arg("--client-ca")
         .arg(d.join("ca.pem"))
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -103,6 +115,11 @@ impl Cp {
     }
 
     pub fn start_at(data: PathBuf, pki: &Pki, port: u16) -> Cp {
+        Self::start_env(data, pki, port, &[])
+    }
+
+    /// [`Cp::start_at`] with extra environment variables.
+    pub fn start_env(data: PathBuf, pki: &Pki, port: u16, env: &[(&str, &str)]) -> Cp {
         let log = data.with_extension(format!(
             "log.{port}.{}",
             std::time::SystemTime::now()
@@ -111,7 +128,7 @@ impl Cp {
                 .as_nanos()
         ));
         let d = &pki.dir;
-        let child = spawn_cp(&data, pki, port, &log);
+        let child = spawn_cp_env(&data, pki, port, &log, env);
         let cp = Cp {
             child,
             port,
