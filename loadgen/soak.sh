@@ -27,7 +27,7 @@ for _ in $(seq 1 300); do
 done
 [ -n "$cp" ] || { cat "$work/loadgen.out"; echo "soak: the control plane did not start"; exit 1; }
 field() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$cp/status" 2>/dev/null; }
-printf '%6s %10s %10s %8s %8s %12s %12s  %s\n' t_s rss_mib hwm_mib threads fds log_mib snapshot_mib load
+printf '%6s %10s %10s %8s %8s %12s %12s %12s  %s\n' t_s rss_mib hwm_mib threads fds log_mib archive_mib snapshot_mib load
 samples="$work/samples"
 start=$SECONDS
 while kill -0 "$cp" 2>/dev/null; do
@@ -36,11 +36,12 @@ while kill -0 "$cp" 2>/dev/null; do
   [ -n "$rss" ] || break
   fds=$(ls "/proc/$cp/fd" 2>/dev/null | wc -l)
   logb=$(du -sb "$work/data/log" 2>/dev/null | cut -f1)
+  archb=$(du -sb "$work/data/log/archive" 2>/dev/null | cut -f1 || true)
   snapb=$(stat -c %s "$work/data/snapshot.bin" 2>/dev/null || echo 0)
   echo "$t $rss $logb" >>"$samples"
   awk -v t="$t" -v rss="$rss" -v hwm="$hwm" -v thr="$thr" -v fds="$fds" -v logb="$logb" -v snapb="$snapb" \
-    -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    'BEGIN { printf "%6d %10.1f %10.1f %8s %8s %12.1f %12.1f  %s\n", t, rss/1024, hwm/1024, thr, fds, logb/1048576, snapb/1048576, load }'
+    -v archb="${archb:-0}" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    'BEGIN { printf "%6d %10.1f %10.1f %8s %8s %12.1f %12.1f %12.1f  %s\n", t, rss/1024, hwm/1024, thr, fds, logb/1048576, archb/1048576, snapb/1048576, load }'
   for _ in $(seq 1 30); do kill -0 "$cp" 2>/dev/null || break; sleep 1; done
 done
 status=0
@@ -55,5 +56,16 @@ if [ -n "${t1:-}" ] && [ "$t1" -gt "$t0" ]; then
     printf "log growth: %.0f bytes/s between %d s and %d s = %.0f bytes per report (two events each)\n", per_s, t0, t1, per_report
     printf "per day at %d reports/s: %.1f GiB; at one report per machine per minute (%.0f reports/s): %.2f GiB/day, %.0f KiB per machine per day\n", rate, per_s * 86400 / 2^30, agents / 60, per_report * agents / 60 * 86400 / 2^30, per_report * 1440 / 1024
   }'
+fi
+# Steady state on disk: sled holds a bounded tail (at most two segments of records), so the log
+# grows by what the archive takes per record.
+archived=$(ls "$work/data/log/archive" 2>/dev/null | sed -n 's/^[0-9]*-0*\([0-9][0-9]*\)\.seg$/\1/p' | sort -n | tail -n1)
+if [ -n "$archived" ]; then
+  awk -v bytes="$(du -sb "$work/data/log/archive" | cut -f1)" -v recs="$archived" -v agents="$agents" 'BEGIN {
+    per = bytes / recs
+    printf "archive: %d records in %.1f MiB = %.0f bytes per record; at one report per machine per minute (two records each): %.2f GiB/day for %d machines, %.0f KiB per machine per day\n", recs, bytes / 1048576, per, per * 2 * agents * 1440 / 2^30, agents, per * 2 * 1440 / 1024
+  }'
+else
+  echo "archive: nothing archived yet (fewer than two segments of records were written)"
 fi
 exit "$status"

@@ -67,6 +67,19 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .sum()
 }
 
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn main() {
     if let Ok(dir) = std::env::var("NIXFLEET_BENCH_REPLAY_DIR") {
         let start = Instant::now();
@@ -153,7 +166,18 @@ fn main() {
         let start = Instant::now();
         let mut i = 0u64;
         let mut batch = Vec::with_capacity(1000);
+        let mut next_sample = 1_000_000;
         while i * 2 < replay_events - 1000 {
+            if i * 2 >= next_sample {
+                let (rss, _) = rss_mib();
+                println!(
+                    "  {:>9} events written: RSS {rss:.0} MiB, {:.0} MiB on disk, {} archived",
+                    i * 2,
+                    dir_size(dir.path()) as f64 / 1048576.0,
+                    log.archived_seq()
+                );
+                next_sample += 1_000_000;
+            }
             batch.clear();
             for _ in 0..500 {
                 batch.push(report(i));
@@ -164,16 +188,26 @@ fn main() {
         }
         let last = log.last_seq();
         log.wait_durable(last).unwrap();
+        let (rss, hwm) = rss_mib();
         println!(
-            "wrote {} events in {:.1}s",
+            "wrote {} events in {:.1}s; RSS {rss:.0} MiB (peak {hwm:.0} MiB); {} archived",
             last.0,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            log.archived_seq()
         );
         log.close().unwrap();
     }
+    let archive = dir.path().join(nixfleet_engine::log::ARCHIVE_DIR);
+    let archived = if archive.exists() {
+        dir_size(&archive)
+    } else {
+        0
+    };
     println!(
-        "log size on disk: {:.1} MiB",
-        dir_size(dir.path()) as f64 / 1048576.0
+        "log size on disk: {:.1} MiB ({:.1} MiB in archive segments, {:.1} MiB in sled)",
+        dir_size(dir.path()) as f64 / 1048576.0,
+        archived as f64 / 1048576.0,
+        (dir_size(dir.path()) - archived) as f64 / 1048576.0
     );
     if std::env::var("NIXFLEET_BENCH_KEEP").is_ok() {
         println!("kept log at {}", dir.keep().display());
