@@ -35,11 +35,11 @@ while kill -0 "$cp" 2>/dev/null; do
   rss=$(field VmRSS); hwm=$(field VmHWM); thr=$(field Threads)
   [ -n "$rss" ] || break
   fds=$(ls "/proc/$cp/fd" 2>/dev/null | wc -l)
-  logb=$(du -sb "$work/data/log" 2>/dev/null | cut -f1)
+  logb=$(du -sb "$work/data/log" 2>/dev/null | cut -f1 || true)
   archb=$(du -sb "$work/data/log/archive" 2>/dev/null | cut -f1 || true)
   snapb=$(stat -c %s "$work/data/snapshot.bin" 2>/dev/null || echo 0)
-  echo "$t $rss $logb" >>"$samples"
-  awk -v t="$t" -v rss="$rss" -v hwm="$hwm" -v thr="$thr" -v fds="$fds" -v logb="$logb" -v snapb="$snapb" \
+  echo "$t $rss ${logb:-0}" >>"$samples"
+  awk -v t="$t" -v rss="$rss" -v hwm="$hwm" -v thr="$thr" -v fds="$fds" -v logb="${logb:-0}" -v snapb="$snapb" \
     -v archb="${archb:-0}" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
     'BEGIN { printf "%6d %10.1f %10.1f %8s %8s %12.1f %12.1f %12.1f  %s\n", t, rss/1024, hwm/1024, thr, fds, logb/1048576, archb/1048576, snapb/1048576, load }'
   for _ in $(seq 1 30); do kill -0 "$cp" 2>/dev/null || break; sleep 1; done
@@ -48,9 +48,9 @@ status=0
 wait "$lg" || status=$?
 cat "$work/loadgen.out"
 # Growth: between the first sample after 60 s and the last one taken under load.
-read -r t0 _ b0 < <(awk '$1 >= 60' "$samples" | head -n1)
-read -r t1 _ b1 < <(awk -v end=$((secs)) '$1 <= end' "$samples" | tail -n1)
-if [ -n "${t1:-}" ] && [ "$t1" -gt "$t0" ]; then
+read -r t0 _ b0 < <(awk '$1 >= 60' "$samples" | head -n1)  || true
+read -r t1 _ b1 < <(awk -v end=$((secs)) '$1 <= end' "$samples" | tail -n1) || true
+if [ -n "${t0:-}" ] && [ -n "${t1:-}" ] && [ "$t1" -gt "$t0" ]; then
   awk -v t0="$t0" -v t1="$t1" -v b0="$b0" -v b1="$b1" -v rate="$rate" -v agents="$agents" 'BEGIN {
     per_s = (b1 - b0) / (t1 - t0); per_report = per_s / rate
     printf "log growth: %.0f bytes/s between %d s and %d s = %.0f bytes per report (two events each)\n", per_s, t0, t1, per_report
@@ -59,7 +59,7 @@ if [ -n "${t1:-}" ] && [ "$t1" -gt "$t0" ]; then
 fi
 # Steady state on disk: sled holds a bounded tail (at most two segments of records), so the log
 # grows by what the archive takes per record.
-archived=$(ls "$work/data/log/archive" 2>/dev/null | sed -n 's/^[0-9]*-0*\([0-9][0-9]*\)\.seg$/\1/p' | sort -n | tail -n1)
+archived=$(ls "$work/data/log/archive" 2>/dev/null | sed -n 's/^[0-9]*-0*\([0-9][0-9]*\)\.seg$/\1/p' | sort -n | tail -n1 || true)
 if [ -n "$archived" ]; then
   awk -v bytes="$(du -sb "$work/data/log/archive" | cut -f1)" -v recs="$archived" -v agents="$agents" 'BEGIN {
     per = bytes / recs
