@@ -10,7 +10,13 @@ use libfuzzer_sys::fuzz_target;
 use nixfleet_engine::log::archive::{write_segment, Archive, HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir().join(format!("nixfleet-fuzz-segment-{}", std::process::id()));
+    // tmpfs when there is one: each input is written as a file (and fsynced in mode 0).
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("nixfleet-fuzz-segment-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let bytes = match data.split_first() {
