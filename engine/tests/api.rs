@@ -607,7 +607,11 @@ fn with_most_of_its_log_archived_the_control_plane_serves_and_restarts_on_the_wh
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg")?.split_once('-')?.1.parse::<u64>().ok()
+            name.strip_suffix(".seg")?
+                .split_once('-')?
+                .1
+                .parse::<u64>()
+                .ok()
         })
         .max()
         .unwrap();
@@ -626,10 +630,19 @@ fn with_most_of_its_log_archived_the_control_plane_serves_and_restarts_on_the_wh
     );
     let d = status(&cp, &key, &id);
     assert_eq!(d["status"], "completed");
-    assert_eq!(d["events"], timeline, "the rollout's timeline reads its archived events");
+    assert_eq!(
+        d["events"], timeline,
+        "the rollout's timeline reads its archived events"
+    );
     let evs = events(&admin, &format!("after=0&stream=rollout:{id}"));
-    assert_eq!(kinds(&evs).first().map(String::as_str), Some("RolloutCreated"));
-    assert_eq!(kinds(&evs).last().map(String::as_str), Some("RolloutCompleted"));
+    assert_eq!(
+        kinds(&evs).first().map(String::as_str),
+        Some("RolloutCreated")
+    );
+    assert_eq!(
+        kinds(&evs).last().map(String::as_str),
+        Some("RolloutCompleted")
+    );
 }
 
 #[test]

@@ -121,10 +121,12 @@ impl Archive {
                     }
                     match parse_name(&name) {
                         Some((first, last)) => found.push((first, last, entry.path())),
-                        None => return Err(LogError::Io(format!(
+                        None => {
+                            return Err(LogError::Io(format!(
                             "{}: not a segment file of the archive (remove it, or move it away)",
                             entry.path().display()
-                        ))),
+                        )))
+                        }
                     }
                 }
             }

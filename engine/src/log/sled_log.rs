@@ -408,6 +408,9 @@ impl SledLog {
         // log (each under the archive's read lock, so archiving can go on between them) and
         // hashes each record; this thread decodes, checks order and chain, and applies.
         const CHUNK: usize = 1024;
+        // Records read per window: each window opens the segment it starts in again (its index
+        // is read and checked), so windows are much larger than chunks.
+        const WINDOW: usize = 16 * CHUNK;
         type Chunk = Vec<(u64, Bytes, [u8; 32])>;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, LogError>>(8);
         let mut expect = start.0 + 1;
@@ -416,7 +419,7 @@ impl SledLog {
             scope.spawn(move || {
                 let mut cursor = start.0;
                 while cursor < end {
-                    let window = match store.window(cursor, end, CHUNK) {
+                    let window = match store.window(cursor, end, WINDOW) {
                         Ok(w) => w,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -429,14 +432,21 @@ impl SledLog {
                     // A damaged key could make the cursor go backwards; the checker stops at it.
                     let stuck = last <= cursor;
                     cursor = last;
-                    let chunk: Chunk = window
-                        .into_iter()
-                        .map(|(s, b)| {
-                            let h = hash_bytes(&b);
-                            (s, b, h)
-                        })
-                        .collect();
-                    if tx.send(Ok(chunk)).is_err() || stuck {
+                    let mut records = window.into_iter().peekable();
+                    while records.peek().is_some() {
+                        let chunk: Chunk = records
+                            .by_ref()
+                            .take(CHUNK)
+                            .map(|(s, b)| {
+                                let h = hash_bytes(&b);
+                                (s, b, h)
+                            })
+                            .collect();
+                        if tx.send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                    if stuck {
                         return;
                     }
                 }

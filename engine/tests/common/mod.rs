@@ -82,13 +82,7 @@ pub fn spawn_cp(data: &Path, pki: &Pki, port: u16, log: &Path) -> Child {
 }
 
 /// [`spawn_cp`] with extra environment variables (`NIXFLEET_CP_*` settings).
-pub fn spawn_cp_env(
-    data: &Path,
-    pki: &Pki,
-    port: u16,
-    log: &Path,
-    env: &[(&str, &str)],
-) -> Child {
+pub fn spawn_cp_env(data: &Path, pki: &Pki, port: u16, log: &Path, env: &[(&str, &str)]) -> Child {
     let d = &pki.dir;
     Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
