@@ -80,6 +80,10 @@ fn check_config_refuses_each_bad_setting_with_one_clear_line() {
         (vec!["--insecure", "--listen", "not-an-address"], "listen"),
         (vec!["--insecure", "--listen", "127.0.0.1"], "HOST:PORT"),
         (vec!["--insecure", "--log-format", "xml"], "log format"),
+        (
+            vec!["--insecure", "--log-segment-records", "3"],
+            "log segment records 3 must be between 16",
+        ),
         (vec![], "--insecure"),
     ];
     for (args, names) in cases {
