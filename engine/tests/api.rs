@@ -310,6 +310,23 @@ fn fleet_with_release(cp: &Cp, key: &str, hosts: &[&str]) -> String {
         .to_owned()
 }
 
+/// Two web hosts on a control plane started with `env`, a release for them and a running canary
+/// rollout (health timeout 60 s): the directory, PKI, control plane, admin key and rollout id.
+fn canary_fleet(env: &[(&str, &str)]) -> (tempfile::TempDir, Pki, Cp, String, String) {
+    let hosts = ["web-01", "web-02"];
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet_pki(dir.path(), &hosts);
+    let cp = Cp::start_env(dir.path().join("data"), &pki, free_port(), env);
+    let key = bootstrap(&cp);
+    let rel = fleet_with_release(&cp, &key, &hosts);
+    let id = rollout(
+        &cp,
+        &key,
+        serde_json::json!({"release_id": rel, "strategy": "canary", "target": {"tags": ["web"]}, "health_timeout": 60}),
+    );
+    (dir, pki, cp, key, id)
+}
+
 fn rollout(cp: &Cp, key: &str, body: Value) -> String {
     let v = cp.client("operator", Some(key)).json(
         "POST",
@@ -517,17 +534,7 @@ fn revert_sends_every_machine_back_to_its_observed_generation() {
 
 #[test]
 fn a_control_plane_killed_mid_rollout_continues_from_its_log() {
-    let hosts = ["web-01", "web-02"];
-    let dir = tempfile::tempdir().unwrap();
-    let pki = fleet_pki(dir.path(), &hosts);
-    let mut cp = Cp::start(dir.path(), &pki);
-    let key = bootstrap(&cp);
-    let rel = fleet_with_release(&cp, &key, &hosts);
-    let id = rollout(
-        &cp,
-        &key,
-        serde_json::json!({"release_id": rel, "strategy": "canary", "target": {"tags": ["web"]}, "health_timeout": 60}),
-    );
+    let (dir, pki, mut cp, key, id) = canary_fleet(&[]);
     let d = status(&cp, &key, &id);
     let first = d["batches"][0]["machine_ids"][0]
         .as_str()
@@ -564,17 +571,7 @@ fn with_most_of_its_log_archived_the_control_plane_serves_and_restarts_on_the_wh
     // Segments of 16 records: the rollout's own events, and the reports around them, end up in
     // sealed segment files while the control plane runs.
     let env = [("NIXFLEET_CP_LOG_SEGMENT_RECORDS", "16")];
-    let hosts = ["web-01", "web-02"];
-    let dir = tempfile::tempdir().unwrap();
-    let pki = fleet_pki(dir.path(), &hosts);
-    let mut cp = Cp::start_env(dir.path().join("data"), &pki, free_port(), &env);
-    let key = bootstrap(&cp);
-    let rel = fleet_with_release(&cp, &key, &hosts);
-    let id = rollout(
-        &cp,
-        &key,
-        serde_json::json!({"release_id": rel, "strategy": "canary", "target": {"tags": ["web"]}, "health_timeout": 60}),
-    );
+    let (dir, pki, mut cp, key, id) = canary_fleet(&env);
     let d = status(&cp, &key, &id);
     for b in 0..2 {
         let h = d["batches"][b]["machine_ids"][0]

@@ -5,7 +5,9 @@
 
 use nixfleet_core::event::{Actor, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, Seq, Timestamp};
-use nixfleet_engine::log::{Checkpoint, EventLog, LogError, LogOptions, SledLog, ARCHIVE_DIR};
+use nixfleet_engine::log::{
+    Checkpoint, EventLog, LogError, LogOptions, Record, SledLog, ARCHIVE_DIR,
+};
 use std::path::{Path, PathBuf};
 
 const SEGMENT: u64 = 100;
@@ -54,6 +56,10 @@ fn seqs_in_sled(dir: &Path) -> Vec<u64> {
     db.scan_prefix(b"e")
         .map(|kv| u64::from_be_bytes(kv.unwrap().0[1..9].try_into().unwrap()))
         .collect()
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.seq.0).collect()
 }
 
 fn replayed(dir: &Path) -> Vec<u64> {
@@ -110,13 +116,10 @@ fn given_an_archived_log_then_reads_replay_and_verify_see_one_log() {
     let log = SledLog::open_with(dir.path(), None, opts(), |_| {}).unwrap();
     assert_eq!(log.archived_seq(), 900);
     assert_eq!(log.read_after(Seq(0), 10_000).unwrap(), all_before);
-    let across: Vec<u64> = log
-        .read_after(Seq(850), 100)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq.0)
-        .collect();
-    assert_eq!(across, (851..=950).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&log.read_after(Seq(850), 100).unwrap()),
+        (851..=950).collect::<Vec<_>>()
+    );
     assert_eq!(log.record_hash(Seq(5)).unwrap(), hash_5);
     assert_eq!(log.record_hash(Seq(1001)).unwrap(), None);
     assert_eq!(
@@ -157,13 +160,10 @@ fn given_an_archived_log_when_appending_goes_on_then_the_background_archiver_kee
         500,
         "600 durable, keep 50: sealed up to 500"
     );
-    let seqs: Vec<u64> = log
-        .read_after(Seq(0), 1000)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq.0)
-        .collect();
-    assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&log.read_after(Seq(0), 1000).unwrap()),
+        (1..=600).collect::<Vec<_>>()
+    );
     log.close().unwrap();
     assert_eq!(SledLog::verify(dir.path()).unwrap(), 600);
 }
