@@ -51,8 +51,12 @@ pub fn verify_dir(data_dir: &Path) -> Result<u64, LogError> {
 
 fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
+    // The archive last: a live control plane removes records from sled only after their segment
+    // is in place, so sled copied first and the archive after holds every record at least once
+    // (the open drops the doubles).
+    let mut entries = std::fs::read_dir(src)?.collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name() == crate::log::ARCHIVE_DIR);
+    for e in entries {
         let to = dst.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &to)?;
