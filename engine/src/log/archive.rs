@@ -428,7 +428,13 @@ pub fn write_segment(
 ) -> Result<Segment, LogError> {
     assert!(!records.is_empty(), "an empty segment");
     let last = first + records.len() as u64 - 1;
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // The archive directory's own entry must be durable before anything is moved into it.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            super::durable::fsync_dir(parent)?;
+        }
+    }
     let name = file_name(first, last);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));

@@ -6,17 +6,23 @@
 //! are all detected when the log is opened or verified.
 //!
 //! Append steps (the durability contract):
-//! 1. `stage` assigns the next sequence numbers, chains the hashes and writes the records, their
-//!    stream index entries and the new head in one atomic sled batch. Nothing is durable yet.
-//! 2. The flusher thread sees staged records beyond the durable mark and calls `fsync` once for
-//!    all of them (group commit: every appender waiting at that moment shares one flush).
+//! 1. `stage` assigns the next sequence numbers, chains the hashes and inserts the group's
+//!    records and their stream index entries (one plain sled insert each). Nothing is durable
+//!    yet, and the head does not name them yet.
+//! 2. The flusher thread takes the last staged group's end, writes the head (its sequence number
+//!    and hash), flushes sled and `fdatasync`s sled's data file: one sync for every group staged
+//!    so far (group commit). The head only ever names the end of a group.
 //! 3. `wait_durable(seq)` returns once the durable mark reaches `seq`.
 //!
-//! When [`EventLog::append`] (stage + wait) returns `Ok(seq)`, the events are fsynced and will be
-//! replayed after a crash. The HTTP front end never answers 2xx before step 3.
+//! When [`EventLog::append`] (stage + wait) returns `Ok(seq)`, the events are on stable storage
+//! (fdatasync) and will be replayed after a crash or a power loss. At open, records past the
+//! head are dropped: they belong to a group that was never made durable, so never acknowledged,
+//! and a crash may have kept any part of it; the log thus always ends at a group boundary. The
+//! HTTP front end never answers 2xx, and never answers a read, before step 3 covers what it saw.
 
 pub mod archive;
 mod codec;
+pub mod durable;
 mod memory;
 mod sled_log;
 
@@ -48,6 +54,17 @@ pub enum LogError {
     CheckpointMismatch {
         /// The checkpoint's sequence number.
         seq: u64,
+    },
+    /// The log is shorter than its acknowledged mark: events that may have been acknowledged
+    /// are gone (a lost or truncated data file, a restored older copy).
+    #[error("the event log lost acknowledged events: it ends at record {present}, but record {acknowledged} was durable and may have been acknowledged ({mark}); restore the data directory from a backup, or remove that file to start anyway with the shorter log", mark = .mark.display())]
+    Lost {
+        /// The last record known to have been durable.
+        acknowledged: u64,
+        /// The last record present.
+        present: u64,
+        /// The mark file.
+        mark: std::path::PathBuf,
     },
     /// The log was closed after a fatal storage error.
     #[error("event log is closed after a storage failure: {0}")]

@@ -4,9 +4,9 @@
 //! - `e` + seq (big-endian u64) → encoded record (one plain insert per event: sled batches are
 //!   transactions and cost ten times more, see docs/benchmarks.md)
 //! - `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher just before
-//!   each fsync, so it always names a record that the same fsync makes durable. At open, records
-//!   must reach the head (else the tail was truncated); records past it were staged after the head
-//!   was written and are kept when their hashes chain.
+//!   each sync, so it always names the end of a group that the same sync makes durable. At open,
+//!   records must reach the head (else the tail was truncated); records past it belong to a group
+//!   that was never durable (never acknowledged), and are dropped, whole.
 //! - `s` + stream + `0x00` + seq (big-endian) → empty: the per-stream index, inserted right after
 //!   its record, so after a crash only the last record's entry can be missing (repaired at open).
 //!
@@ -19,6 +19,10 @@
 //! what is at or below the top from the archive, the rest from sled; removals from sled take the
 //! write lock, so no reader sees a record in neither place.
 //!
+//! sled "syncs" with `sync_file_range`, which is not enough to survive a power loss: each group
+//! commit also `fdatasync`s sled's data file ([`super::durable`]), and the acknowledged mark
+//! (`acknowledged` in the log directory) makes an open refuse a log that lost acknowledged records.
+//!
 //! Recovery relies on sled restoring a prefix of the writes after a crash; the SIGKILL test checks
 //! that every acknowledged record survives and the log stays a gap-free chain, with archiving on.
 //! A start from a snapshot checkpoint verifies the checkpoint record's hash and the chain after
@@ -27,11 +31,12 @@
 //! sled is pinned at 0.34.x (see ARCHITECTURE.md); it stays behind [`super::EventLog`].
 
 use super::archive::{self, Archive};
+use super::durable::{Mark, SyncedFiles, MARK_FILE};
 use super::{
     decode_record, encode_record, hash_bytes, EventLog, LogError, Record, RECORD_BYTES_MAX,
 };
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -130,11 +135,28 @@ impl std::ops::Deref for Bytes {
 struct Store {
     db: sled::Db,
     archive: RwLock<Archive>,
+    /// sled's data file, fdatasynced after each flush.
+    files: Mutex<SyncedFiles>,
+    /// The log directory.
+    dir: PathBuf,
 }
 
 impl Store {
     fn open(path: &Path) -> Result<Store, LogError> {
         let db = open_config(SledLog::config(path))?;
+        let mut files = SyncedFiles::open(path)?;
+        // Records past the head belong to a group that was never made durable, so never
+        // acknowledged; a crash may have kept any part of it. Dropping them all makes the log
+        // end at a group boundary: a decision is in it whole or not at all.
+        let dropped = drop_past_head(&db)?;
+        if dropped > 0 {
+            db.flush()?;
+            files.sync()?;
+            tracing::warn!(
+                records = dropped,
+                "dropped records past the log's head: a group that was never durable, so never acknowledged"
+            );
+        }
         let archive = Archive::open(&path.join(ARCHIVE_DIR))?;
         let top = archive.top().0;
         // A crash after a segment was made durable but before its records left sled: remove them
@@ -155,7 +177,51 @@ impl Store {
         Ok(Store {
             db,
             archive: RwLock::new(archive),
+            files: Mutex::new(files),
+            dir: path.to_path_buf(),
         })
+    }
+
+    /// Flushes sled and makes what it wrote durable (the one sync of a group commit).
+    fn sync(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        self.files.lock().expect("files lock").sync()
+    }
+
+    /// Checks the log, which ends at `last`, against its acknowledged mark, and moves the mark
+    /// to `last`. A log shorter than its mark, or with another record at the mark's place, has
+    /// lost events that may have been acknowledged: an error naming what is missing.
+    fn check_mark(&self, last: u64, last_hash: [u8; 32]) -> Result<(), LogError> {
+        if let Some(m) = Mark::read(&self.dir)? {
+            if m.seq > last {
+                return Err(LogError::Lost {
+                    acknowledged: m.seq,
+                    present: last,
+                    mark: self.dir.join(MARK_FILE),
+                });
+            }
+            let at = self.get(m.seq)?.map(|b| hash_bytes(&b));
+            if m.seq > 0 && at != Some(m.hash) {
+                return Err(LogError::Corrupt {
+                    seq: m.seq,
+                    why: format!(
+                        "this is not the record that was acknowledged here ({} names another): the log was replaced or rewritten",
+                        self.dir.join(MARK_FILE).display()
+                    ),
+                });
+            }
+            if m.seq == last {
+                return Ok(());
+            }
+        }
+        if last > 0 {
+            Mark {
+                seq: last,
+                hash: last_hash,
+            }
+            .write(&self.dir)?;
+        }
+        Ok(())
     }
 
     fn archive(&self) -> std::sync::RwLockReadGuard<'_, Archive> {
@@ -209,6 +275,7 @@ struct Flush {
     staged: u64,
     staged_hash: [u8; 32],
     durable: u64,
+    durable_hash: [u8; 32],
     failed: Option<String>,
     shutdown: bool,
 }
@@ -229,6 +296,8 @@ struct Shared {
     archiver_wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// One archiving step at a time (the thread's, or [`SledLog::archive_due`]'s).
     archiving: Mutex<()>,
+    /// The sequence number the acknowledged mark names.
+    marked: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -279,6 +348,7 @@ impl SledLog {
             }
         };
         let (seq, hash) = Self::scan(&store, start, &mut on_record)?;
+        store.check_mark(seq, hash)?;
         let archived = store.archive().top().0;
         // Repair the stream index entry of the last record, the only one a crash can lose.
         if seq > archived {
@@ -299,6 +369,7 @@ impl SledLog {
                 staged: seq,
                 staged_hash: hash,
                 durable: seq,
+                durable_hash: hash,
                 failed: None,
                 shutdown: false,
             }),
@@ -308,6 +379,7 @@ impl SledLog {
             archived: AtomicU64::new(archived),
             archiver_wake: Mutex::new(Some(wake_tx)),
             archiving: Mutex::new(()),
+            marked: AtomicU64::new(seq),
             stopping: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -332,7 +404,8 @@ impl SledLog {
     /// Verifies the log at `path` without keeping it open; returns the number of records.
     pub fn verify(path: &Path) -> Result<u64, LogError> {
         let store = Store::open(path)?;
-        let (seq, _) = Self::scan(&store, (0, [0u8; 32]), &mut |_| {})?;
+        let (seq, hash) = Self::scan(&store, (0, [0u8; 32]), &mut |_| {})?;
+        store.check_mark(seq, hash)?;
         Ok(seq)
     }
 
@@ -529,7 +602,8 @@ impl SledLog {
         if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
-        self.shared.store.db.flush()?;
+        self.shared.store.sync()?;
+        self.shared.write_mark()?;
         Ok(())
     }
 }
@@ -572,7 +646,10 @@ impl Shared {
     fn wake_archiver_if_due(&self, durable: u64) {
         let o = self.options;
         let archived = self.archived.load(Ordering::SeqCst);
-        if durable.saturating_sub(archived) >= o.keep_records + o.segment_records {
+        // The first durable record of a new log gets its mark at once: from then on, the log
+        // can never come back empty (and the bootstrap open) without the open refusing it.
+        let first_mark = self.marked.load(Ordering::SeqCst) == 0 && durable > 0;
+        if first_mark || durable.saturating_sub(archived) >= o.keep_records + o.segment_records {
             if let Some(tx) = self.archiver_wake.lock().expect("wake lock").as_ref() {
                 let _ = tx.try_send(());
             }
@@ -580,13 +657,66 @@ impl Shared {
     }
 }
 
+/// How often the acknowledged mark follows the durable head.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn archive_loop(s: &Shared, wake: std::sync::mpsc::Receiver<()>) {
-    while wake.recv().is_ok() {
-        if let Err(e) = archive_due(s) {
-            // Nothing is lost: the records stay in sled, and the next wake tries again.
-            tracing::warn!(error = %e, "archiving old log records failed; they stay in sled");
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match wake.recv_timeout(MARK_EVERY) {
+            Ok(()) => {
+                if let Err(e) = archive_due(s) {
+                    // Nothing is lost: the records stay in sled, and the next wake tries again.
+                    tracing::warn!(error = %e, "archiving old log records failed; they stay in sled");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(e) = s.write_mark() {
+            tracing::warn!(error = %e, "cannot move the acknowledged mark; it stays behind");
         }
     }
+}
+
+impl Shared {
+    /// Moves the acknowledged mark to the durable head, when that moved.
+    fn write_mark(&self) -> Result<(), LogError> {
+        let (seq, hash) = {
+            let f = self.flush.lock().expect("flush lock");
+            (f.durable, f.durable_hash)
+        };
+        if seq <= self.marked.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Mark { seq, hash }.write(&self.store.dir)?;
+        self.marked.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Removes the records past the head (and their stream index entries); returns how many.
+fn drop_past_head(db: &sled::Db) -> Result<u64, LogError> {
+    let head = db
+        .get(HEAD_KEY)?
+        .and_then(|h| {
+            h.get(0..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0);
+    let mut past = Vec::new();
+    for item in db.range(event_key(head.saturating_add(1))..=event_key(u64::MAX)) {
+        let (k, v) = item?;
+        past.push((key_seq(&k), decode_record(&v).ok().map(|r| r.stream)));
+    }
+    for (seq, stream) in &past {
+        if let Some(stream) = stream {
+            db.remove(stream_key(stream, *seq))?;
+        }
+        db.remove(event_key(*seq))?;
+    }
+    Ok(past.len() as u64)
 }
 
 /// Seals segments while more than `keep + segment` durable records are in sled.
@@ -677,11 +807,15 @@ fn flush_loop(s: &Shared) {
             .store
             .db
             .insert(HEAD_KEY, h)
-            .and_then(|_| s.store.db.flush());
+            .map_err(LogError::from)
+            .and_then(|_| s.store.sync());
         let mut f = s.flush.lock().expect("flush lock");
         match result {
             Ok(_) => {
-                f.durable = f.durable.max(target);
+                if target > f.durable {
+                    f.durable = target;
+                    f.durable_hash = hash;
+                }
                 s.watch.send_replace(f.durable);
             }
             Err(e) => {
