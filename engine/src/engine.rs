@@ -3,9 +3,10 @@
 //!
 //! Write path, under the state lock: decide (pure) → stage in the log → apply → let the executor
 //! settle (each decision staged and applied in turn). Outside the lock the caller waits until the
-//! last staged sequence is durable, and only then answers. Readers may therefore see events up to
-//! one group commit before they are durable; nobody is told "done" before they are, and the log is
-//! a prefix-durable sequence, so a crash loses only unacknowledged events and their consequences.
+//! last staged sequence is durable, and only then answers. Projections may hold staged events up
+//! to one group commit before they are durable, so readers wait too: the API answers a read only
+//! once everything staged when it was made is durable ([`Engine::wait_staged_durable`]). A crash
+//! thus loses only events nobody was told about, and their consequences.
 
 use crate::log::{Checkpoint, EventLog, LogError, LogOptions, MemoryLog, SledLog};
 use nixfleet_core::event::BatchFailReason;
@@ -269,6 +270,16 @@ impl Engine {
                 r.and(Err(LogError::Closed("flusher stopped".into())))
             }
         }
+    }
+
+    /// Waits (async) until everything staged so far is durable: an answer made from the
+    /// projections or the log now shows nothing that a crash could take back once this returns.
+    pub async fn wait_staged_durable(&self) -> Result<(), LogError> {
+        let staged = self.log.last_seq();
+        if self.log.durable_seq() >= staged {
+            return Ok(());
+        }
+        self.wait_durable(staged).await
     }
 
     /// Fires due deadlines (the executor's timer calls this). Returns the last staged sequence.

@@ -169,7 +169,7 @@ where
     // (401, 403, 400 on a path id) reaches a client still sending a large body: a reply sent over
     // an unread body makes hyper drop the connection, and the client sees a reset instead.
     let (head, body) = req.into_parts();
-    let resp = match read_body(body).await {
+    let mut resp = match read_body(body).await {
         Ok(bytes) => match route(app, principal, Request::from_parts(head, Full::new(bytes))).await
         {
             Ok(r) => r,
@@ -187,6 +187,15 @@ where
             r
         }
     };
+    // Durable reads: whatever this answer shows (a desired generation, a rollout's status, a
+    // metric, an event) may come from events staged but not yet synced. Nothing leaves before
+    // the log is durable up to everything staged when the answer was made, so no crash can take
+    // back what a client was told. Liveness (`/health`) shows nothing of the log.
+    if path != "/health" {
+        if let Err(e) = app.engine.wait_staged_durable().await {
+            resp = error(e.into());
+        }
+    }
     if path != "/metrics" && path != "/health" {
         let labels = [
             ("method", method.to_string()),

@@ -83,9 +83,30 @@ pub fn spawn_cp(data: &Path, pki: &Pki, port: u16, log: &Path) -> Child {
 
 /// [`spawn_cp`] with extra environment variables (`NIXFLEET_CP_*` settings).
 pub fn spawn_cp_env(data: &Path, pki: &Pki, port: u16, log: &Path, env: &[(&str, &str)]) -> Child {
+    spawn_cp_under(&[], data, pki, port, log, env)
+}
+
+/// [`spawn_cp_env`] under a wrapper command (`wrapper` then the control plane's command line),
+/// e.g. strace injecting delays into its syscalls.
+pub fn spawn_cp_under(
+    wrapper: &[&str],
+    data: &Path,
+    pki: &Pki,
+    port: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Child {
     let d = &pki.dir;
-    Command::new(env!("CARGO_BIN_EXE_nixfleet-control-plane"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    let bin = env!("CARGO_BIN_EXE_nixfleet-control-plane");
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(bin),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
         .arg("--tls-cert")
@@ -114,6 +135,17 @@ impl Cp {
 
     /// [`Cp::start_at`] with extra environment variables.
     pub fn start_env(data: PathBuf, pki: &Pki, port: u16, env: &[(&str, &str)]) -> Cp {
+        Self::start_under(&[], data, pki, port, env)
+    }
+
+    /// [`Cp::start_env`] under a wrapper command (see [`spawn_cp_under`]).
+    pub fn start_under(
+        wrapper: &[&str],
+        data: PathBuf,
+        pki: &Pki,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Cp {
         let log = data.with_extension(format!(
             "log.{port}.{}",
             std::time::SystemTime::now()
@@ -122,7 +154,7 @@ impl Cp {
                 .as_nanos()
         ));
         let d = &pki.dir;
-        let child = spawn_cp_env(&data, pki, port, &log, env);
+        let child = spawn_cp_under(wrapper, &data, pki, port, &log, env);
         let cp = Cp {
             child,
             port,
