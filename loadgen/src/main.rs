@@ -77,6 +77,10 @@ struct Args {
     /// Admin API key of the control plane; without it, the loadgen bootstraps one.
     #[arg(long, env = "NIXFLEET_LOADGEN_ADMIN_KEY")]
     admin_key: Option<String>,
+    /// After each report, the same agent also polls for its desired generation (an agent's
+    /// read); the polls' latency is printed on a line of its own.
+    #[arg(long)]
+    polls: bool,
     /// Machine ids are PREFIX-N.
     #[arg(long, default_value = "lg")]
     prefix: String,
@@ -135,11 +139,17 @@ fn report_body(host: &str, generation: &str) -> Result<Bytes> {
         uptime_seconds: 60,
         rolled_back_from: None,
         dry_run: false,
+        ..Default::default()
     };
     Ok(Bytes::from(serde_json::to_vec(&r)?))
 }
 
 impl Agent {
+    async fn poll(&mut self) -> Result<u16> {
+        let path = wire::paths::desired_generation(&self.id);
+        Ok(self.conn.call(Method::GET, &path, None, None).await?.status)
+    }
+
     async fn report(&mut self, body: Option<Bytes>) -> Result<u16> {
         let path = wire::paths::report(&self.id);
         let body = body.unwrap_or_else(|| self.body.clone());
@@ -388,7 +398,7 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
     // The measured load.
     let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
     let self_before = cpu_seconds("/proc/self/stat");
-    let (agents, mut stats, count, window) = load(agents, args).await;
+    let (agents, mut stats, polls, count, window) = load(agents, args).await;
     let cpu_cp = spawned
         .as_ref()
         .and_then(Spawned::cpu_seconds)
@@ -403,6 +413,13 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
         stats.summary(),
         stats.errors_line()
     );
+    if args.polls {
+        println!(
+            "polls (desired generation, after each report): latency {}; errors: {}",
+            polls.summary(),
+            polls.errors_line()
+        );
+    }
     let wall = window + args.warmup as f64;
     let reconnects: u64 = agents
         .iter()
@@ -475,7 +492,7 @@ where
 /// The measured phase: `concurrency` workers, each cycling over its own agents. In rate mode
 /// each worker sends on a fixed schedule and latency counts from the scheduled time, so a slow
 /// server cannot hide queueing (no coordinated omission).
-async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, u64, f64) {
+async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, Stats, u64, f64) {
     let workers = args.concurrency.min(agents.len());
     let mut groups: Vec<Vec<(usize, Agent)>> = (0..workers).map(|_| Vec::new()).collect();
     for (i, a) in agents.into_iter().enumerate() {
@@ -490,8 +507,10 @@ async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, u64, f64) 
         let offset = interval
             .map(|iv| iv.mul_f64(w as f64 / workers as f64))
             .unwrap_or_default();
+        let polls = args.polls;
         set.spawn(async move {
             let mut stats = Stats::default();
+            let mut poll_stats = Stats::default();
             let mut count = 0u64;
             let mut next = start + offset;
             let mut k = 0usize;
@@ -520,6 +539,18 @@ async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, u64, f64) 
                 k += 1;
                 let r = agent.report(None).await;
                 let done = tokio::time::Instant::now();
+                if polls {
+                    let p = agent.poll().await;
+                    let polled = tokio::time::Instant::now();
+                    if scheduled >= measure_from && polled <= end {
+                        match p {
+                            // 404: no desired generation, the usual answer of a fleet at rest.
+                            Ok(200 | 404) => poll_stats.ok(polled - done),
+                            Ok(s) => poll_stats.fail(s.to_string()),
+                            Err(e) => poll_stats.fail(format!("io ({})", e.root_cause())),
+                        }
+                    }
+                }
                 if scheduled < measure_from || done > end {
                     continue;
                 }
@@ -532,17 +563,19 @@ async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, u64, f64) 
                     Err(e) => stats.fail(format!("io ({})", e.root_cause())),
                 }
             }
-            (group, stats, count)
+            (group, stats, poll_stats, count)
         });
     }
     let mut all = Vec::new();
     let mut stats = Stats::default();
+    let mut polls = Stats::default();
     let mut count = 0;
     while let Some(r) = set.join_next().await {
         match r {
-            Ok((group, s, c)) => {
+            Ok((group, s, p, c)) => {
                 all.extend(group);
                 stats.merge(s);
+                polls.merge(p);
                 count += c;
             }
             Err(e) => stats.fail(format!("worker failed: {e}")),
@@ -552,6 +585,7 @@ async fn load(agents: Vec<Agent>, args: &Args) -> (Vec<Agent>, Stats, u64, f64) 
     (
         all.into_iter().map(|(_, a)| a).collect(),
         stats,
+        polls,
         count,
         args.duration as f64,
     )
