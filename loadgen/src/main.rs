@@ -398,7 +398,7 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
     // The measured load.
     let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
     let self_before = cpu_seconds("/proc/self/stat");
-    let (agents, mut stats, polls, count, window) = load(agents, args).await;
+    let (agents, mut stats, mut polls, count, window) = load(agents, args).await;
     let cpu_cp = spawned
         .as_ref()
         .and_then(Spawned::cpu_seconds)
