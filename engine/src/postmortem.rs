@@ -53,9 +53,15 @@ fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
     // The archive last: a live control plane removes records from sled only after their segment
     // is in place, so sled copied first and the archive after holds every record at least once
-    // (the open drops the doubles).
+    // (the open drops the doubles). The acknowledged mark first: it names a record that was
+    // durable when it was written, so sled's files copied after it hold that record.
     let mut entries = std::fs::read_dir(src)?.collect::<std::io::Result<Vec<_>>>()?;
-    entries.sort_by_key(|e| e.file_name() == crate::log::ARCHIVE_DIR);
+    entries.sort_by_key(|e| {
+        (
+            e.file_name() == crate::log::ARCHIVE_DIR,
+            e.file_name() != crate::log::durable::MARK_FILE,
+        )
+    });
     for e in entries {
         let to = dst.join(e.file_name());
         if e.file_type()?.is_dir() {
