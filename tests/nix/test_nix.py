@@ -652,12 +652,19 @@ let
 in builtins.mapAttrs (host: p:
   let r = s.evalDefinitions {{ module = helpers.mkNode {{ scenario = plan.name; inherit host; plan = p; }};
                                inherit config; }};
-  in {{ inherit (r) paths; role = p.role; defs = {{
+  in {{ inherit (r) paths; role = p.role; systems = p.systems or "nixos"; defs = {{
     agent = r.definitions.services.nixfleet-agent or null;
     cp = r.definitions.services.nixfleet-control-plane or null;
     cache = r.definitions.services.nixfleet-cache-server or null;
     units = builtins.mapAttrs (_: u: u.wantedBy or null) (r.definitions.systemd.services or {{ }});
     nodeJson = r.definitions.environment.etc."nixfleet-vmtests/node.json".text;
+    specialisations = builtins.mapAttrs (_: sp:
+      let c = (s.evalDefinitions {{ module = sp.configuration; inherit config; }}).definitions; in {{
+      demo = c.systemd.services.fake-app.serviceConfig.ExecStart;
+      activation = c.system.activationScripts.nixfleet-vmtests-generation.text;
+      preSwitchChecks = builtins.attrNames (c.system.preSwitchChecks or {{ }});
+    }}) (r.definitions.specialisation or {{ }});
+    activation = r.definitions.system.activationScripts.nixfleet-vmtests-generation.text or null;
   }}; }}) plan.nodes
 """)
 
@@ -686,7 +693,22 @@ def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options
             if node["role"] == "cache-server":
                 assert defs["cache"]["signingKeyFile"] == "/etc/nixfleet-vmtests/cache-key.sec"
                 assert defs["units"]["harmonia"] == ["multi-user.target"]
-            assert defs["units"]["nixfleet-vmtests-boot"] == ["multi-user.target"]
+            if node["role"] == "agent" and node["systems"] != "fake":
+                # G1 is the node's own NixOS configuration, the other generations its specialisations
+                # (vmtests/nix/generations.nix); no fake generation 1 at boot.
+                assert "nixfleet-vmtests-boot" not in defs["units"], (d, host)
+                assert defs["units"]["fake-app"] == ["multi-user.target"], (d, host)
+                assert '"1 ${NIXOS_ACTION:-switch} start"' in defs["activation"], defs["activation"]
+                sp = defs["specialisations"]
+                assert set(sp) >= {"g2", "g2-switch-fails", "g2-unhealthy", "g2-slow", "g3"}, (d, host, sorted(sp))
+                assert '"2 ${NIXOS_ACTION:-switch} start"' in sp["g2"]["activation"], sp["g2"]
+                assert "sleep 15" in sp["g2-slow"]["activation"]
+                assert sp["g2-switch-fails"]["preSwitchChecks"] == ["nixfleet-vmtests-switch-fails"]
+                assert sp["g2"]["preSwitchChecks"] == []
+                assert len({v["demo"] for v in sp.values()}) == len(sp), "each generation has its own demo service"
+            else:
+                assert defs["units"]["nixfleet-vmtests-boot"] == ["multi-user.target"]
+                assert defs["specialisations"] == {}
     assert not problems, "helpers set options no module declares:\n" + "\n".join(problems)
 
 

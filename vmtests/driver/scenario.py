@@ -81,7 +81,8 @@ def load_nodes(name: str) -> dict:
             node["agent"] = _subst(deep_merge(defaults["agent"], spec.get("agent", {})), host)
         if role == "cache-server":
             node["cacheServer"] = _subst(deep_merge(defaults["cacheServer"], spec.get("cacheServer", {})), host)
-        for key in ("openPorts", "nix", "extraFiles"):
+        # "systems" matters only on the NixOS side (helpers.nix): here every node runs fake systems.
+        for key in ("openPorts", "nix", "extraFiles", "systems"):
             if key in spec:
                 node[key] = spec[key]
         nodes[host] = node

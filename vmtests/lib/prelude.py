@@ -210,10 +210,85 @@ def make_fake_flake(node, hosts, path=FAKE_FLAKE):
     return path
 
 
-def build_fake_system(node, host, version):
-    """Build a fake system generation in `node`'s own store; returns its store path."""
+def build_fake_system(node, host, version, variant="", delay=None):
+    """Build a fake system generation in `node`'s own store; returns its store path.
+    `variant` builds one that fails on purpose (see fake-system.nix): switch-fails, exit4, hang,
+    slow (its switch sleeps `delay` seconds first), unhealthy."""
+    extra = f" --argstr variant {variant}" if variant else ""
+    if delay is not None:
+        extra += f" --argstr delay {int(delay)}"
     return node.succeed(f"nix-build /etc/nixfleet-vmtests/fake-system.nix --argstr host {host} "
-                        f"--argstr version {version} --no-out-link").strip()
+                        f"--argstr version {version}{extra} --no-out-link").strip()
+
+
+# What a generation's switch-to-configuration leaves on the host (fake-system.nix).
+SWITCH_LOG = "/var/lib/fake-system/switch.log"
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+def system_profile(node):
+    return node.succeed(f"readlink -f {SYSTEM_PROFILE}").strip()
+
+
+def demo_answer(node):
+    """What the running generation's demo service answers on :9000 (status and body), or (0, "")."""
+    out = node.succeed("curl -s --max-time 5 -o /tmp/demo-body -w '%{http_code}' http://localhost:9000/ || true; "
+                       "echo; cat /tmp/demo-body 2>/dev/null || true")
+    code, _, body = out.partition("\n")
+    return int(code.strip() or 0), body.strip()
+
+
+def switch_attempts(node, label):
+    """How many times switch-to-configuration of generation `label` (version plus "-variant") was
+    started on `node` (boot activations included)."""
+    out = node.succeed(f"grep -c '^{label} switch start$' {SWITCH_LOG} || true").strip()
+    return int(out or 0)
+
+
+def assert_runs(node, host, path, version, timeout=30):
+    """`node` itself runs generation `path`: the current-system link, the system profile, the
+    closure registered in its own Nix database, the activation marker, and the demo service of
+    that generation answering (it may still be restarting, hence the wait)."""
+    cur = current_system(node)
+    assert cur == path, f"{host}: /run/current-system is {cur}, expected {path}"
+    prof = system_profile(node)
+    assert prof == path, f"{host}: the system profile is {prof}, expected {path}"
+    node.succeed(f"nix-store -q --references {path}")
+    active = node.succeed("cat /var/lib/fake-system/active").strip()
+    assert active == f"active={version}", f"{host}: activation marker {active!r}, expected active={version}"
+    want = f"fake-app {host} version {version}"
+    last = [None]
+
+    def answers():
+        last[0] = demo_answer(node)
+        return last[0] == (200, want)
+    wait_for(answers, timeout=timeout, what=f"{host}'s demo service to answer {want!r} (last: {last[0]})")
+
+
+def machine_events(node, machine, kind=None, after=0):
+    evs = events(node, after=after, stream=f"machine:{machine}")
+    return [e for e in evs if kind is None or e["kind"] == kind]
+
+
+def reports(node, machine, after=0):
+    """The data of every ReportReceived of `machine` (generation, success, message, dry_run, …)."""
+    return [e["data"] for e in machine_events(node, machine, "ReportReceived", after)]
+
+
+def assert_deployed(node, machine, path, after=0):
+    """The raw stream of `machine` holds the move to `path`: its desired generation was set to it,
+    the agent reported `deployed` on it, and a passing health report for it followed."""
+    evs = machine_events(node, machine, after=after)
+    desired = [e for e in evs if e["kind"] == "DesiredGenerationSet" and e["data"]["path"] == path]
+    assert desired, f"{machine}: no DesiredGenerationSet {path} in {kinds(evs)}"
+    deployed = [e for e in evs if e["kind"] == "ReportReceived" and e["data"]["generation"] == path
+                and e["data"]["success"] and e["data"]["message"] == "deployed" and not e["data"].get("dry_run")]
+    assert deployed, f"{machine}: no 'deployed' report on {path}: {[e['data'] for e in evs if e['kind'] == 'ReportReceived']}"
+    assert deployed[0]["seq"] > desired[0]["seq"], (desired[0], deployed[0])
+    healthy = [e for e in evs if e["kind"] == "HealthReported" and e["data"]["generation"] == path
+               and e["data"]["all_passed"] and e["seq"] >= desired[0]["seq"]]
+    assert healthy, f"{machine}: no passing HealthReported on {path}"
+    return deployed[0]
 
 
 def wait_healthy(node, machine_ids, timeout=30):

@@ -81,6 +81,21 @@ let
       ON_NIXOS = True
       SSH_UNIT = "sshd.service"
       CACHE_UNIT = "harmonia.service"
+
+      # An agent node carries its generations as specialisations of the
+      # configuration it booted (vmtests/nix/generations.nix): G2, its variants
+      # and G3 are real NixOS toplevels, already in its store. Other nodes
+      # build the fake system as the local harness does.
+      _build_fake_system_nix = build_fake_system
+
+
+      def build_fake_system(node, host, version, variant="", delay=None):
+          name = f"g{version}" + (f"-{variant}" if variant else "")
+          spec = f"/run/booted-system/specialisation/{name}"
+          if node.execute(f"test -e {spec}")[0] == 0:
+              assert delay in (None, 15), f"{name}: the NixOS generation sleeps 15 s, not {delay}"
+              return node.succeed(f"readlink -f {spec}").strip()
+          return _build_fake_system_nix(node, host, version, variant, delay)
     ''
     + lib.optionalString (certPrefix != "cp" || api != "https://localhost:8080") ''
       CERT_PREFIX = ${builtins.toJSON certPrefix}
@@ -99,6 +114,12 @@ let
         python = "${pkgs.python3}/bin/python3";
       };
     };
+
+  # Agent nodes boot G1 and carry the other generations as specialisations,
+  # unless their nodes.json says "systems": "fake" (vm-fleet-release, whose
+  # G2 is built from a flake on the builder: there the node runs the fake
+  # system of the local harness from generation 1 on).
+  realGenerations = plan: plan ? agent && (plan.systems or "nixos") != "fake";
 
   # What every test node gets, whatever its role (write_layer's common part).
   commonModule =
@@ -152,7 +173,7 @@ let
       # on first boot build it in this node's own store, make it the system
       # profile and switch to it; on every boot activate the profile. Its sw/
       # leads to the booted NixOS system, so the node keeps its tools.
-      systemd.services.nixfleet-vmtests-boot = lib.mkIf hasFakeSystem {
+      systemd.services.nixfleet-vmtests-boot = lib.mkIf (hasFakeSystem && !realGenerations plan) {
         description = "vmtests: activate the system profile (build fake generation 1 on first boot)";
         wantedBy = [ "multi-user.target" ];
         before = [
@@ -332,6 +353,7 @@ let
         inherit testCerts;
         controlPlane = plan.controlPlane;
       })
+      ++ lib.optional (realGenerations plan) (import ./generations.nix { inherit host pkgs lib; }).module
       ++ lib.optional (plan ? agent) (mkAgentNode {
         inherit testCerts;
         hostName = host;

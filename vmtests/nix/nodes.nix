@@ -6,8 +6,9 @@
 #   lists and scalars replace), and "@HOST@" becomes the node's name;
 # - controlPlane applies to role "control-plane", cacheServer to role
 #   "cache-server", agent to role "agent" or any node that has an "agent" key;
-# - scopes default to the defaults' scopes; openPorts, nix and extraFiles are
-#   passed through.
+# - scopes default to the defaults' scopes; openPorts, nix, extraFiles and
+#   systems ("fake": a NixOS agent node runs fake systems, see helpers.nix)
+#   are passed through.
 #
 # Builtins only: tests/nix evaluates it for every scenario on disk.
 let
@@ -70,6 +71,7 @@ let
         openPorts = null;
         nix = null;
         extraFiles = null;
+        systems = null;
       } spec;
 in
 {

@@ -56,3 +56,20 @@ with subtest("A failing switch leaves the current system untouched"):
     client.fail(f"{gen2}/bin/switch-to-configuration switch")
     assert current_system(client) == gen1
     client.succeed("rm /var/lib/fail-next-switch")
+
+with subtest("Generations built to fail do what their variant says"):
+    # The failure modes the fleet scenarios use (fake-system.nix): each checked here once, by hand.
+    bad = {v: build_fake_system(client, "client", 9, v) for v in ("switch-fails", "exit4", "hang", "unhealthy")}
+    status, _ = client.execute(f"{bad['switch-fails']}/bin/switch-to-configuration switch")
+    assert status == 1 and current_system(client) == gen1
+    assert switch_attempts(client, "9-switch-fails") == 1
+    status, _ = client.execute(f"{bad['exit4']}/bin/switch-to-configuration switch")
+    assert status == 4 and current_system(client) == bad["exit4"], status
+    client.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'client version 9'", timeout=15)
+    client.succeed(f"{bad['unhealthy']}/bin/switch-to-configuration switch")
+    client.wait_until_succeeds("test $(curl -s -o /dev/null -w '%{http_code}' http://localhost:9000/) = 503",
+                               timeout=15)
+    status, _ = client.execute(f"timeout 3 {bad['hang']}/bin/switch-to-configuration switch")
+    assert status == 124 and current_system(client) == bad["hang"], status
+    client.succeed(f"{gen1}/bin/switch-to-configuration switch")
+    assert current_system(client) == gen1

@@ -2,37 +2,67 @@ start_all()
 cp.wait_for_unit("nixfleet-control-plane.service")
 cp.wait_for_open_port(8080)
 seed_admin_key(cp)
-web_01.wait_for_unit("multi-user.target")
-original = current_system(web_01)
+wait_for(lambda: machine_status(cp, "web-01"), timeout=60, what="web-01 to register")
+wait_healthy(cp, ["web-01"])
+g1 = current_system(web_01)
 
-with subtest("The sentinel is armed before the agent starts"):
-    web_01.succeed("touch /var/lib/fail-next-health")
-    web_01.succeed("systemctl start nixfleet-agent.service")
-    wait_for(lambda: machine_status(cp, "web-01"), timeout=60, what="web-01 to register")
+with subtest("G2, whose switch fails before it changes anything, is built on web-01"):
+    g2 = build_fake_system(web_01, "web-01", 2, "switch-fails")
+    assert_runs(web_01, "web-01", g1, 1)
+    web_01.fail("test -e /tmp/stub-switch-called")
 
-with subtest("The first health report is unhealthy and the rollout pauses"):
-    release = create_release(cp, {"web-01": original})
-    rid = create_rollout(cp, release, tags=["web"], health_timeout=30)
-    wait_rollout_status(cp, rid, "paused", timeout=90)
+with subtest("The switch to G2 fails, the agent rolls back to G1 and the rollout pauses"):
+    release = create_release(cp, {"web-01": g2})
+    rid = create_rollout(cp, release, tags=["web"], health_timeout=60)
+    wait_rollout_status(cp, rid, "paused", timeout=60)
     evs = events(cp, stream=f"rollout:{rid}")
     assert kinds(evs) == ["RolloutCreated", "BatchStarted", "BatchFailed", "RolloutPaused"], kinds(evs)
     assert evs[2]["data"]["reason"].lower() == "unhealthy", evs[2]
+    back = [r for r in reports(cp, "web-01") if r.get("rolled_back_from") == g2]
+    assert len(back) == 1, reports(cp, "web-01")
+    assert not back[0]["success"] and back[0]["generation"] == g1, back
+    assert back[0]["message"].startswith("rolled back") and "switch" in back[0]["message"], back
 
-with subtest("The current generation is still the original one and the agent runs"):
-    assert machine_status(cp, "web-01")["current_generation"] == original
-    assert current_system(web_01) == original
-    web_01.succeed("systemctl is-active nixfleet-agent.service")
+with subtest("On the host: G2's switch ran once and G1 runs again, profile included"):
+    assert switch_attempts(web_01, "2-switch-fails") == 1
+    # The rollback switched G1 again (the boot activation was the first).
+    assert switch_attempts(web_01, "1") == 2
+    assert web_01.succeed("cat /tmp/stub-switch-called").strip() == "switch"
+    assert_runs(web_01, "web-01", g1, 1)
+    assert machine_status(cp, "web-01")["current_generation"] == g1
 
-with subtest("Cleared, the agent sends a passing health report"):
-    paused_at = events(cp, stream=f"rollout:{rid}")[-1]["seq"]
-    web_01.succeed("rm /var/lib/fail-next-health")
-    wait_for(lambda: any(e["kind"] == "HealthReported" and e["data"]["all_passed"]
-                         for e in events(cp, after=paused_at, stream="machine:web-01")),
-             timeout=30, what="a passing health report")
+with subtest("The failed path is quarantined: the agent does not try G2 again"):
+    quarantined = machine_events(cp, "web-01", "MachineQuarantined")
+    assert [q["data"]["path"] for q in quarantined] == [g2], quarantined
+    seq = events(cp)[-1]["seq"]
+    # Several polls (every 2 s) see G2 as desired and skip it.
+    wait_for(lambda: len([r for r in reports(cp, "web-01", after=seq) if "quarantined" in r["message"]]) >= 3,
+             timeout=30, what="three polls that skip the quarantined path")
+    assert switch_attempts(web_01, "2-switch-fails") == 1
+    assert current_system(web_01) == g1
+    assert rollout(cp, rid)["status"] == "paused"
 
-with subtest("Resume completes the rollout"):
+with subtest("The operator resumes: the quarantine is lifted and the agent tries G2 exactly once more"):
     api(cp, "POST", f"/api/v1/rollouts/{rid}/resume", expect=200)
-    wait_rollout_status(cp, rid, "completed", timeout=120)
+    wait_for(lambda: rollout(cp, rid)["status"] == "paused" and
+             kinds(events(cp, stream=f"rollout:{rid}")).count("RolloutPaused") == 2, timeout=60,
+             what="the resumed rollout to pause again")
     assert_in_order(kinds(events(cp, stream=f"rollout:{rid}")),
-                    ["BatchFailed", "RolloutPaused", "RolloutResumed", "BatchStarted", "BatchSucceeded",
-                     "RolloutCompleted"])
+                    ["RolloutPaused", "RolloutResumed", "BatchStarted", "BatchFailed", "RolloutPaused"])
+    assert "QuarantineCleared" in kinds(machine_events(cp, "web-01"))
+    time.sleep(6)
+    assert switch_attempts(web_01, "2-switch-fails") == 2
+    assert_runs(web_01, "web-01", g1, 1)
+
+with subtest("A fixed release G3 completes and the host runs it"):
+    api(cp, "POST", f"/api/v1/rollouts/{rid}/cancel", expect=200)
+    wait_rollout_status(cp, rid, "cancelled", timeout=30)
+    g3 = build_fake_system(web_01, "web-01", 3)
+    fixed = create_release(cp, {"web-01": g3})
+    rid3 = create_rollout(cp, fixed, tags=["web"], health_timeout=60)
+    wait_rollout_status(cp, rid3, "completed", timeout=90)
+    assert kinds(events(cp, stream=f"rollout:{rid3}")) == ["RolloutCreated", "BatchStarted", "BatchSucceeded",
+                                                          "RolloutCompleted"]
+    assert_deployed(cp, "web-01", g3)
+    assert_runs(web_01, "web-01", g3, 3)
+    assert switch_attempts(web_01, "2-switch-fails") == 2

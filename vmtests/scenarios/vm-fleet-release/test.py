@@ -30,6 +30,7 @@ with subtest("The agent fetches the closure over HTTP from the cache and switche
     wait_rollout_status(cp, rid, "completed", timeout=120)
     assert current_system(web_01) == path != before
     web_01.succeed(f"nix-store -q --references {path}")
-    web_01.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'web-01 version 2'", timeout=15)
+    assert_runs(web_01, "web-01", path, 2)
+    assert_deployed(cp, "web-01", path)
     nar = os.path.basename(path)[:32]
     cache.succeed(f"journalctl -u nixfleet-cache-server --no-pager | grep -q 'GET /nar/{nar}.nar'")
