@@ -149,6 +149,14 @@ fn main() {
         let secs = start.elapsed().as_secs_f64();
         let n = appenders * per;
         println!("durable appends/s with {appenders:>2} appender(s): {:>9.0}  ({n} appends in {secs:.2}s)", n as f64 / secs);
+        let (commits, flush, sync) = log.commit_stats();
+        let c = commits.max(1) as f64;
+        println!(
+            "  {commits} group commits, {:.1} appends each; per commit: sled flush {:.0} µs + fdatasync {:.0} µs",
+            n as f64 / c,
+            flush.as_secs_f64() * 1e6 / c,
+            sync.as_secs_f64() * 1e6 / c
+        );
     }
 
     let dir = tempfile::tempdir_in(&base).unwrap();

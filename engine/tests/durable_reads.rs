@@ -42,18 +42,26 @@ struct Traced(u32);
 impl Drop for Traced {
     fn drop(&mut self) {
         let children = format!("/proc/{0}/task/{0}/children", self.0);
-        for pid in std::fs::read_to_string(children).unwrap_or_default().split_whitespace() {
-            let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+        for pid in std::fs::read_to_string(children)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
         }
     }
 }
+
+/// An answer (status, body) and how long it took.
+type Timed = ((u16, String), Duration);
 
 /// Runs `write` in a thread; 250 ms later (the write is staged, its sync still going on) runs
 /// each read; returns each read's answer and how long it took, and the write's answer.
 fn reads_during_a_write(
     write: impl FnOnce() -> (u16, String) + Send + 'static,
     reads: Vec<Box<dyn FnOnce() -> (u16, String) + Send>>,
-) -> (Vec<((u16, String), Duration)>, (u16, String)) {
+) -> (Vec<Timed>, (u16, String)) {
     let writer = std::thread::spawn(write);
     std::thread::sleep(Duration::from_millis(250));
     let readers: Vec<_> = reads
@@ -114,7 +122,10 @@ fn reads_wait_until_what_they_show_is_on_stable_storage() {
         "the machine's read shows the staged report: {body}"
     );
     // The events API may also answer at once without it (it serves durable records only).
-    for ((status, body), took) in answers.iter().filter(|a| a.0 .1.contains(&gen("web-01", 2))) {
+    for ((status, body), took) in answers
+        .iter()
+        .filter(|a| a.0 .1.contains(&gen("web-01", 2)))
+    {
         assert_eq!(*status, 200, "{body}");
         assert!(
             *took >= Duration::from_micros(SYNC_DELAY_US / 2),
