@@ -10,15 +10,26 @@
 //! - A path that failed is quarantined locally and not applied again (defect 1; see `quarantine`).
 //! - Health results of the post-switch verification travel with the "deployed" report, and every
 //!   "up-to-date" report carries the latest results, so the rollout gate need not wait (defect 7).
+//! - What `switch-to-configuration` did travels with the report that follows it (`switch`: switched,
+//!   failed_units, switched_with_errors, pending_reboot, not_switched), so the rollout gate judges a
+//!   switch whose units failed (exit status 4) even when the health checks pass (issue 18). A switch
+//!   that activated is verified, never rolled back for its exit status alone: the gate decides.
+//! - The activation comes with the desired generation (`activation`: switch, boot or test). `boot`
+//!   sets the profile and boot entry and reports "pending reboot" (on every report until the machine
+//!   runs it); `test` activates without touching the profile.
+//! - Every report says which booted parts (kernel, initrd, systemd) differ from the running
+//!   generation's (`reboot_needed`).
 
 use crate::health::HealthRunner;
 use crate::inflight::{InFlight, Journal, ATTEMPTS_MAX};
 use crate::nix::{self, FetchError, Fetched};
 use crate::quarantine::{Quarantine, Verdict};
 use crate::store_path::StorePath;
-use crate::switch::{self, Switcher};
+use crate::switch::{self, Activation, Outcome as SwitchOutcome, Switched, Switcher};
 use crate::telemetry::{set_state, State};
-use nixfleet_proto::api::v1::{DesiredGeneration, HealthCheckResult, HealthReport, Report};
+use nixfleet_proto::api::v1::{
+    DesiredGeneration, HealthCheckResult, HealthReport, Report, SwitchReport,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,6 +104,9 @@ pub enum Action {
     ProfileFailed,
     /// Applied and healthy.
     Deployed,
+    /// Boot activation: profile and boot entry point at the desired generation; it runs after a
+    /// reboot.
+    PendingReboot,
     /// Applied, failed, and switched back to the previous generation.
     RolledBack,
     /// Applied, failed, and switching back failed too (or there was nothing to switch back to).
@@ -175,13 +189,43 @@ impl Agent {
                 );
             }
         };
+        let activation = match Activation::parse(desired.activation.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "Refusing the desired generation");
+                let health = self.latest_health();
+                return self.outcome(false, &e, Some(health), true, Action::Invalid);
+            }
+        };
         let verdict = self.quarantine.observe(desired);
         let current = switch::read_current(&self.settings.switcher.current_system);
-        if current.as_ref() == Some(&path) {
+        let boot_set = activation == Activation::Boot && self.profile_points_at(&path);
+        if current.as_ref() == Some(&path) && (activation != Activation::Boot || boot_set) {
             // Running it already (even if quarantined: someone switched by hand): nothing to apply.
             tracing::info!(path = %path, "Already at desired generation");
             let health = self.latest_health();
             return self.outcome(true, "up-to-date", Some(health), true, Action::UpToDate);
+        }
+        if boot_set {
+            tracing::info!(path = %path, "Desired generation is the boot generation; pending reboot");
+            let health = self.latest_health();
+            let mut out = self.outcome(
+                true,
+                &format!("pending reboot: {path} is set to boot"),
+                Some(health),
+                true,
+                Action::PendingReboot,
+            );
+            out.report.switch = Some(switch_report(
+                &path,
+                activation,
+                Some(&Switched {
+                    outcome: SwitchOutcome::PendingReboot,
+                    exit_code: None,
+                    failed_units: None,
+                }),
+            ));
+            return out;
         }
         if let Verdict::Skip(why) = verdict {
             tracing::warn!(path = %path, reason = %why, "Not applying a quarantined generation");
@@ -218,10 +262,20 @@ impl Agent {
             out.report.dry_run = true;
             return out;
         }
-        self.apply(path, current)
+        self.apply(path, current, activation)
     }
 
-    fn apply(&mut self, path: StorePath, previous: Option<StorePath>) -> Outcome {
+    /// Whether the system profile points at `path` (the boot entry follows the profile).
+    fn profile_points_at(&self, path: &StorePath) -> bool {
+        std::fs::canonicalize(&self.settings.profile).is_ok_and(|p| p == path.as_path())
+    }
+
+    fn apply(
+        &mut self,
+        path: StorePath,
+        previous: Option<StorePath>,
+        activation: Activation,
+    ) -> Outcome {
         set_state(State::Applying);
         if let Err(e) = switch::check_closure(&path) {
             tracing::error!(error = %e, "Refusing to apply");
@@ -263,7 +317,12 @@ impl Agent {
         if let Err(e) = self.journal.start(&record) {
             tracing::warn!(error = %e, "Cannot write the deploy record; an interrupted deploy will not be resumed");
         }
-        if let Err(e) = nix::set_profile(&self.settings.profile, &path) {
+        let profile = if activation.sets_profile() {
+            nix::set_profile(&self.settings.profile, &path)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = profile {
             tracing::error!(error = %e, "Cannot set the system profile");
             self.journal.clear();
             return self.outcome(
@@ -274,16 +333,44 @@ impl Agent {
                 Action::ProfileFailed,
             );
         }
-        let outcome = match self.settings.switcher.switch_to(&path) {
-            Ok(()) => self.verify(&path, previous),
-            Err(e) => self.roll_back(&path, previous, &format!("switch failed: {e}")),
+        let outcome = match self.settings.switcher.activate(&path, activation) {
+            Ok(s) if s.outcome == SwitchOutcome::PendingReboot => {
+                // Nothing of the new generation runs yet, so there is nothing to verify.
+                tracing::info!(path = %path, "Boot entry set; pending reboot");
+                let health = self.latest_health();
+                let mut out = self.outcome(
+                    true,
+                    &format!("pending reboot: {path} is set to boot"),
+                    Some(health),
+                    true,
+                    Action::PendingReboot,
+                );
+                out.report.switch = Some(switch_report(&path, activation, Some(&s)));
+                out
+            }
+            Ok(s) => self.verify(&path, previous, activation, Some(s)),
+            Err(e) => self.roll_back(
+                &path,
+                previous,
+                activation,
+                &format!("switch failed: {e}"),
+                switch_report(&path, activation, None),
+            ),
         };
         self.journal.clear();
         outcome
     }
 
     /// Runs every health check on the freshly switched system; healthy → "deployed", else roll back.
-    fn verify(&mut self, path: &StorePath, previous: Option<StorePath>) -> Outcome {
+    /// `switched` is what the switch's exit status said (None: unknown, a resumed deploy); failed
+    /// units do not roll back by themselves, they travel with the report for the gate to judge.
+    fn verify(
+        &mut self,
+        path: &StorePath,
+        previous: Option<StorePath>,
+        activation: Activation,
+        switched: Option<Switched>,
+    ) -> Outcome {
         set_state(State::Verifying);
         let deadline = Instant::now() + self.settings.verify_window;
         let mut health = self.health.run_due(Instant::now(), true);
@@ -295,14 +382,32 @@ impl Agent {
             );
             health = self.health.run_due(Instant::now(), true);
         }
+        let switch = switched
+            .as_ref()
+            .map(|s| switch_report(path, activation, Some(s)));
         if health.all_passed {
             tracing::info!(path = %path, checks = health.results.len(), "Deployed; health checks passed");
-            return self.outcome(true, "deployed", Some(health), true, Action::Deployed);
+            let message = match &switched {
+                Some(s) if s.outcome != SwitchOutcome::Switched => {
+                    format!("deployed; {}", s.describe())
+                }
+                _ => "deployed".to_owned(),
+            };
+            let mut out = self.outcome(true, &message, Some(health), true, Action::Deployed);
+            out.report.switch = switch;
+            return out;
         }
         log_failed_checks(&health);
         tracing::warn!(path = %path, "Health checks failed after apply");
-        let reason = format!("health checks failed: {}", failed_summary(&health));
-        self.roll_back(path, previous, &reason)
+        let mut reason = format!("health checks failed: {}", failed_summary(&health));
+        if let Some(s) = switched
+            .as_ref()
+            .filter(|s| s.outcome != SwitchOutcome::Switched)
+        {
+            reason = format!("{}; {reason}", s.describe());
+        }
+        let switch = switch.unwrap_or_else(|| switch_report(path, activation, None));
+        self.roll_back(path, previous, activation, &reason, switch)
     }
 
     /// Finishes a deploy a previous agent process left behind (see `inflight`). `None`: nothing to
@@ -320,7 +425,9 @@ impl Agent {
         if current.as_ref() == Some(&target) {
             tracing::warn!(path = %target, attempts = record.attempts,
                 "Resuming a deploy interrupted after the switch; verifying it now");
-            let outcome = self.verify(&target, previous);
+            // The activation is not journaled; a deploy interrupted after its link flipped was a
+            // switch or a test, and is verified (and rolled back) as a switch.
+            let outcome = self.verify(&target, previous, Activation::Switch, None);
             self.journal.clear();
             return Some(outcome);
         }
@@ -345,7 +452,9 @@ impl Agent {
         &mut self,
         failed: &StorePath,
         previous: Option<StorePath>,
+        activation: Activation,
         reason: &str,
+        switch: SwitchReport,
     ) -> Outcome {
         set_state(State::RollingBack);
         self.quarantine.add(failed.as_str(), reason);
@@ -355,13 +464,25 @@ impl Agent {
             let message = format!(
                 "apply failed: {reason}; no previous generation recorded, nothing to roll back to"
             );
-            return self.outcome(false, &message, Some(health), true, Action::RollbackFailed);
+            let mut out = self.outcome(false, &message, Some(health), true, Action::RollbackFailed);
+            out.report.switch = Some(switch);
+            return out;
         };
         tracing::warn!(from = %failed, to = %previous, reason, "Rolling back to the pre-deploy generation");
-        let result = nix::set_profile(&self.settings.profile, &previous)
-            .and_then(|()| self.settings.switcher.switch_to(&previous));
+        // Back the same way: the profile only where it was set, and a boot entry for boot.
+        let profile = if activation.sets_profile() {
+            nix::set_profile(&self.settings.profile, &previous)
+        } else {
+            Ok(())
+        };
+        let result = profile.and_then(|()| {
+            self.settings
+                .switcher
+                .activate(&previous, activation)
+                .map(|_| ())
+        });
         let health = self.health.run_due(Instant::now(), true);
-        match result {
+        let mut out = match result {
             Ok(()) => {
                 tracing::info!(to = %previous, "Rolled back");
                 let mut out = self.outcome(
@@ -379,7 +500,9 @@ impl Agent {
                 let message = format!("rollback failed: {e} (after: {reason})");
                 self.outcome(false, &message, Some(health), true, Action::RollbackFailed)
             }
-        }
+        };
+        out.report.switch = Some(switch);
+        out
     }
 
     /// Keeps `path` alive across garbage collections; a failure is only a warning.
@@ -428,7 +551,27 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs(),
             rolled_back_from: None,
             dry_run: self.settings.dry_run,
+            switch: None,
+            reboot_needed: self.reboot_needed(),
         }
+    }
+
+    /// Booted parts that differ from the running generation's; the booted-system link is the
+    /// current-system link's sibling (`/run/booted-system`).
+    fn reboot_needed(&self) -> Vec<String> {
+        let current = &self.settings.switcher.current_system;
+        switch::reboot_needed(&current.with_file_name("booted-system"), current)
+    }
+}
+
+/// The report's `switch` object: what switching to `path` did (`None`: it did not activate).
+fn switch_report(path: &StorePath, activation: Activation, s: Option<&Switched>) -> SwitchReport {
+    SwitchReport {
+        path: path.to_string(),
+        activation: activation.as_str().to_owned(),
+        outcome: s.map_or("not_switched", |s| s.outcome.as_str()).to_owned(),
+        exit_code: s.and_then(|s| s.exit_code),
+        failed_units: s.and_then(|s| s.failed_units),
     }
 }
 

@@ -451,6 +451,7 @@ fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() 
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        activation: None,
     });
     // No PATH at all, like a bare systemd unit: a relative "sh" would fail with ENOENT.
     let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, None);
@@ -475,6 +476,7 @@ fn the_poll_hint_of_the_control_plane_shortens_polling() {
         cache_url: None,
         poll_hint: Some(1),
         quarantined: false,
+        activation: None,
     });
     let agent = RunningAgent::start(
         port,
@@ -828,6 +830,7 @@ fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        activation: None,
     });
     let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
     let line = agent.wait_for_log(
@@ -914,6 +917,7 @@ fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_roll
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        activation: None,
     });
     let spawn = || {
         Command::new(AGENT)
@@ -1050,6 +1054,7 @@ fn a_desired_generation_built_to_traverse_or_reach_a_shell_is_refused_and_runs_n
             cache_url: Some(format!("https://cache.example/$(touch {m})")),
             poll_hint: None,
             quarantined: false,
+            activation: None,
         });
         // Then the agent reports a refusal that names the value
         wait_until(

@@ -12,6 +12,7 @@ fn desired(path: &str, quarantined: bool) -> DesiredGeneration {
         cache_url: None,
         poll_hint: None,
         quarantined,
+        activation: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! `NIXFLEET_UPDATE_FIXTURES=1 cargo test -p nixfleet-engine --test fixtures`.
 #![allow(clippy::unwrap_used)]
 
-use nixfleet_core::decide::{Command, ReportInput};
+use nixfleet_core::decide::{Command, ReportInput, SwitchInput};
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
 use nixfleet_core::plan::RolloutSpec;
@@ -292,6 +292,61 @@ fn story() -> Vec<Vec<u8>> {
             tags: vec![Tag::parse("db").unwrap()],
         },
     );
+    // Health results with the agent's measurement time (HealthMeasured, then HealthReported).
+    let sent = e.now();
+    ok(
+        &Actor::Machine(m("web-02")),
+        Command::ReportMeasured {
+            machine: m("web-02"),
+            report: report(p("web-02", 2), true, Some(true), None),
+            auto_register: true,
+            health_timestamp: Timestamp(sent.0 - 20_000),
+            report_timestamp: Some(sent),
+        },
+    );
+    // r-4: a boot rollout that tolerates failed units (RolloutOptionsSet); web-02 reports its
+    // boot activation pending a reboot (SwitchReported) and a booted kernel that differs from the
+    // running generation's (RebootNeededSet).
+    ok(&admin, release("rel-6", 6));
+    ok(
+        &admin,
+        Command::CreateRolloutWithOptions {
+            rollout: rid("r-4"),
+            spec: RolloutSpec {
+                release: ReleaseId::parse("rel-6").unwrap(),
+                target: Target::Hosts(vec![m("web-02")]),
+                ..spec("pause", "all_at_once")
+            },
+            seed: 4,
+            options: RolloutOptions {
+                activation: Activation::Boot,
+                allow_failed_units: true,
+            },
+        },
+    );
+    ok(
+        &Actor::Machine(m("web-02")),
+        Command::ReportActivation {
+            report: Box::new(Command::Report {
+                machine: m("web-02"),
+                report: report(p("web-02", 2), true, None, None),
+                auto_register: true,
+            }),
+            machine: m("web-02"),
+            switch: Some(SwitchInput {
+                path: p("web-02", 6),
+                activation: Activation::Boot,
+                outcome: SwitchOutcome::PendingReboot,
+                exit_code: Some(0),
+                failed_units: None,
+            }),
+            reboot_needed: vec!["kernel".into()],
+        },
+    );
+    assert_eq!(
+        e.read(|s| s.rollouts[&rid("r-4")].status),
+        RolloutStatus::Completed
+    );
     log.raw()
 }
 
@@ -358,7 +413,7 @@ fn the_committed_v1_stream_still_decodes_chains_and_replays() {
         missing.is_empty(),
         "the fixture lacks {missing:?}; add them to story() and regenerate"
     );
-    assert_eq!(state.rollouts.len(), 2, "r-2 was deleted");
+    assert_eq!(state.rollouts.len(), 3, "r-1, r-3 and r-4; r-2 was deleted");
 }
 
 #[test]

@@ -61,13 +61,13 @@ pub fn run_ok(cmd: &mut Command) -> String {
 }
 
 const SYSTEM_NIX: &str = r#"
-{ name, link, marker, healthy, switchScript ? "" }:
+{ name, link, marker, healthy, switchScript ? "", bootParts ? "" }:
 builtins.derivation {
   inherit name;
   system = builtins.currentSystem;
   builder = "/bin/sh";
   PATH = "/usr/bin:/bin";
-  inherit link marker switchScript;
+  inherit link marker switchScript bootParts;
   healthyFlag = if healthy then "1" else "";
   args = [ "-c" ''
     mkdir -p $out/bin
@@ -80,6 +80,9 @@ builtins.derivation {
     echo 26.05-nixfleet-test > $out/nixos-version
     ln -s /bin/sh $out/init
     if [ -n "$healthyFlag" ]; then touch $out/healthy; fi
+    if [ -n "$bootParts" ]; then
+      for part in kernel initrd systemd; do ln -s "$bootParts/$part" $out/$part; done
+    fi
   '' ];
 }
 "#;
@@ -149,6 +152,17 @@ impl Machine {
 
     /// Builds a fake system whose switch-to-configuration is `script` (empty: the flipping one).
     pub fn build_with_switch(&self, name: &str, healthy: bool, script: &str) -> StorePath {
+        self.build_full(name, healthy, script, None)
+    }
+
+    /// Builds a fake system whose `kernel`, `initrd` and `systemd` link to those in `boot_parts`.
+    pub fn build_full(
+        &self,
+        name: &str,
+        healthy: bool,
+        script: &str,
+        boot_parts: Option<&Path>,
+    ) -> StorePath {
         let f = self.nix_file("system.nix", SYSTEM_NIX);
         let out = run_ok(
             Command::new("nix-build")
@@ -160,7 +174,9 @@ impl Machine {
                 .args(["--argstr", "marker"])
                 .arg(&self.marker)
                 .args(["--arg", "healthy", if healthy { "true" } else { "false" }])
-                .args(["--argstr", "switchScript", script]),
+                .args(["--argstr", "switchScript", script])
+                .args(["--argstr", "bootParts"])
+                .arg(boot_parts.unwrap_or(Path::new(""))),
         );
         StorePath::try_from(out.lines().last().expect("nix-build prints the path"))
             .expect("a store path")
@@ -183,6 +199,14 @@ impl Machine {
         self.set_profile(path);
         let _ = std::fs::remove_file(&self.current);
         std::os::unix::fs::symlink(path.as_str(), &self.current).expect("symlink current-system");
+    }
+
+    /// Makes `path` the running and the booted system, as a reboot into it would.
+    pub fn reboot_into(&self, path: &StorePath) {
+        self.boot_into(path);
+        let booted = self.dir.path().join("booted-system");
+        let _ = std::fs::remove_file(&booted);
+        std::os::unix::fs::symlink(path.as_str(), &booted).expect("symlink booted-system");
     }
 
     /// Adds a profile generation without switching (like `nixos-rebuild boot`).

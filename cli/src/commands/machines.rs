@@ -101,7 +101,7 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
                 t.row(vec![
                     m.machine_id.clone(),
                     m.lifecycle.clone(),
-                    m.system_state.clone(),
+                    with_notes(&m.system_state, &notes(m)),
                     or_dash(Some(&m.health)),
                     or_dash(Some(&m.tags.join(","))),
                     m.seconds_since_last_report
@@ -234,6 +234,47 @@ pub struct StatusRow {
     pub desired: Option<String>,
     /// Seconds since the last report.
     pub seconds_since_last_report: Option<u64>,
+    /// Booted kernel, initrd or systemd that differ from the running generation's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reboot_needed: Vec<String>,
+    /// What the machine's last switch left to know: "switched, 3 units failed", "pending reboot", …
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What the state column adds to ok/error: a reboot needed for the booted kernel, initrd or
+/// systemd; a boot activation pending a reboot; a switch to the running generation that exited
+/// non-zero.
+pub fn notes(m: &MachineStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(s) = &m.last_switch {
+        let on_current = s.path == m.current_generation;
+        match s.outcome.as_str() {
+            "failed_units" if on_current => out.push(format!(
+                "switched, {} units failed",
+                s.failed_units
+                    .map_or_else(|| "some".to_owned(), |n| n.to_string())
+            )),
+            "switched_with_errors" if on_current => out.push(match s.exit_code {
+                Some(c) => format!("switched with errors (exit status {c})"),
+                None => "switched with errors".to_owned(),
+            }),
+            "pending_reboot" if !on_current => out.push("pending reboot".to_owned()),
+            _ => {}
+        }
+    }
+    if !m.reboot_needed.is_empty() {
+        out.push(format!("reboot needed ({})", m.reboot_needed.join(", ")));
+    }
+    out
+}
+
+fn with_notes(state: &str, notes: &[String]) -> String {
+    if notes.is_empty() {
+        state.to_owned()
+    } else {
+        format!("{state}; {}", notes.join("; "))
+    }
 }
 
 /// Classifies one machine.
@@ -255,6 +296,8 @@ pub fn status_row(m: &MachineStatus, stale_threshold: u64) -> StatusRow {
         current: m.current_generation.clone(),
         desired: m.desired_generation.clone(),
         seconds_since_last_report: m.seconds_since_last_report,
+        reboot_needed: m.reboot_needed.clone(),
+        notes: notes(m),
     }
 }
 
@@ -291,11 +334,14 @@ pub fn status(settings: &Settings, args: StatusArgs) -> Result<()> {
             for r in &rows {
                 t.row(vec![
                     r.machine_id.clone(),
-                    if r.stale {
-                        format!("{} (stale)", r.state)
-                    } else {
-                        r.state.clone()
-                    },
+                    with_notes(
+                        &if r.stale {
+                            format!("{} (stale)", r.state)
+                        } else {
+                            r.state.clone()
+                        },
+                        &r.notes,
+                    ),
                     or_dash(Some(&r.health)),
                     r.lifecycle.clone(),
                     match r.sync {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
     /// Start a rollout of a release (or, with --plan, show its batches without starting it).
-    Create(CreateArgs),
+    Create(Box<CreateCmd>),
     /// Rollouts, newest first.
     List {
         /// Only rollouts in this status (running, paused, completed, failed, cancelled, reverted).
@@ -93,6 +93,30 @@ pub struct CreateArgs {
     /// With --wait: give up after this many seconds (0: never).
     #[arg(long, default_value_t = 600)]
     pub wait_timeout: u64,
+}
+
+/// `rollout create`: the request and its options.
+#[derive(Debug, Args, Clone)]
+pub struct CreateCmd {
+    /// What to roll out, to which machines, and how batches are judged.
+    #[command(flatten)]
+    pub args: CreateArgs,
+    /// How agents activate it.
+    #[command(flatten)]
+    pub options: OptionArgs,
+}
+
+/// `rollout create` options recorded with the rollout (`RolloutOptionsSet`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct OptionArgs {
+    /// How agents activate the release: switch (now and at boot), boot (at the next boot; a
+    /// machine counts healthy once it is set to boot) or test (now, not at boot) [default: switch].
+    #[arg(long, value_name = "MODE")]
+    pub activation: Option<String>,
+    /// A switch whose units failed to start (exit status 4) does not make its machine unhealthy;
+    /// its health checks alone judge it.
+    #[arg(long)]
+    pub allow_failed_units: bool,
 }
 
 /// `rollout status`.
@@ -208,12 +232,33 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
         health_timeout: Some(health_timeout),
         target,
         seed: a.seed,
+        activation: None,
+        allow_failed_units: None,
     })
 }
 
-/// Runs `rollout create` and returns the rollout id the control plane answered with.
+/// Runs `rollout create` with the default options and returns the rollout id.
 pub fn create(settings: &Settings, a: &CreateArgs) -> Result<String> {
-    let req = request(settings, a)?;
+    create_with(settings, a, &OptionArgs::default())
+}
+
+/// Adds the options to a create request; an unknown activation is a usage error.
+pub fn with_options(mut req: CreateRolloutRequest, o: &OptionArgs) -> Result<CreateRolloutRequest> {
+    if let Some(a) = &o.activation {
+        if !["switch", "boot", "test"].contains(&a.as_str()) {
+            return Err(CliError::usage(format!(
+                "--activation {a:?}: use switch, boot or test"
+            )));
+        }
+    }
+    req.activation = o.activation.clone();
+    req.allow_failed_units = o.allow_failed_units.then_some(true);
+    Ok(req)
+}
+
+/// Runs `rollout create` and returns the rollout id the control plane answered with.
+pub fn create_with(settings: &Settings, a: &CreateArgs, o: &OptionArgs) -> Result<String> {
+    let req = with_options(request(settings, a)?, o)?;
     let client = Client::new(settings)?;
     let path = if a.plan {
         "/api/v1/rollouts/plan"
@@ -295,6 +340,17 @@ pub fn render(d: &RolloutDetail) -> String {
         time::short(&d.created_at),
         d.created_by
     )];
+    if d.activation != "switch" || d.allow_failed_units {
+        out.push(format!(
+            "activation {}{}",
+            d.activation,
+            if d.allow_failed_units {
+                ", failed units allowed"
+            } else {
+                ", failed units fail"
+            }
+        ));
+    }
     if let Some(r) = &d.reason {
         out.push(format!("reason: {r}"));
     }
@@ -425,7 +481,7 @@ fn wait(
 /// Runs `nixfleet rollout …`.
 pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
     match cmd {
-        RolloutCmd::Create(a) => create(settings, &a).map(|_| ()),
+        RolloutCmd::Create(c) => create_with(settings, &c.args, &c.options).map(|_| ()),
         RolloutCmd::List { status } => {
             let pairs: Vec<(&str, String)> = status.into_iter().map(|s| ("status", s)).collect();
             let rollouts: Vec<RolloutDetail> =

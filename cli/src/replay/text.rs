@@ -3,7 +3,7 @@
 
 use crate::error::{CliError, Result};
 use crate::output::short_path;
-use nixfleet_core::event::{DesiredCause, Event, RolloutPlan, Target};
+use nixfleet_core::event::{DesiredCause, Event, RolloutPlan, SwitchOutcome, Target};
 use nixfleet_core::ids::{StorePath, Timestamp};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -250,6 +250,58 @@ pub fn describe(e: &Event) -> String {
         Event::ApiKeyCreated { name, role, .. } => format!("key {name} created, role {role}"),
         Event::ApiKeyRevoked { name } => format!("key {name} revoked"),
         Event::BootstrapDone { name } => format!("bootstrap closed (first key {name})"),
+        Event::HealthMeasured {
+            machine,
+            measured_at,
+        } => format!(
+            "{machine} health checks below measured at {}",
+            rfc3339(*measured_at)
+        ),
+        Event::RolloutOptionsSet {
+            rollout,
+            activation,
+            allow_failed_units,
+        } => format!(
+            "{rollout} options: activation {activation}{}",
+            if *allow_failed_units {
+                ", failed units allowed"
+            } else {
+                ""
+            }
+        ),
+        Event::SwitchReported {
+            machine,
+            path: p,
+            activation,
+            outcome,
+            exit_code,
+            failed_units,
+        } => {
+            let mut s = format!("{machine} {activation} to {}: {outcome}", path(p));
+            if *outcome == SwitchOutcome::FailedUnits {
+                s.push_str(&format!(
+                    " ({} units)",
+                    failed_units.map_or_else(|| "some".to_owned(), |n| n.to_string())
+                ));
+            }
+            if let Some(c) = exit_code.filter(|c| *c != 0) {
+                s.push_str(&format!(", exit status {c}"));
+            }
+            s
+        }
+        Event::RebootNeededSet {
+            machine,
+            components,
+        } => {
+            if components.is_empty() {
+                format!("{machine} no longer needs a reboot")
+            } else {
+                format!(
+                    "{machine} needs a reboot: booted {} differ from the running generation's",
+                    components.join(", ")
+                )
+            }
+        }
     }
 }
 

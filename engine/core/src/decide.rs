@@ -46,6 +46,26 @@ pub struct ReportInput {
     pub rolled_back_from: Option<StorePath>,
 }
 
+/// What an agent's switch did, as the front end parsed it from a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchInput {
+    /// The generation switched to.
+    pub path: StorePath,
+    /// switch, boot or test.
+    pub activation: Activation,
+    /// What happened.
+    pub outcome: SwitchOutcome,
+    /// The exit status, when known.
+    pub exit_code: Option<i32>,
+    /// Failed units, when counted.
+    pub failed_units: Option<u32>,
+}
+
+/// Most entries of a report's `reboot_needed`.
+pub const REBOOT_PARTS_MAX: usize = 8;
+/// Longest entry of a report's `reboot_needed`.
+pub const REBOOT_PART_LEN_MAX: usize = 32;
+
 /// Everything an operator or agent can ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -94,6 +114,21 @@ pub enum Command {
         report: ReportInput,
         /// Register the machine if unknown.
         auto_register: bool,
+    },
+    /// An agent reports health results with the times it measured them (its clock), as the API
+    /// receives them; [`Command::Report`] is the same without times (results count as measured when
+    /// appended). See [`health_measured_at`].
+    ReportMeasured {
+        /// Machine.
+        machine: MachineId,
+        /// The report (its `health` must be set for the times to matter).
+        report: ReportInput,
+        /// Register the machine if unknown.
+        auto_register: bool,
+        /// When the agent says its health checks ran (`health.timestamp`).
+        health_timestamp: Timestamp,
+        /// When the agent says it built the report (`timestamp`), if it sent a readable one.
+        report_timestamp: Option<Timestamp>,
     },
     /// An out-of-band deploy happened.
     NotifyDeploy {
@@ -154,6 +189,31 @@ pub enum Command {
         /// Rollout.
         rollout: RolloutId,
     },
+    /// A report ([`Command::Report`] or [`Command::ReportMeasured`], in `report`) that also says
+    /// what the agent's switch did and which booted parts differ from the running generation's
+    /// (agents after v0.1). Its events follow the report's, in the same group.
+    ReportActivation {
+        /// The report itself.
+        report: Box<Command>,
+        /// Machine (must be the report's).
+        machine: MachineId,
+        /// What the switch did, on the report that follows one.
+        switch: Option<SwitchInput>,
+        /// Booted kernel, initrd or systemd that differ from the running generation's.
+        reboot_needed: Vec<String>,
+    },
+    /// [`Command::CreateRollout`] with options beyond the plan; `RolloutOptionsSet` follows the
+    /// `RolloutCreated` in the same group when they differ from the defaults.
+    CreateRolloutWithOptions {
+        /// Minted id.
+        rollout: RolloutId,
+        /// The request.
+        spec: RolloutSpec,
+        /// Seed of the machine order.
+        seed: u64,
+        /// Activation and failed-units options.
+        options: RolloutOptions,
+    },
 }
 
 /// Most entries in one release.
@@ -163,9 +223,61 @@ pub const MESSAGE_LEN_MAX: usize = 4096;
 /// Most tags on a machine.
 pub const TAGS_MAX: usize = 64;
 
+/// When a report's health results were measured, by the control plane's clock (`now`, the
+/// report's append time). The agent's clock may be off, so this is the earliest of: `now`; the
+/// agent's stamp `health_timestamp`; and `now` less the results' age by the agent's own clock
+/// (`report_timestamp - health_timestamp`, in which its offset cancels). A clock ahead thus gains
+/// nothing; a clock behind makes results look older (they count later, never wrongly).
+pub fn health_measured_at(
+    now: Timestamp,
+    health_timestamp: Timestamp,
+    report_timestamp: Option<Timestamp>,
+) -> Timestamp {
+    let stamped = health_timestamp.min(now);
+    match report_timestamp {
+        Some(sent) => {
+            let age_ms = sent.0.saturating_sub(health_timestamp.0);
+            stamped.min(Timestamp(now.0.saturating_sub(age_ms)))
+        }
+        None => stamped,
+    }
+}
+
 /// Decides what `cmd` does to `state`. Pure.
-pub fn decide(state: &State, cmd: &Command, _now: Timestamp) -> Result<Vec<Event>, Rejection> {
+pub fn decide(state: &State, cmd: &Command, now: Timestamp) -> Result<Vec<Event>, Rejection> {
     match cmd {
+        Command::ReportMeasured {
+            machine,
+            report,
+            auto_register,
+            health_timestamp,
+            report_timestamp,
+        } => {
+            let mut out = decide(
+                state,
+                &Command::Report {
+                    machine: machine.clone(),
+                    report: report.clone(),
+                    auto_register: *auto_register,
+                },
+                now,
+            )?;
+            // Right before the results it dates, so the reducer judges them with their time.
+            if let Some(i) = out
+                .iter()
+                .position(|e| matches!(e, Event::HealthReported { .. }))
+            {
+                let measured_at = health_measured_at(now, *health_timestamp, *report_timestamp);
+                out.insert(
+                    i,
+                    Event::HealthMeasured {
+                        machine: machine.clone(),
+                        measured_at,
+                    },
+                );
+            }
+            Ok(out)
+        }
         Command::Bootstrap { name, hash } => {
             if state.bootstrapped || !state.api_keys.is_empty() {
                 return Err(Rejection::Conflict(
@@ -501,6 +613,77 @@ pub fn decide(state: &State, cmd: &Command, _now: Timestamp) -> Result<Vec<Event
             Ok(vec![Event::RolloutDeleted {
                 rollout: rollout.clone(),
             }])
+        }
+        Command::ReportActivation {
+            report,
+            machine,
+            switch,
+            reboot_needed,
+        } => {
+            match report.as_ref() {
+                Command::Report { machine: m, .. } | Command::ReportMeasured { machine: m, .. }
+                    if m == machine => {}
+                _ => {
+                    return Err(Rejection::Invalid(
+                        "an activation report must wrap a report of the same machine".into(),
+                    ))
+                }
+            }
+            if reboot_needed.len() > REBOOT_PARTS_MAX
+                || reboot_needed
+                    .iter()
+                    .any(|p| p.is_empty() || p.len() > REBOOT_PART_LEN_MAX)
+            {
+                return Err(Rejection::Invalid(format!(
+                    "reboot_needed holds at most {REBOOT_PARTS_MAX} names of 1 to {REBOOT_PART_LEN_MAX} bytes (kernel, initrd, systemd)"
+                )));
+            }
+            let mut out = decide(state, report, now)?;
+            if let Some(s) = switch {
+                out.push(Event::SwitchReported {
+                    machine: machine.clone(),
+                    path: s.path.clone(),
+                    activation: s.activation,
+                    outcome: s.outcome,
+                    exit_code: s.exit_code,
+                    failed_units: s.failed_units,
+                });
+            }
+            let known: &[String] = state
+                .machines
+                .get(machine)
+                .map_or(&[], |m| m.reboot_needed.as_slice());
+            if known != reboot_needed.as_slice() {
+                out.push(Event::RebootNeededSet {
+                    machine: machine.clone(),
+                    components: reboot_needed.clone(),
+                });
+            }
+            Ok(out)
+        }
+        Command::CreateRolloutWithOptions {
+            rollout,
+            spec,
+            seed,
+            options,
+        } => {
+            let mut out = decide(
+                state,
+                &Command::CreateRollout {
+                    rollout: rollout.clone(),
+                    spec: spec.clone(),
+                    seed: *seed,
+                },
+                now,
+            )?;
+            if *options != RolloutOptions::default() {
+                out.push(Event::RolloutOptionsSet {
+                    rollout: rollout.clone(),
+                    activation: options.activation,
+                    allow_failed_units: options.allow_failed_units,
+                });
+            }
+            Ok(out)
         }
     }
 }

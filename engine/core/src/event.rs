@@ -191,6 +191,53 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// How an agent activates the generation a rollout asks of it (`switch-to-configuration ACTION`).
+    Activation {
+        /// Set the profile and boot entry and activate now (the default).
+        Switch => "switch",
+        /// Set the profile and boot entry only: the generation runs after the next reboot.
+        Boot => "boot",
+        /// Activate now, leave the profile and boot entry alone: a reboot returns to the old one.
+        Test => "test",
+    }
+);
+
+text_enum!(
+    /// What an agent's `switch-to-configuration` did, read from its exit status and the links.
+    SwitchOutcome {
+        /// Activated, exit status 0.
+        Switched => "switched",
+        /// Activated, but some units failed to start (NixOS exit status 4).
+        FailedUnits => "failed_units",
+        /// Activated, but exited with another non-zero status (the activation script failed, …).
+        SwitchedWithErrors => "switched_with_errors",
+        /// Boot activation: profile and boot entry set, the generation runs after a reboot.
+        PendingReboot => "pending_reboot",
+        /// It failed before activating; the agent put the previous generation back.
+        NotSwitched => "not_switched",
+    }
+);
+
+/// The options of a rollout beyond its plan (recorded by [`Event::RolloutOptionsSet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RolloutOptions {
+    /// How agents activate the release.
+    pub activation: Activation,
+    /// A switch whose units failed to start (exit status 4) does not make its machine unhealthy;
+    /// the health checks alone judge it.
+    pub allow_failed_units: bool,
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        RolloutOptions {
+            activation: Activation::Switch,
+            allow_failed_units: false,
+        }
+    }
+}
+
 /// A count, or a percentage of a total rounded up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Amount {
@@ -520,6 +567,48 @@ pub enum Event {
         /// The key's name.
         name: KeyName,
     },
+    /// When the checks of the machine's next [`Event::HealthReported`] (appended right after this,
+    /// in the same group) were measured, by the control plane's clock. Reports without it (old
+    /// logs, agents that send no time) are judged as measured when appended.
+    HealthMeasured {
+        /// The machine.
+        machine: MachineId,
+        /// When its oldest result was measured, never later than the report's append time.
+        measured_at: crate::ids::Timestamp,
+    },
+    /// A rollout's options beyond its plan; appended in the same group right after its
+    /// `RolloutCreated` when they differ from the defaults (absent: switch, failed units fail).
+    RolloutOptionsSet {
+        /// The rollout.
+        rollout: RolloutId,
+        /// How agents activate the release.
+        activation: Activation,
+        /// Failed units (exit status 4) do not make a machine unhealthy.
+        allow_failed_units: bool,
+    },
+    /// An agent said what its `switch-to-configuration` did for a path.
+    SwitchReported {
+        /// The machine.
+        machine: MachineId,
+        /// The generation it switched to.
+        path: StorePath,
+        /// switch, boot or test.
+        activation: Activation,
+        /// What happened.
+        outcome: SwitchOutcome,
+        /// The exit status, when the agent could read one.
+        exit_code: Option<i32>,
+        /// How many units failed, when the switch's output said.
+        failed_units: Option<u32>,
+    },
+    /// The parts of the booted system that differ from the running generation's changed
+    /// (`kernel`, `initrd`, `systemd`; empty: no reboot needed).
+    RebootNeededSet {
+        /// The machine.
+        machine: MachineId,
+        /// The differing parts.
+        components: Vec<String>,
+    },
 }
 
 impl Event {
@@ -551,6 +640,10 @@ impl Event {
             Event::ApiKeyCreated { .. } => "ApiKeyCreated",
             Event::ApiKeyRevoked { .. } => "ApiKeyRevoked",
             Event::BootstrapDone { .. } => "BootstrapDone",
+            Event::HealthMeasured { .. } => "HealthMeasured",
+            Event::RolloutOptionsSet { .. } => "RolloutOptionsSet",
+            Event::SwitchReported { .. } => "SwitchReported",
+            Event::RebootNeededSet { .. } => "RebootNeededSet",
         }
     }
 
@@ -581,6 +674,10 @@ impl Event {
         "ApiKeyCreated",
         "ApiKeyRevoked",
         "BootstrapDone",
+        "HealthMeasured",
+        "RolloutOptionsSet",
+        "SwitchReported",
+        "RebootNeededSet",
     ];
 
     /// The stream the event belongs to: `machine:ID`, `rollout:ID`, `release:ID`, `key:NAME`.
@@ -594,7 +691,10 @@ impl Event {
             | Event::DesiredGenerationSet { machine, .. }
             | Event::DesiredGenerationCleared { machine, .. }
             | Event::MachineQuarantined { machine, .. }
-            | Event::QuarantineCleared { machine, .. } => format!("machine:{machine}"),
+            | Event::QuarantineCleared { machine, .. }
+            | Event::HealthMeasured { machine, .. }
+            | Event::SwitchReported { machine, .. }
+            | Event::RebootNeededSet { machine, .. } => format!("machine:{machine}"),
             Event::ReleaseCreated { release, .. } | Event::ReleaseDeleted { release } => {
                 format!("release:{release}")
             }
@@ -608,7 +708,8 @@ impl Event {
             | Event::RolloutCompleted { rollout }
             | Event::RolloutFailed { rollout, .. }
             | Event::RolloutReverted { rollout, .. }
-            | Event::RolloutDeleted { rollout } => format!("rollout:{rollout}"),
+            | Event::RolloutDeleted { rollout }
+            | Event::RolloutOptionsSet { rollout, .. } => format!("rollout:{rollout}"),
             Event::ApiKeyCreated { name, .. }
             | Event::ApiKeyRevoked { name }
             | Event::BootstrapDone { name } => {

@@ -48,6 +48,48 @@ pub struct LastReport {
     pub dry_run: bool,
 }
 
+/// What a machine's last reported switch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchEntry {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// When it was appended.
+    pub at: Timestamp,
+    /// The generation switched to.
+    pub path: StorePath,
+    /// switch, boot or test.
+    pub activation: Activation,
+    /// What happened.
+    pub outcome: SwitchOutcome,
+    /// The exit status, when known.
+    pub exit_code: Option<i32>,
+    /// Failed units, when counted.
+    pub failed_units: Option<u32>,
+}
+
+impl SwitchEntry {
+    /// Why this switch makes its machine unhealthy under `options`, if it does: failed units
+    /// (unless allowed) and any other non-zero exit after activating.
+    pub fn failure(&self, options: &RolloutOptions) -> Option<String> {
+        let code = self
+            .exit_code
+            .map_or_else(|| "non-zero".to_owned(), |c| c.to_string());
+        match self.outcome {
+            SwitchOutcome::FailedUnits if !options.allow_failed_units => Some(format!(
+                "switched to {}, {} units failed (exit status {code}; the rollout does not allow failed units)",
+                self.path,
+                self.failed_units
+                    .map_or_else(|| "some".to_owned(), |n| n.to_string())
+            )),
+            SwitchOutcome::SwitchedWithErrors => Some(format!(
+                "switched to {}, but switch-to-configuration exited with status {code}",
+                self.path
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// One health result set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthEntry {
@@ -82,6 +124,12 @@ pub struct Machine {
     pub quarantined: BTreeMap<StorePath, String>,
     /// Latest health results, newest last, bounded by [`HEALTH_HISTORY_MAX`].
     pub health: VecDeque<HealthEntry>,
+    /// What its last reported switch did.
+    #[serde(default)]
+    pub last_switch: Option<SwitchEntry>,
+    /// Booted kernel, initrd or systemd that differ from the running generation's (empty: none).
+    #[serde(default)]
+    pub reboot_needed: Vec<String>,
 }
 
 impl Machine {
@@ -214,6 +262,9 @@ pub struct Rollout {
     pub created_by: Actor,
     /// Why it paused, failed or was reverted.
     pub reason: Option<String>,
+    /// Activation and failed-units options (`RolloutOptionsSet`; defaults when absent).
+    #[serde(default)]
+    pub options: RolloutOptions,
 }
 
 impl Rollout {
@@ -284,6 +335,10 @@ pub struct State {
     pub audit: VecDeque<AuditEntry>,
     /// How many times rollouts entered each status other than running (for `nixfleet_rollouts_total`).
     pub rollouts_reached: BTreeMap<RolloutStatus, u64>,
+    /// The measurement time of a `HealthMeasured` waiting for the `HealthReported` right after it
+    /// (same group); taken by that event, so between groups it is always `None`.
+    #[serde(default)]
+    pub health_measured: Option<(MachineId, Timestamp)>,
 }
 
 impl State {
@@ -329,6 +384,8 @@ impl State {
                         last_report: None,
                         quarantined: BTreeMap::new(),
                         health: VecDeque::new(),
+                        last_switch: None,
+                        reboot_needed: Vec::new(),
                     },
                 );
             }
@@ -364,12 +421,14 @@ impl State {
                         dry_run: *dry_run,
                     });
                 }
+                // A measurement time never outlives its group (see `health_measured`).
+                self.health_measured = None;
                 if !success {
                     let reason = match rolled_back_from {
                         Some(p) => format!("rolled back from {p}: {message}"),
                         None => format!("report failed: {message}"),
                     };
-                    self.judge(machine, seq, |_| {
+                    self.judge(machine, seq, |_, _| {
                         Some(MachineHealth::Unhealthy(Some(seq), reason.clone()))
                     });
                 }
@@ -380,6 +439,13 @@ impl State {
                 results,
                 all_passed,
             } => {
+                // Old logs (and agents that send no time) have no `HealthMeasured`: such results
+                // count as measured when appended, as before.
+                let measured_at = self
+                    .health_measured
+                    .take()
+                    .filter(|(m, _)| m == machine)
+                    .map(|(_, t)| t);
                 if let Some(m) = self.machines.get_mut(machine) {
                     if m.health.len() == HEALTH_HISTORY_MAX {
                         m.health.pop_front();
@@ -392,12 +458,17 @@ impl State {
                         all_passed: *all_passed,
                     });
                 }
-                self.judge(machine, seq, |target| {
+                self.judge(machine, seq, |target, started_at| {
                     if generation.as_ref() != Some(target) {
                         // Health of the old generation says nothing about the release.
                         return None;
                     }
                     if *all_passed {
+                        // A pass measured before the batch started (a cached result re-sent by
+                        // a machine already on the release path) is no evidence about the batch.
+                        if measured_at.zip(started_at).is_some_and(|(m, s)| m < s) {
+                            return None;
+                        }
                         Some(MachineHealth::Healthy(seq))
                     } else {
                         let failed: Vec<&str> = results
@@ -495,6 +566,7 @@ impl State {
                         updated_at: at,
                         created_by: env.actor.clone(),
                         reason: None,
+                        options: RolloutOptions::default(),
                     },
                 );
             }
@@ -638,6 +710,69 @@ impl State {
                 }
             }
             Event::BootstrapDone { .. } => self.bootstrapped = true,
+            Event::HealthMeasured {
+                machine,
+                measured_at,
+            } => self.health_measured = Some((machine.clone(), *measured_at)),
+            Event::RolloutOptionsSet {
+                rollout,
+                activation,
+                allow_failed_units,
+            } => {
+                if let Some(r) = self.rollouts.get_mut(rollout) {
+                    r.options = RolloutOptions {
+                        activation: *activation,
+                        allow_failed_units: *allow_failed_units,
+                    };
+                }
+            }
+            Event::SwitchReported {
+                machine,
+                path,
+                activation,
+                outcome,
+                exit_code,
+                failed_units,
+            } => {
+                let entry = SwitchEntry {
+                    seq,
+                    at,
+                    path: path.clone(),
+                    activation: *activation,
+                    outcome: *outcome,
+                    exit_code: *exit_code,
+                    failed_units: *failed_units,
+                };
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.last_switch = Some(entry.clone());
+                }
+                let options = self
+                    .active_rollout_of
+                    .get(machine)
+                    .and_then(|r| self.rollouts.get(r))
+                    .map(|r| r.options)
+                    .unwrap_or_default();
+                self.judge(machine, seq, |target, _| {
+                    if path != target {
+                        return None;
+                    }
+                    if let Some(why) = entry.failure(&options) {
+                        return Some(MachineHealth::Unhealthy(Some(seq), why));
+                    }
+                    // Boot activation: nothing runs the release before a reboot, so a set
+                    // profile and boot entry is all the evidence there can be.
+                    (entry.outcome == SwitchOutcome::PendingReboot)
+                        .then_some(MachineHealth::Healthy(seq))
+                });
+            }
+            Event::RebootNeededSet {
+                machine,
+                components,
+            } => {
+                if let Some(m) = self.machines.get_mut(machine) {
+                    m.reboot_needed = components.clone();
+                }
+            }
         }
     }
 
@@ -680,8 +815,12 @@ impl State {
         &mut self,
         machine: &MachineId,
         seq: Seq,
-        verdict: impl Fn(&StorePath) -> Option<MachineHealth>,
+        verdict: impl Fn(&StorePath, Option<Timestamp>) -> Option<MachineHealth>,
     ) {
+        let last_switch = self
+            .machines
+            .get(machine)
+            .and_then(|m| m.last_switch.clone());
         let Some(rid) = self.active_rollout_of.get(machine) else {
             return;
         };
@@ -704,17 +843,26 @@ impl State {
         let Some(target) = b.target_of(machine).cloned() else {
             return;
         };
-        if let Some(h) = verdict(&target) {
-            b.set_health(machine, h);
+        if let Some(h) = verdict(&target, b.started_at) {
+            // A failed switch to the release in this attempt is not undone by later passing checks.
+            let failed_switch = matches!(h, MachineHealth::Healthy(_))
+                && last_switch.as_ref().is_some_and(|s| {
+                    s.path == target
+                        && b.started_seq.is_some_and(|st| s.seq > st)
+                        && s.failure(&r.options).is_some()
+                });
+            if !failed_switch {
+                b.set_health(machine, h);
+            }
         }
     }
 
     /// The active rollout whose gate this event may move.
     pub fn rollout_affected_by(&self, event: &Event) -> Option<&RolloutId> {
         match event {
-            Event::ReportReceived { machine, .. } | Event::HealthReported { machine, .. } => {
-                self.active_rollout_of.get(machine)
-            }
+            Event::ReportReceived { machine, .. }
+            | Event::HealthReported { machine, .. }
+            | Event::SwitchReported { machine, .. } => self.active_rollout_of.get(machine),
             _ => None,
         }
     }
@@ -774,7 +922,20 @@ fn audit_of(e: &Event) -> Option<(&'static str, String, String)> {
             machine.to_string(),
             format!("{source}: {}", join(tags)),
         ),
-        Event::ReportReceived { .. } | Event::HealthReported { .. } => return None,
+        Event::ReportReceived { .. }
+        | Event::HealthReported { .. }
+        | Event::HealthMeasured { .. }
+        | Event::SwitchReported { .. }
+        | Event::RebootNeededSet { .. } => return None,
+        Event::RolloutOptionsSet {
+            rollout,
+            activation,
+            allow_failed_units,
+        } => (
+            "rollout.options",
+            rollout.to_string(),
+            format!("activation={activation} allow_failed_units={allow_failed_units}"),
+        ),
         Event::DesiredGenerationSet {
             machine,
             path,

@@ -761,3 +761,433 @@ fn incremental_state_equals_replay_after_a_full_story() {
     healthy_on(&mut f, "web-02", 2);
     assert_eq!(f.replayed(), f.state);
 }
+
+// Issue 18, hole 3: health evidence must be measured after the batch started.
+
+/// The reports of `web-01`, already running the release path (`rel-2` = generation 2), each with
+/// one check that passed (or failed), measured `age_secs` before the report was sent.
+fn measured_report(
+    f: &mut Fleet,
+    passed: bool,
+    age_secs: u64,
+    clock_ahead_secs: u64,
+) -> Vec<Event> {
+    let sent = f.now.plus_secs(clock_ahead_secs);
+    let health_timestamp = Timestamp(sent.0 - age_secs * 1000);
+    f.run(
+        Actor::Machine(m("web-01")),
+        Command::ReportMeasured {
+            machine: m("web-01"),
+            report: ReportInput {
+                generation: Some(path("web-01", 2)),
+                // A poll's report: the failure, if any, is only in the health results.
+                success: true,
+                message: "up-to-date".into(),
+                tags: vec![],
+                health: Some((
+                    vec![CheckResult {
+                        name: "check".into(),
+                        passed,
+                        duration_ms: 1,
+                        message: if passed { "".into() } else { "down".into() },
+                    }],
+                    passed,
+                )),
+                agent_version: "test".into(),
+                uptime_secs: 1,
+                dry_run: false,
+                rolled_back_from: None,
+            },
+            auto_register: true,
+            health_timestamp,
+            report_timestamp: Some(sent),
+        },
+    )
+    .expect("report accepted")
+}
+
+/// Given web-01 already running the release path, healthy, and a rollout of it started 10 s ago.
+fn web01_on_the_release_path_in_a_started_batch() -> Fleet {
+    let mut f = two_web_machines();
+    f.report("web-01", Some(path("web-01", 2)), true, Some(true));
+    f.rollout(
+        "r-1",
+        Fleet::spec(
+            "rel-2",
+            "all_at_once",
+            None,
+            "0",
+            "pause",
+            60,
+            hosts(&["web-01"]),
+        ),
+    )
+    .unwrap();
+    f.advance(10);
+    f
+}
+
+fn health_of_web01(f: &Fleet) -> MachineHealth {
+    f.state.rollouts[&RolloutId::parse("r-1").unwrap()].batches[0].health[&m("web-01")].clone()
+}
+
+#[test]
+fn a_pass_measured_before_the_batch_started_does_not_count() {
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    // A cached result, measured 30 s ago (20 s before the batch started), sent again now.
+    let ev = measured_report(&mut f, true, 30, 0);
+    assert_eq!(
+        Fleet::kinds(&ev),
+        ["ReportReceived", "HealthMeasured", "HealthReported"]
+    );
+    assert_eq!(health_of_web01(&f), MachineHealth::Pending);
+    assert_eq!(f.status("r-1"), RolloutStatus::Running);
+    assert_eq!(f.replayed(), f.state);
+}
+
+#[test]
+fn a_pass_measured_after_the_batch_started_counts() {
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    measured_report(&mut f, true, 30, 0);
+    let ev = measured_report(&mut f, true, 5, 0);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
+        "{ev:?}"
+    );
+    assert_eq!(f.replayed(), f.state);
+}
+
+#[test]
+fn a_failure_counts_at_once_however_old_its_measurement() {
+    // Fresh: measured 5 s ago, after the batch started.
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let ev = measured_report(&mut f, false, 5, 0);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
+        "{ev:?}"
+    );
+    // Stale: measured before the batch started still counts (failures err on the safe side).
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let ev = measured_report(&mut f, false, 30, 0);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_report_without_measurement_time_counts_as_measured_when_appended() {
+    // Old logs hold HealthReported without HealthMeasured, and agents that send no time give the
+    // same: such a pass is judged as before, as measured when it was appended.
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let ev = healthy_on(&mut f, "web-01", 2);
+    assert!(!Fleet::kinds(&ev).contains(&"HealthMeasured"));
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_measurement_time_in_the_future_is_taken_as_the_append_time() {
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let now = f.now;
+    let ev = f
+        .run(
+            Actor::Machine(m("web-01")),
+            Command::ReportMeasured {
+                machine: m("web-01"),
+                report: ReportInput {
+                    generation: Some(path("web-01", 2)),
+                    success: true,
+                    message: "up-to-date".into(),
+                    tags: vec![],
+                    health: Some((vec![], true)),
+                    agent_version: "test".into(),
+                    uptime_secs: 1,
+                    dry_run: false,
+                    rolled_back_from: None,
+                },
+                auto_register: true,
+                health_timestamp: now.plus_secs(3600),
+                report_timestamp: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        ev[1],
+        Event::HealthMeasured {
+            machine: m("web-01"),
+            measured_at: now
+        }
+    );
+}
+
+#[test]
+fn an_agent_clock_ahead_does_not_make_an_old_pass_look_fresh() {
+    // The agent's clock is an hour ahead: its stamp of a result measured 30 s ago lies after the
+    // batch start, but the result's age by its own clock (30 s) does not.
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let ev = measured_report(&mut f, true, 30, 3600);
+    let Event::HealthMeasured { measured_at, .. } = &ev[1] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(*measured_at, Timestamp(f.now.0 - 30_000));
+    assert_eq!(health_of_web01(&f), MachineHealth::Pending);
+    // A result measured 5 s ago, still by that clock, counts.
+    let ev = measured_report(&mut f, true, 5, 3600);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn after_a_resume_a_pass_measured_before_the_resume_does_not_count() {
+    let mut f = web01_on_the_release_path_in_a_started_batch();
+    let ev = measured_report(&mut f, false, 1, 0);
+    assert!(Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]));
+    f.advance(20);
+    // Fixed and measured passing 15 s ago, i.e. before the operator resumes now.
+    f.ok(Command::ResumeRollout {
+        rollout: RolloutId::parse("r-1").unwrap(),
+    });
+    f.advance(1);
+    measured_report(&mut f, true, 16, 0);
+    assert_eq!(health_of_web01(&f), MachineHealth::Pending);
+    let ev = measured_report(&mut f, true, 0, 0);
+    assert!(Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]));
+}
+
+// Issue 18, hole 4: a failed switch must not count as a success.
+
+/// web-01 reports that it switched to generation 2 (`activation`, `outcome`), with passing
+/// health checks on generation 2 in the same report, as the agent's "deployed" report does.
+fn switch_report(
+    f: &mut Fleet,
+    activation: Activation,
+    outcome: SwitchOutcome,
+    exit_code: i32,
+) -> Vec<Event> {
+    let running = if activation == Activation::Boot { 1 } else { 2 };
+    f.run(
+        Actor::Machine(m("web-01")),
+        Command::ReportActivation {
+            report: Box::new(Command::Report {
+                machine: m("web-01"),
+                report: ReportInput {
+                    generation: Some(path("web-01", running)),
+                    success: true,
+                    message: "deployed".into(),
+                    tags: vec![],
+                    health: Some((
+                        vec![CheckResult {
+                            name: "check".into(),
+                            passed: true,
+                            duration_ms: 1,
+                            message: "".into(),
+                        }],
+                        true,
+                    )),
+                    agent_version: "test".into(),
+                    uptime_secs: 1,
+                    dry_run: false,
+                    rolled_back_from: None,
+                },
+                auto_register: true,
+            }),
+            machine: m("web-01"),
+            switch: Some(nixfleet_core::decide::SwitchInput {
+                path: path("web-01", 2),
+                activation,
+                outcome,
+                exit_code: Some(exit_code),
+                failed_units: (outcome == SwitchOutcome::FailedUnits).then_some(3),
+            }),
+            reboot_needed: vec![],
+        },
+    )
+    .expect("report accepted")
+}
+
+/// Given web-01 on generation 1 and a rollout of generation 2 to it alone, with these options.
+fn web01_rollout_with(options: RolloutOptions) -> (Fleet, Vec<Event>) {
+    let mut f = two_web_machines();
+    let ev = f
+        .run(
+            admin(),
+            Command::CreateRolloutWithOptions {
+                rollout: RolloutId::parse("r-1").unwrap(),
+                spec: Fleet::spec(
+                    "rel-2",
+                    "all_at_once",
+                    None,
+                    "0",
+                    "pause",
+                    60,
+                    hosts(&["web-01"]),
+                ),
+                seed: 42,
+                options,
+            },
+        )
+        .unwrap();
+    (f, ev)
+}
+
+#[test]
+fn a_switch_with_failed_units_fails_the_gate_by_default_even_with_passing_health_checks() {
+    let (mut f, ev) = web01_rollout_with(RolloutOptions::default());
+    assert_eq!(
+        Fleet::kinds(&ev),
+        ["RolloutCreated", "BatchStarted", "DesiredGenerationSet"],
+        "default options add no event"
+    );
+    let ev = switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
+    assert!(Fleet::kinds(&ev).contains(&"SwitchReported"), "{ev:?}");
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
+        "{:?}",
+        Fleet::kinds(&ev)
+    );
+    let MachineHealth::Unhealthy(_, why) = health_of_web01(&f) else {
+        panic!("not unhealthy: {:?}", health_of_web01(&f));
+    };
+    assert!(why.contains("3 units failed"), "{why}");
+    assert_eq!(f.replayed(), f.state);
+}
+
+#[test]
+fn a_switch_with_failed_units_passes_the_gate_when_the_rollout_allows_failed_units() {
+    let (mut f, ev) = web01_rollout_with(RolloutOptions {
+        activation: Activation::Switch,
+        allow_failed_units: true,
+    });
+    assert_eq!(
+        Fleet::kinds(&ev),
+        [
+            "RolloutCreated",
+            "RolloutOptionsSet",
+            "BatchStarted",
+            "DesiredGenerationSet"
+        ]
+    );
+    let ev = switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
+        "{:?}",
+        Fleet::kinds(&ev)
+    );
+    assert_eq!(f.replayed(), f.state);
+}
+
+#[test]
+fn later_passing_health_checks_do_not_undo_a_failed_switch_in_the_same_batch() {
+    // A threshold of 1 keeps the batch open after web-01's failed switch.
+    let mut f = two_web_machines();
+    f.run(
+        admin(),
+        Command::CreateRolloutWithOptions {
+            rollout: RolloutId::parse("r-1").unwrap(),
+            spec: Fleet::spec(
+                "rel-2",
+                "all_at_once",
+                None,
+                "1",
+                "pause",
+                60,
+                tags(&["web"]),
+            ),
+            seed: 42,
+            options: RolloutOptions::default(),
+        },
+    )
+    .unwrap();
+    switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
+    healthy_on(&mut f, "web-01", 2);
+    assert!(
+        matches!(health_of_web01(&f), MachineHealth::Unhealthy(..)),
+        "{:?}",
+        health_of_web01(&f)
+    );
+}
+
+#[test]
+fn a_switch_that_exited_with_another_error_fails_the_gate_even_when_failed_units_are_allowed() {
+    let (mut f, _) = web01_rollout_with(RolloutOptions {
+        activation: Activation::Switch,
+        allow_failed_units: true,
+    });
+    let ev = switch_report(
+        &mut f,
+        Activation::Switch,
+        SwitchOutcome::SwitchedWithErrors,
+        2,
+    );
+    assert!(Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]));
+}
+
+#[test]
+fn a_boot_rollout_counts_a_machine_healthy_once_it_reports_the_release_pending_reboot() {
+    let (mut f, _) = web01_rollout_with(RolloutOptions {
+        activation: Activation::Boot,
+        allow_failed_units: false,
+    });
+    // Its health checks ran on generation 1 (still running): they say nothing about the release.
+    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
+        "{:?}",
+        Fleet::kinds(&ev)
+    );
+    let r = &f.state.rollouts[&RolloutId::parse("r-1").unwrap()];
+    assert_eq!(r.options.activation, Activation::Boot);
+    let last = f.state.machines[&m("web-01")].last_switch.clone().unwrap();
+    assert_eq!(last.outcome, SwitchOutcome::PendingReboot);
+}
+
+#[test]
+fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_changes() {
+    let mut f = two_web_machines();
+    let report = |parts: &[&str]| Command::ReportActivation {
+        report: Box::new(Command::Report {
+            machine: m("web-01"),
+            report: ReportInput {
+                generation: Some(path("web-01", 1)),
+                success: true,
+                message: "up-to-date".into(),
+                tags: vec![],
+                health: None,
+                agent_version: "test".into(),
+                uptime_secs: 1,
+                dry_run: false,
+                rolled_back_from: None,
+            },
+            auto_register: true,
+        }),
+        machine: m("web-01"),
+        switch: None,
+        reboot_needed: parts.iter().map(|s| s.to_string()).collect(),
+    };
+    let ev = f
+        .run(Actor::Machine(m("web-01")), report(&["kernel", "initrd"]))
+        .unwrap();
+    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "RebootNeededSet"]);
+    assert_eq!(
+        f.state.machines[&m("web-01")].reboot_needed,
+        ["kernel", "initrd"]
+    );
+    let ev = f
+        .run(Actor::Machine(m("web-01")), report(&["kernel", "initrd"]))
+        .unwrap();
+    assert_eq!(Fleet::kinds(&ev), ["ReportReceived"]);
+    let ev = f.run(Actor::Machine(m("web-01")), report(&[])).unwrap();
+    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "RebootNeededSet"]);
+    assert!(f.state.machines[&m("web-01")].reboot_needed.is_empty());
+    let too_many = vec!["x"; 9];
+    assert!(matches!(
+        f.run(Actor::Machine(m("web-01")), report(&too_many)),
+        Err(Rejection::Invalid(_))
+    ));
+    assert_eq!(f.replayed(), f.state);
+}

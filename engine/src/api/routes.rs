@@ -10,8 +10,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::{Method, Request, Response};
-use nixfleet_core::decide::{Command, ReportInput};
-use nixfleet_core::event::{Actor, CheckResult, Lifecycle, ReleaseEntry, Role, Target};
+use nixfleet_core::decide::{Command, ReportInput, SwitchInput};
+use nixfleet_core::event::{
+    Activation, Actor, CheckResult, Lifecycle, ReleaseEntry, Role, RolloutOptions, SwitchOutcome,
+    Target,
+};
 use nixfleet_core::ids::*;
 use nixfleet_core::plan::{plan_rollout, RolloutSpec};
 use nixfleet_proto::api::v1 as wire;
@@ -425,6 +428,56 @@ async fn exec(app: &App, actor: Actor, cmd: Command) -> Result<crate::engine::Su
     Ok(r)
 }
 
+/// An RFC 3339 time from an agent, in milliseconds (times before 1970 as 0); `None` if unreadable.
+/// Accepts `Z` and numeric offsets (`+00:00`, as v0.1's chrono writes them).
+fn wire_time(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    let (base, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((base, off))
+            if matches!(off.as_bytes(), [b'+' | b'-', _, _, b':', _, _]) && base.contains('T') =>
+        {
+            let h: i64 = off[1..3].parse().ok()?;
+            let m: i64 = off[4..6].parse().ok()?;
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            (base.to_owned() + "Z", sign * (h * 3600 + m * 60))
+        }
+        _ => (s.to_owned(), 0),
+    };
+    let t = humantime::parse_rfc3339_weak(&base).ok()?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Some(Timestamp(
+        u64::try_from(ms - offset_secs * 1000).unwrap_or(0),
+    ))
+}
+
+/// A report's `switch` object, checked: a store path and known activation and outcome names.
+fn switch_input(s: &wire::SwitchReport) -> Result<SwitchInput, ApiError> {
+    Ok(SwitchInput {
+        path: StorePath::parse(&s.path)?,
+        activation: activation(&s.activation, "switch.activation")?,
+        outcome: SwitchOutcome::parse(&s.outcome).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "switch.outcome {:?} is not one of: {}",
+                s.outcome,
+                SwitchOutcome::choices()
+            ))
+        })?,
+        exit_code: s.exit_code,
+        failed_units: s.failed_units,
+    })
+}
+
+fn activation(s: &str, field: &str) -> Result<Activation, ApiError> {
+    Activation::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field} {s:?} is not one of: {}",
+            Activation::choices()
+        ))
+    })
+}
+
 fn tags(v: &[String]) -> Result<Vec<Tag>, ApiError> {
     v.iter()
         .map(|t| Tag::parse(t).map_err(ApiError::from))
@@ -646,6 +699,7 @@ where
                     cache_url: d.cache_url.clone(),
                     poll_hint: s.poll_hint(&id),
                     quarantined: mm.quarantined.contains_key(&d.path),
+                    activation: views::activation_of(s, d).map(|a| a.to_string()),
                 })
             });
             d.map(|d| json(200, &d)).ok_or_else(|| {
@@ -683,6 +737,18 @@ where
                 "" => None,
                 g => Some(StorePath::parse(g)?),
             };
+            // When the checks ran (the agent's clock); "" (a client that sends none) leaves the
+            // results to count as measured when appended. The report's own time is only used for
+            // the results' age, so an unreadable one is ignored as before.
+            let health_timestamp = match r.health.as_ref().map(|h| h.timestamp.as_str()) {
+                None | Some("") => None,
+                Some(t) => Some(wire_time(t).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "health.timestamp {t:?} is not an RFC 3339 time (e.g. 2026-01-01T00:00:00.000Z)"
+                    ))
+                })?),
+            };
+            let report_timestamp = wire_time(&r.timestamp);
             let report = ReportInput {
                 generation,
                 success: r.success,
@@ -725,16 +791,27 @@ where
                     .map(StorePath::parse)
                     .transpose()?,
             };
-            exec(
-                app,
-                Actor::Machine(id.clone()),
-                Command::Report {
-                    machine: id,
+            let cmd = match health_timestamp {
+                Some(health_timestamp) => Command::ReportMeasured {
+                    machine: id.clone(),
+                    report,
+                    auto_register: app.auto_register,
+                    health_timestamp,
+                    report_timestamp,
+                },
+                None => Command::Report {
+                    machine: id.clone(),
                     report,
                     auto_register: app.auto_register,
                 },
-            )
-            .await?;
+            };
+            let cmd = Command::ReportActivation {
+                report: Box::new(cmd),
+                machine: id.clone(),
+                switch: r.switch.as_ref().map(switch_input).transpose()?,
+                reboot_needed: r.reboot_needed,
+            };
+            exec(app, Actor::Machine(id), cmd).await?;
             Ok(empty(200))
         }
         (["machines", id, "notify-deploy"], &Method::POST) => {
@@ -882,6 +959,15 @@ where
                 },
                 cache_url: req.cache_url,
             };
+            let options = RolloutOptions {
+                activation: req
+                    .activation
+                    .as_deref()
+                    .map(|a| activation(a, "activation"))
+                    .transpose()?
+                    .unwrap_or(Activation::Switch),
+                allow_failed_units: req.allow_failed_units.unwrap_or(false),
+            };
             let seed = req.seed.unwrap_or_else(rand::random);
             let id = RolloutId::parse(&format!("r-{}", uuid::Uuid::new_v4()))?;
             let summary = |plan: &nixfleet_core::event::RolloutPlan,
@@ -909,10 +995,11 @@ where
             exec(
                 app,
                 op.actor(),
-                Command::CreateRollout {
+                Command::CreateRolloutWithOptions {
                     rollout: id.clone(),
                     spec,
                     seed,
+                    options,
                 },
             )
             .await?;
@@ -1205,6 +1292,21 @@ mod tests {
             403,
             "no certificate, not insecure: refused"
         );
+    }
+
+    #[test]
+    fn agent_times_are_read_with_any_offset_to_the_millisecond() {
+        let utc = Some(Timestamp(1_767_225_600_123));
+        assert_eq!(wire_time("2026-01-01T00:00:00.123Z"), utc);
+        assert_eq!(wire_time("2026-01-01T00:00:00.123456789+00:00"), utc);
+        assert_eq!(wire_time("2026-01-01T02:00:00.123+02:00"), utc);
+        assert_eq!(wire_time("2025-12-31T23:30:00.123-00:30"), utc);
+        assert_eq!(
+            wire_time("2026-01-01T00:00:00Z"),
+            Some(Timestamp(1_767_225_600_000))
+        );
+        assert_eq!(wire_time("yesterday"), None);
+        assert_eq!(wire_time(""), None);
     }
 
     #[test]

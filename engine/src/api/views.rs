@@ -5,7 +5,7 @@ use crate::log::Record;
 use nixfleet_core::event::*;
 use nixfleet_core::ids::Timestamp;
 use nixfleet_core::state::{
-    ApiKey, Batch, BatchStatus, Machine, MachineHealth, Release, Rollout, State,
+    ApiKey, Batch, BatchStatus, Desired, Machine, MachineHealth, Release, Rollout, State,
 };
 use nixfleet_proto::api::v1 as wire;
 use serde_json::json;
@@ -45,6 +45,27 @@ pub fn machine(m: &Machine, now: Timestamp) -> wire::MachineStatus {
         }
         .into(),
         quarantined: m.quarantined.keys().map(|p| p.to_string()).collect(),
+        reboot_needed: m.reboot_needed.clone(),
+        last_switch: m.last_switch.as_ref().map(|s| wire::SwitchReport {
+            path: s.path.to_string(),
+            activation: s.activation.to_string(),
+            outcome: s.outcome.to_string(),
+            exit_code: s.exit_code,
+            failed_units: s.failed_units,
+        }),
+    }
+}
+
+/// How the agent should activate its desired generation: the options of the rollout that set it
+/// (a batch or a revert); `None` (the default, switch) otherwise or when it is switch.
+pub fn activation_of(state: &State, d: &Desired) -> Option<Activation> {
+    match &d.cause {
+        DesiredCause::Batch { rollout, .. } | DesiredCause::Revert { rollout } => state
+            .rollouts
+            .get(rollout)
+            .map(|r| r.options.activation)
+            .filter(|a| *a != Activation::Switch),
+        DesiredCause::Notify | DesiredCause::Operator => None,
     }
 }
 
@@ -154,6 +175,8 @@ pub fn rollout(state: &State, r: &Rollout, timeline: &[Record]) -> wire::Rollout
         created_by: r.created_by.to_string(),
         events: timeline.iter().filter_map(timeline_entry).collect(),
         reason: r.reason.clone(),
+        activation: r.options.activation.to_string(),
+        allow_failed_units: r.options.allow_failed_units,
     }
 }
 
@@ -225,6 +248,15 @@ pub fn timeline_entry(rec: &Record) -> Option<wire::RolloutEvent> {
             rollout,
             "status_change",
             json!({"from": "failed", "to": "reverted", "restored": restored.iter().map(|(m, p)| (m.to_string(), p.as_ref().map(|p| p.to_string()))).collect::<std::collections::BTreeMap<_, _>>()}),
+        ),
+        Event::RolloutOptionsSet {
+            rollout,
+            activation,
+            allow_failed_units,
+        } => (
+            rollout,
+            "options",
+            json!({"activation": activation.as_str(), "allow_failed_units": allow_failed_units}),
         ),
         _ => return None,
     };

@@ -63,8 +63,27 @@ pub struct HealthReport {
     pub timestamp: String,
 }
 
-/// `POST /api/v1/machines/{id}/report`.
+/// What the agent's `switch-to-configuration` did, on the report that follows a switch.
+/// (Added after v0.1.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    /// The generation switched to.
+    pub path: String,
+    /// switch, boot or test.
+    pub activation: String,
+    /// switched, failed_units (exit status 4), switched_with_errors (another non-zero status
+    /// after activating), pending_reboot (boot), not_switched (failed before activating).
+    pub outcome: String,
+    /// The exit status, when the agent could read one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// How many units failed, when the switch's output said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_units: Option<u32>,
+}
+
+/// `POST /api/v1/machines/{id}/report`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// Must equal the `{id}` path segment and the client certificate's CN.
     pub machine_id: String,
@@ -97,6 +116,14 @@ pub struct Report {
     /// True when the agent runs in dry-run mode and applies nothing. (Added after v0.1.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// What the switch just made did (set on the report of a deploy or rollback, and on every
+    /// report while a boot activation waits for a reboot). (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchReport>,
+    /// Which of `kernel`, `initrd`, `systemd` of the booted system (`/run/booted-system`) differ
+    /// from the running generation's: a reboot is needed for them to take effect. (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reboot_needed: Vec<String>,
 }
 
 /// `GET /api/v1/machines/{id}/desired-generation` (200).
@@ -111,6 +138,9 @@ pub struct DesiredGeneration {
     /// True when this machine already failed this path: do not apply it again. (Added after v0.1.)
     #[serde(default)]
     pub quarantined: bool,
+    /// How to activate it: switch (absent: the default), boot or test. (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
 }
 
 /// One machine as listed by `GET /api/v1/machines`.
@@ -142,6 +172,13 @@ pub struct MachineStatus {
     /// Paths this machine will not apply again. (Added after v0.1.)
     #[serde(default)]
     pub quarantined: Vec<String>,
+    /// Booted kernel, initrd or systemd that differ from the running generation's (empty: no
+    /// reboot needed). (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reboot_needed: Vec<String>,
+    /// What its last reported switch did. (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switch: Option<SwitchReport>,
 }
 
 /// `POST /api/v1/machines/{id}/register`.
@@ -343,6 +380,13 @@ pub struct CreateRolloutRequest {
     /// Seed of the deterministic machine order; chosen by the server when absent. (Added after v0.1.)
     #[serde(default)]
     pub seed: Option<u64>,
+    /// How agents activate the release: switch (default), boot or test. (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
+    /// A switch whose units failed to start (exit status 4) does not make its machine unhealthy
+    /// (default false: it does). (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_failed_units: Option<bool>,
 }
 
 /// One planned batch.
@@ -450,6 +494,16 @@ pub struct RolloutDetail {
     /// Why the rollout is paused, failed or reverted. (Added after v0.1.)
     #[serde(default)]
     pub reason: Option<String>,
+    /// switch, boot or test. (Added after v0.1.)
+    #[serde(default = "default_activation")]
+    pub activation: String,
+    /// Whether failed units (exit status 4) are tolerated. (Added after v0.1.)
+    #[serde(default)]
+    pub allow_failed_units: bool,
+}
+
+fn default_activation() -> String {
+    "switch".into()
 }
 
 /// One audit row.
