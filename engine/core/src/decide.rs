@@ -639,7 +639,30 @@ pub fn decide(state: &State, cmd: &Command, now: Timestamp) -> Result<Vec<Event>
                 )));
             }
             let mut out = decide(state, report, now)?;
-            if let Some(s) = switch {
+            // A machine pending reboot says so on every report; the log keeps it once, and once
+            // more for each batch start after it (the gate only counts evidence from after that).
+            let batch_started = state
+                .active_rollout_of
+                .get(machine)
+                .and_then(|r| state.rollouts.get(r))
+                .and_then(|r| {
+                    r.batches.iter().find(|b| {
+                        b.status == crate::state::BatchStatus::Active
+                            && b.health.contains_key(machine)
+                    })
+                })
+                .and_then(|b| b.started_seq);
+            let known = |s: &SwitchInput| {
+                state
+                    .machines
+                    .get(machine)
+                    .and_then(|m| m.last_switch.as_ref())
+                    .is_some_and(|l| {
+                        (&l.path, l.activation, l.outcome) == (&s.path, s.activation, s.outcome)
+                            && batch_started.is_none_or(|b| l.seq > b)
+                    })
+            };
+            if let Some(s) = switch.as_ref().filter(|s| !known(s)) {
                 out.push(Event::SwitchReported {
                     machine: machine.clone(),
                     path: s.path.clone(),

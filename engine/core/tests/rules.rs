@@ -1191,3 +1191,57 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
     ));
     assert_eq!(f.replayed(), f.state);
 }
+
+#[test]
+fn a_repeated_switch_report_is_logged_once_per_batch_start() {
+    let (mut f, _) = web01_rollout_with(RolloutOptions {
+        activation: Activation::Boot,
+        allow_failed_units: false,
+    });
+    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
+    assert!(Fleet::kinds(&ev).contains(&"SwitchReported"));
+    // Every later poll says "pending reboot" again: nothing new for the log.
+    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
+    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "HealthReported"]);
+    // A new rollout of the same path starts a batch: the same fact is evidence again.
+    f.ok(Command::CreateRelease {
+        release: ReleaseId::parse("rel-2b").unwrap(),
+        flake_ref: None,
+        flake_rev: None,
+        cache_url: None,
+        entries: vec![ReleaseEntry {
+            machine: m("web-01"),
+            path: path("web-01", 2),
+            platform: "x86_64-linux".into(),
+            tags: vec![],
+        }],
+    });
+    f.run(
+        admin(),
+        Command::CreateRolloutWithOptions {
+            rollout: RolloutId::parse("r-2").unwrap(),
+            spec: Fleet::spec(
+                "rel-2b",
+                "all_at_once",
+                None,
+                "0",
+                "pause",
+                60,
+                hosts(&["web-01"]),
+            ),
+            seed: 1,
+            options: RolloutOptions {
+                activation: Activation::Boot,
+                allow_failed_units: false,
+            },
+        },
+    )
+    .unwrap();
+    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
+    assert!(
+        Fleet::kinds(&ev).ends_with(&["SwitchReported", "BatchSucceeded", "RolloutCompleted"]),
+        "{:?}",
+        Fleet::kinds(&ev)
+    );
+    assert_eq!(f.replayed(), f.state);
+}
