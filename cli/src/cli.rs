@@ -71,8 +71,9 @@ pub struct GlobalArgs {
 /// To add one: a variant here (arguments in the command's own module) and an arm in [`run`].
 #[derive(Debug, Subcommand)]
 pub enum Commands {
-    /// See the whole product in one command: a local control plane, dry-run agents, a canary
-    /// rollout and a health-gated one, and their timeline (everything in --dir).
+    /// See the whole product in one command: a local control plane, agents that switch real
+    /// generations (dry-run agents without Nix), a canary rollout and one whose broken generation
+    /// rolls back and pauses it, and their timelines (everything in --dir).
     Demo(commands::demo::DemoArgs),
     /// Mint the first admin API key of a fresh control plane and save it.
     Bootstrap(commands::bootstrap::BootstrapArgs),

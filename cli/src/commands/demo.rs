@@ -2,23 +2,30 @@
 //!
 //! It mints a dev PKI (the `nixfleet pki` code), starts `nixfleet-control-plane` with its
 //! embedded event log in `<dir>/cp`, bootstraps an admin key, starts four real `nixfleet-agent`s
-//! in dry-run mode (web-01..web-03 tagged `web` with a passing check, db-01 tagged `db` with a
-//! failing one), creates a release, runs a canary rollout on `web` to completion and an
-//! all-at-once rollout on `db` that its health gate pauses, printing a line per batch transition
-//! from the events long-poll, and ends with each rollout's timeline from the event log.
-//! Releases, rollouts and the status table go through the same code as `release`, `rollout
-//! create` and `status`.
+//! (web-01..web-03 tagged `web`, db-01 tagged `db`), creates a release, runs a canary rollout on
+//! `web` to completion and an all-at-once rollout on `db` that its health gate pauses, printing
+//! a line per batch transition from the events long-poll, and ends with each rollout's timeline
+//! from the event log. Releases, rollouts and the status table go through the same code as
+//! `release`, `rollout create` and `status`.
+//!
+//! With Nix on PATH (`nix-build`, `nix-store`, `nix-env`), the machines are real as far as the
+//! agent can tell: [`generations`] builds a G1 and a G2 of each, every machine boots into its G1
+//! (its profile and current-system link are in `<dir>/machines/<id>`), the agents run without
+//! `--dry-run`, and the release is every machine's G2. The web machines switch (their links
+//! move, which the demo prints); db-01's G2 is broken (its switch exits 1), so its agent rolls
+//! back to G1 and the failed report pauses the rollout.
+//!
+//! Without Nix (or with `--dry-run`) it says so in its first line and runs dry: a dry-run agent
+//! never switches, and the gate counts a machine healthy only on a passing health report *for
+//! its release path*, so each machine's `--current-system` link points at its release path from
+//! the start: a made-up store path of which the agent only reads the link. The agents find
+//! themselves up to date, run their checks (db-01's asks a port where nothing listens) and
+//! report them for that path, as a machine that had switched would.
 //!
 //! Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL after
 //! [`STOP_GRACE`]) at the end, on an error and on Ctrl-C; the directory stays for a look.
-//!
-//! Why the machines already "run" the release: a dry-run agent never switches, and the gate
-//! counts a machine healthy only on a passing health report *for its release path*. So each
-//! machine's `--current-system` link (in the demo directory) points at its release path from the
-//! start: a made-up store path of which the agent only reads the link. The agents find themselves
-//! up to date, run their checks and report them for that path, as a machine that had switched
-//! would. Nothing is fetched, built or switched, and the demo needs no Nix; `--dry-run` is there
-//! so that an agent asked for any other path would still touch nothing.
+
+mod generations;
 
 use crate::client::{query, Client, Method};
 use crate::commands::{bootstrap, machines, pki, release, rollout};
@@ -52,6 +59,10 @@ pub struct DemoArgs {
     /// After the rollouts, keep the control plane and the agents running until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Run dry even when Nix is installed: build and switch nothing, pretend every machine
+    /// already runs its release.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Marks a directory as the demo's, so a second run may remove it.
@@ -63,6 +74,8 @@ const MACHINES: [(&str, &str); 4] = [
     ("web-03", "web"),
     ("db-01", "db"),
 ];
+/// The machine whose G2 is broken (real runs).
+const BROKEN: &str = "db-01";
 /// Health timeout of both rollouts; the db check fails at once, so nobody waits for it.
 const HEALTH_TIMEOUT_SECS: u64 = 30;
 /// How long a rollout may take before the demo gives up.
@@ -97,13 +110,20 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
         shown.clone(),
     )?;
     let _stop = StopOnDrop(&fleet);
-    let demo = Demo {
+    let dry = if args.dry_run {
+        Some("--dry-run was given".to_string())
+    } else {
+        generations::missing_nix_tool().map(|t| format!("no Nix here ({t} is not on PATH)"))
+    };
+    let mut demo = Demo {
         started,
         dir,
         shown,
         bins,
         verbose,
         fleet: &fleet,
+        dry,
+        gens: None,
     };
     let result = demo.run(&args, removed, &keep_running);
     if interrupted.load(Ordering::SeqCst) {
@@ -381,6 +401,10 @@ struct Demo<'a> {
     bins: Binaries,
     verbose: u8,
     fleet: &'a Fleet,
+    /// Why the demo runs dry; `None`: it deploys real generations.
+    dry: Option<String>,
+    /// The generations, once built (real runs).
+    gens: Option<generations::Generations>,
 }
 
 impl Demo<'_> {
@@ -397,20 +421,113 @@ impl Demo<'_> {
         self.dir.join(rel)
     }
 
+    /// Builds each machine's G1 and G2 (real runs).
+    fn build_generations(&mut self) -> Result<()> {
+        std::fs::create_dir_all(self.path("logs"))
+            .map_err(|e| CliError::failed(format!("cannot create {}/logs: {e}", self.shown)))?;
+        let hosts: Vec<&str> = MACHINES.iter().map(|(id, _)| *id).collect();
+        let gens = generations::build(
+            &self.dir,
+            &hosts,
+            &[BROKEN],
+            &self.path("logs/nix-build.log"),
+        )?;
+        self.say(format!(
+            "Generations: a G1 and a G2 of each machine, built with nix-build (builtins.derivation, no nixpkgs) in {:.1} s into the local Nix store, GC roots in {}/generations; {BROKEN}'s G2 is broken on purpose (its switch-to-configuration exits 1)",
+            gens.build_secs, self.shown
+        ))?;
+        self.gens = Some(gens);
+        Ok(())
+    }
+
+    /// The line that tells how a machine of a started batch took its release path (real runs),
+    /// from its report; `None` while the report is not about that path yet.
+    fn switch_line(&self, m: &str, data: &serde_json::Value) -> Option<String> {
+        let gens = self.gens.as_ref()?;
+        let pair = gens.machines.get(m)?;
+        let link = self.path(&format!("machines/{m}/current-system"));
+        let now = generations::link_target(&link).unwrap_or_else(|| "nothing".into());
+        let success = data.get("success").and_then(|v| v.as_bool()) == Some(true);
+        if str_at(data, "rolled_back_from") == pair.g2 {
+            let profile: Vec<String> = generations::profile_generations(
+                &self.path(&format!("machines/{m}/system-profile")),
+            )
+            .iter()
+            .map(|(n, p)| format!("{n} {}", generations::short(p)))
+            .collect();
+            // Why it failed follows in the rollout's PAUSED line.
+            return Some(format!(
+                "  {m}: switching to {} failed, rolled back to {}; machines/{m}/current-system -> {}, profile generations {}",
+                generations::short(&pair.g2),
+                pair.g1,
+                generations::short(&now),
+                profile.join(", ")
+            ));
+        }
+        if success && str_at(data, "generation") == pair.g2 {
+            return Some(format!(
+                "  {m}: switched to {} (was {}); machines/{m}/current-system -> {}",
+                pair.g2,
+                pair.g1,
+                generations::short(&now)
+            ));
+        }
+        (!success).then(|| format!("  {m}: {}", str_at(data, "message")))
+    }
+
+    /// Where each machine's current-system link and profile generations are now (real runs).
+    fn show_machines(&self) -> Result<()> {
+        if self.gens.is_none() {
+            return Ok(());
+        }
+        output::line(format!(
+            "\nEach machine's system now ({}/machines/<id>: current-system link; system-profile generations):",
+            self.shown
+        ))?;
+        for (id, _) in MACHINES {
+            let dir = self.path(&format!("machines/{id}"));
+            let now = generations::link_target(&dir.join("current-system"))
+                .unwrap_or_else(|| "nothing".into());
+            let profile: Vec<String> =
+                generations::profile_generations(&dir.join("system-profile"))
+                    .iter()
+                    .map(|(n, p)| format!("{n} {}", generations::short(p)))
+                    .collect();
+            output::line(format!(
+                "  {id:<7} current-system -> {now}   profile: {}",
+                profile.join(", ")
+            ))?;
+        }
+        Ok(())
+    }
+
     /// The demo proper; returns the ids of the two rollouts.
     fn run(
-        &self,
+        &mut self,
         args: &DemoArgs,
         removed: bool,
         keep_running: &AtomicBool,
     ) -> Result<[String; 2]> {
+        if let Some(why) = &self.dry {
+            self.say(format!(
+                "This demo runs dry: {why}, so the agents run with --dry-run, nothing is built or switched, and each machine pretends it already runs its release; install Nix (Debian: apt-get install nix-bin) to watch them deploy real generations."
+            ))?;
+        }
         self.say(format!(
-            "nixfleet demo: a control plane, {} dry-run agents and two rollouts on 127.0.0.1, in {}",
+            "nixfleet demo: a control plane, {} {} and two rollouts on 127.0.0.1, in {}",
             MACHINES.len(),
+            if self.dry.is_some() {
+                "dry-run agents"
+            } else {
+                "agents that switch real generations"
+            },
             self.shown
         ))?;
         if removed {
             self.say("(removed the previous demo found there)")?;
+        }
+        if self.dry.is_none() {
+            self.build_generations()?;
         }
         self.mint_pki()?;
         let [cp_port, dead_port] = free_ports()?;
@@ -442,9 +559,15 @@ impl Demo<'_> {
             )));
         }
 
-        self.say(format!(
-            "Rollout 2: all at once on tag db, whose health check fails (nothing listens on 127.0.0.1:{dead_port})"
-        ))?;
+        if self.gens.is_some() {
+            self.say(
+                "Rollout 2: all at once on tag db, whose G2 is broken (its switch-to-configuration exits 1)",
+            )?;
+        } else {
+            self.say(format!(
+                "Rollout 2: all at once on tag db, whose health check fails (nothing listens on 127.0.0.1:{dead_port})"
+            ))?;
+        }
         let gated = rollout::create(&settings, &rollout_args(&release, "all_at_once", "db"))?;
         let end = self.follow(&client, &mut events, &gated)?;
         if end != "RolloutPaused" {
@@ -456,6 +579,7 @@ impl Demo<'_> {
 
         output::line("")?;
         machines::status(&settings, status_args())?;
+        self.show_machines()?;
         for id in [&canary, &gated] {
             output::line(format!("\n$ nixfleet timeline {id}"))?;
             crate::replay::timeline(&settings, id)?;
@@ -476,8 +600,13 @@ impl Demo<'_> {
 
     /// What is left in the directory, and how to look at a live fleet.
     fn leftovers(&self, [canary, gated]: &[String; 2]) -> String {
+        let gens = if self.gens.is_some() {
+            "generations/ (the Nix expression and the GC roots of the generations), "
+        } else {
+            ""
+        };
         format!(
-            "Left in {d} for a look: cp/ (the control plane's data directory), logs/ (one per process), machines/, pki/ (a dev CA for this demo only).\n\
+            "Left in {d} for a look: cp/ (the control plane's data directory), logs/ (one per process), machines/ (each one's profile and current-system link), {gens}pki/ (a dev CA for this demo only).\n\
              Read its event log offline with the replay tool:\n  \
              nixfleet events --data-dir {d}/cp\n  \
              nixfleet timeline --data-dir {d}/cp {canary}\n  \
@@ -602,16 +731,21 @@ impl Demo<'_> {
             let dir = self.path("machines").join(id);
             std::fs::create_dir_all(dir.join("state"))
                 .map_err(|e| CliError::failed(format!("cannot create {}: {e}", dir.display())))?;
-            // The machine "runs" its release path already: see the module documentation.
-            std::os::unix::fs::symlink(release_path(id), dir.join("current-system")).map_err(
-                |e| {
-                    CliError::failed(format!(
-                        "cannot create {}/current-system: {e}",
-                        dir.display()
-                    ))
-                },
-            )?;
-            let checks = if tag == "web" {
+            let current = dir.join("current-system");
+            let checks = if let Some(gens) = &self.gens {
+                // The machine boots into its G1; its check passes when the running generation
+                // holds a `healthy` file.
+                generations::boot(&dir.join("system-profile"), &current, &gens.of(id).g1)?;
+                HealthChecksConfig {
+                    command: vec![CommandCheck {
+                        name: "app".into(),
+                        command: format!("test -e '{}/healthy'", current.display()),
+                        interval: None,
+                        timeout: 5,
+                    }],
+                    ..HealthChecksConfig::default()
+                }
+            } else if tag == "web" {
                 HealthChecksConfig {
                     command: vec![CommandCheck {
                         name: "app".into(),
@@ -632,6 +766,12 @@ impl Demo<'_> {
                     ..HealthChecksConfig::default()
                 }
             };
+            if self.gens.is_none() {
+                // The machine "runs" its release path already: see the module documentation.
+                std::os::unix::fs::symlink(release_path(id), &current).map_err(|e| {
+                    CliError::failed(format!("cannot create {}: {e}", current.display()))
+                })?;
+            }
             let health = dir.join("health-checks.json");
             std::fs::write(
                 &health,
@@ -656,8 +796,12 @@ impl Demo<'_> {
                 .arg(dir.join("current-system"))
                 .arg("--health-config")
                 .arg(&health)
+                .args(if self.gens.is_some() {
+                    &[][..]
+                } else {
+                    &["--dry-run"][..]
+                })
                 .args([
-                    "--dry-run",
                     "--switch-mode",
                     "direct",
                     "--poll-interval",
@@ -675,9 +819,19 @@ impl Demo<'_> {
                 &self.path(&format!("logs/{id}.log")),
             )?;
         }
-        self.say(format!(
-            "Agents (dry run, health every second): web-01, web-02, web-03 tagged web, check `true`; db-01 tagged db, check GET http://127.0.0.1:{dead_port}/health"
-        ))
+        if let Some(gens) = &self.gens {
+            self.say(format!(
+                "Machines booted into their G1 (nix-env --set on machines/<id>/system-profile, and the current-system link), e.g. web-01 runs {}",
+                gens.of("web-01").g1
+            ))?;
+            self.say(
+                "Agents (switching for real, health every second): web-01, web-02, web-03 tagged web, db-01 tagged db; check `test -e <current-system>/healthy`",
+            )
+        } else {
+            self.say(format!(
+                "Agents (dry run, health every second): web-01, web-02, web-03 tagged web, check `true`; db-01 tagged db, check GET http://127.0.0.1:{dead_port}/health"
+            ))
+        }
     }
 
     /// Waits until every machine registered itself and reported its health once.
@@ -708,16 +862,31 @@ impl Demo<'_> {
         }
     }
 
+    /// The path the release asks of `host`: its G2, or (dry) a made-up path.
+    fn target(&self, host: &str) -> String {
+        match &self.gens {
+            Some(gens) => gens.of(host).g2.clone(),
+            None => release_path(host),
+        }
+    }
+
     fn release_request(&self) -> CreateReleaseRequest {
         CreateReleaseRequest {
-            flake_ref: Some("nixfleet-demo (made-up store paths)".into()),
+            flake_ref: Some(if self.gens.is_some() {
+                format!(
+                    "nixfleet-demo (G2 of each machine, built in {}/generations)",
+                    self.shown
+                )
+            } else {
+                "nixfleet-demo (made-up store paths)".into()
+            }),
             flake_rev: None,
             cache_url: None,
             entries: MACHINES
                 .iter()
                 .map(|(id, tag)| ReleaseEntry {
                     hostname: id.to_string(),
-                    store_path: release_path(id),
+                    store_path: self.target(id),
                     platform: "x86_64-linux".into(),
                     tags: vec![tag.to_string()],
                 })
@@ -732,6 +901,8 @@ impl Demo<'_> {
         let deadline = Instant::now() + ROLLOUT_DEADLINE;
         // Machines of the started batch whose health report we have not shown yet.
         let mut waiting: BTreeSet<String> = BTreeSet::new();
+        // Machines of the started batch whose switch (real runs) we have not shown yet.
+        let mut switching: BTreeSet<String> = BTreeSet::new();
         loop {
             self.fleet.check_alive()?;
             if Instant::now() >= deadline {
@@ -744,8 +915,20 @@ impl Demo<'_> {
             for r in events.poll(EVENTS_WAIT_SECS)? {
                 if r.kind == "HealthReported" {
                     let m = str_at(&r.data, "machine");
-                    if waiting.remove(&m) {
+                    // Only a report on the release path counts (before its switch, a machine
+                    // reports on what it ran).
+                    if str_at(&r.data, "generation") == self.target(&m) && waiting.remove(&m) {
                         self.say(format!("  {m}: {}", health_summary(&r.data)))?;
+                    }
+                    continue;
+                }
+                if r.kind == "ReportReceived" {
+                    let m = str_at(&r.data, "machine");
+                    if switching.contains(&m) {
+                        if let Some(line) = self.switch_line(&m, &r.data) {
+                            switching.remove(&m);
+                            self.say(line)?;
+                        }
                     }
                     continue;
                 }
@@ -756,14 +939,19 @@ impl Demo<'_> {
                     "BatchStarted" => {
                         let machines = batch_machines(&r.data);
                         self.say(format!(
-                            "batch {} started: {} asked to run the release",
+                            "batch {} started: {} asked to run the release{}",
                             num_at(&r.data, "batch_index"),
-                            machines.join(", ")
+                            machines.join(", "),
+                            if self.gens.is_some() { " (G2)" } else { "" }
                         ))?;
+                        if self.gens.is_some() {
+                            switching = machines.iter().cloned().collect();
+                        }
                         waiting = machines.into_iter().collect();
                     }
                     "BatchSucceeded" | "BatchFailed" => {
                         waiting.clear();
+                        switching.clear();
                         self.say(batch_decision(&r))?;
                     }
                     "RolloutCompleted" | "RolloutCancelled" => {
