@@ -259,9 +259,16 @@ fn command_succeeds(command: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// Runs all checks in parallel and builds a report.
+/// Runs all checks in parallel and builds a report, stamped with the time they started.
 pub fn run_all(checks: &[Check]) -> HealthReport {
-    let results = std::thread::scope(|s| {
+    let measured = SystemTime::now();
+    let results = run_each(checks);
+    report(results.into_iter().map(|r| (measured, r)).collect())
+}
+
+/// Runs `checks` in parallel; one result each, in order.
+fn run_each(checks: &[Check]) -> Vec<HealthCheckResult> {
+    std::thread::scope(|s| {
         let handles: Vec<_> = checks
             .iter()
             .map(|c| s.spawn(move || run_check(c)))
@@ -277,16 +284,35 @@ pub fn run_all(checks: &[Check]) -> HealthReport {
                 })
             })
             .collect::<Vec<_>>()
-    });
-    report(results)
+    })
 }
 
-fn report(results: Vec<HealthCheckResult>) -> HealthReport {
+/// A report of results with the (wall-clock) time each was measured. Its `timestamp` is the
+/// oldest of those times: the control plane counts a pass only when every result was measured
+/// after the machine's batch started, so a cached result must keep its own time, never "now".
+fn report(results: Vec<(SystemTime, HealthCheckResult)>) -> HealthReport {
+    let oldest = results
+        .iter()
+        .map(|(at, _)| *at)
+        .min()
+        .unwrap_or_else(SystemTime::now);
+    let results: Vec<HealthCheckResult> = results.into_iter().map(|(_, r)| r).collect();
     HealthReport {
         all_passed: results.iter().all(HealthCheckResult::passed),
         results,
-        timestamp: crate::rfc3339(SystemTime::now()),
+        timestamp: crate::rfc3339(oldest),
     }
+}
+
+/// The latest result of one check.
+#[derive(Debug, Clone)]
+struct Latest {
+    /// When it ran, for its schedule.
+    ran: Instant,
+    /// When it ran by the wall clock, for the report.
+    measured: SystemTime,
+    interval: Duration,
+    result: HealthCheckResult,
 }
 
 /// Keeps the latest result of each check and runs each one on its own schedule.
@@ -294,7 +320,7 @@ fn report(results: Vec<HealthCheckResult>) -> HealthReport {
 pub struct HealthRunner {
     config: PathBuf,
     default_interval: Duration,
-    last: BTreeMap<String, (Instant, Duration, HealthCheckResult)>,
+    last: BTreeMap<String, Latest>,
 }
 
 impl HealthRunner {
@@ -318,13 +344,19 @@ impl HealthRunner {
                     || self
                         .last
                         .get(&key(c))
-                        .is_none_or(|(at, _, _)| now >= *at + c.interval)
+                        .is_none_or(|l| now >= l.ran + c.interval)
             })
             .cloned()
             .collect();
-        let fresh = run_all(&due);
-        for (check, result) in due.iter().zip(fresh.results) {
-            self.last.insert(key(check), (now, check.interval, result));
+        let measured = SystemTime::now();
+        for (check, result) in due.iter().zip(run_each(&due)) {
+            let latest = Latest {
+                ran: now,
+                measured,
+                interval: check.interval,
+                result,
+            };
+            self.last.insert(key(check), latest);
         }
         // Forget checks that are no longer configured.
         let keys: Vec<String> = checks.iter().map(key).collect();
@@ -332,7 +364,11 @@ impl HealthRunner {
         report(
             checks
                 .iter()
-                .filter_map(|c| self.last.get(&key(c)).map(|(_, _, r)| r.clone()))
+                .filter_map(|c| {
+                    self.last
+                        .get(&key(c))
+                        .map(|l| (l.measured, l.result.clone()))
+                })
                 .collect(),
         )
     }
@@ -344,7 +380,7 @@ impl HealthRunner {
         }
         self.last
             .values()
-            .map(|(at, interval, _)| *at + *interval)
+            .map(|l| l.ran + l.interval)
             .min()
             .unwrap_or(now)
     }

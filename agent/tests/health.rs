@@ -280,3 +280,50 @@ fn a_long_failure_message_is_cut_so_reports_stay_within_the_control_plane_limits
     assert_eq!(nixfleet_agent::truncate("short", 10), "short");
     assert_eq!(nixfleet_agent::truncate("ééééé", 7), "éé…");
 }
+
+// Issue 18, hole 3: a report's `timestamp` is when its checks ran, so the control plane can tell a
+// cached result from a fresh one.
+#[test]
+fn cached_results_keep_the_time_they_were_measured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("health-checks.json");
+    std::fs::write(
+        &f,
+        r#"{"command":[{"name":"fast","command":"true","interval":1},
+                      {"name":"slow","command":"true","interval":3600}]}"#,
+    )
+    .expect("write");
+    let time = |r: &nixfleet_proto::api::v1::HealthReport| {
+        humantime::parse_rfc3339(&r.timestamp).expect("RFC 3339")
+    };
+    let mut runner = HealthRunner::new(f, Duration::from_secs(60));
+    let t0 = Instant::now();
+    let before = std::time::SystemTime::now();
+    let first = runner.run_due(t0, false);
+    let measured = time(&first);
+    assert!(
+        measured + Duration::from_millis(1) >= before,
+        "stamped when the checks ran"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // Nothing is due: both results are re-sent from the cache, with their own time.
+    let cached = runner.run_due(t0, false);
+    assert_eq!(
+        cached.timestamp, first.timestamp,
+        "a cached report is not dated now"
+    );
+    // Only "fast" is due: "slow" is still the cached result, so the report is as old as it.
+    let mixed = runner.run_due(t0 + Duration::from_secs(2), false);
+    assert_eq!(
+        mixed.timestamp, first.timestamp,
+        "the oldest result dates the report"
+    );
+    // All re-run: the report is fresh.
+    let forced = runner.run_due(t0 + Duration::from_secs(2), true);
+    assert!(
+        time(&forced) >= measured + Duration::from_secs(1),
+        "{} after {}",
+        forced.timestamp,
+        first.timestamp
+    );
+}

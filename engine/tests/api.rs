@@ -723,3 +723,86 @@ fn audit_export_neutralises_formulas() {
         "\"'@SUM(1)\""
     );
 }
+
+/// A poll report of `host` running `generation`, with one passing check measured at `measured`
+/// and the report built at `sent` (RFC 3339, the agent's clock).
+fn report_measured(host: &str, generation: &str, measured: &str, sent: &str) -> String {
+    serde_json::json!({"machine_id": host, "current_generation": generation, "success": true,
+        "message": "up-to-date", "timestamp": sent, "tags": ["web"], "agent_version": "test",
+        "uptime_seconds": 1, "health": {"results": [{"status": "pass", "check_name": "http",
+        "duration_ms": 1}], "all_passed": true, "timestamp": measured}})
+    .to_string()
+}
+
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+// Issue 18, hole 3: a cached pass measured before the batch started must not pass it.
+#[test]
+fn a_pass_measured_before_the_batch_started_does_not_let_it_succeed() {
+    let (_d, _p, cp, key) = setup(&["web-01"]);
+    let rel = fleet_with_release(&cp, &key, &["web-01"]);
+    let agent = cp.client("web-01", None);
+    let path = "/api/v1/machines/web-01/report";
+    // web-01 already runs the release path and its checks pass, measured now.
+    let measured = rfc3339_now();
+    let (s, t) = agent.post(
+        path,
+        &report_measured("web-01", &gen("web-01", 2), &measured, &rfc3339_now()),
+    );
+    assert_eq!(s, 200, "{t}");
+    std::thread::sleep(Duration::from_millis(20));
+    let id = rollout(
+        &cp,
+        &key,
+        serde_json::json!({"release_id": rel, "strategy": "all_at_once", "target": {"hosts": ["web-01"]}, "health_timeout": 60}),
+    );
+    // The agent re-sends that cached result after the batch started.
+    std::thread::sleep(Duration::from_millis(20));
+    let (s, t) = agent.post(
+        path,
+        &report_measured("web-01", &gen("web-01", 2), &measured, &rfc3339_now()),
+    );
+    assert_eq!(s, 200, "{t}");
+    std::thread::sleep(Duration::from_millis(300));
+    let d = status(&cp, &key, &id);
+    assert_eq!(
+        d["status"], "running",
+        "a stale pass decided the batch: {d}"
+    );
+    assert_eq!(
+        d["batches"][0]["machine_health"]["web-01"], "pending",
+        "{d}"
+    );
+    // The log says when those results were measured, right before the results it dates.
+    let admin = cp.client("operator", Some(&key));
+    let evs = events(&admin, "after=0&stream=machine:web-01");
+    let k = kinds(&evs);
+    assert_eq!(
+        &k[k.len() - 3..],
+        ["ReportReceived", "HealthMeasured", "HealthReported"],
+        "{k:?}"
+    );
+    // A fresh result (measured after the batch started) passes it.
+    let (s, t) = agent.post(
+        path,
+        &report_measured("web-01", &gen("web-01", 2), &rfc3339_now(), &rfc3339_now()),
+    );
+    assert_eq!(s, 200, "{t}");
+    wait_status(&cp, &key, &id, "completed", 10);
+}
+
+#[test]
+fn an_unreadable_health_time_is_a_400_naming_the_field() {
+    let (_d, _p, cp, _key) = setup(&["web-01"]);
+    let (s, t) = cp.client("web-01", None).post(
+        "/api/v1/machines/web-01/report",
+        &report_measured("web-01", &gen("web-01", 1), "yesterday", &rfc3339_now()),
+    );
+    assert_eq!(s, 400, "{t}");
+    assert!(
+        t.contains("health.timestamp") && t.contains("RFC 3339"),
+        "{t}"
+    );
+}
