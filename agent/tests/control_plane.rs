@@ -401,3 +401,101 @@ fn a_release_is_deployed_then_an_unhealthy_one_is_rolled_back_quarantined_and_re
         "quarantined again, not applied a third time"
     );
 }
+
+// Issue 18, hole 3: an agent already running the release path re-sends cached results; measured
+// before the batch started, they must not pass it.
+#[test]
+fn results_cached_from_before_a_batch_started_do_not_pass_it_fresh_ones_do() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    let check = |interval: u64| {
+        std::fs::write(
+            &m.health_config,
+            format!(
+                r#"{{"command":[{{"name":"app","command":"test -e {}/healthy","timeout":5,"interval":{interval}}}]}}"#,
+                m.current.display()
+            ),
+        )
+        .expect("write health config")
+    };
+    // The check runs once at start and then only every hour: every later report carries that result.
+    check(3600);
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki(&dir.path().join("pki"));
+    let port = free_port();
+    let cp = ControlPlane::start(dir.path(), port);
+    let agent = Agent::start(dir.path(), port, &m);
+    wait_until("a passing health report", 20, || {
+        cp.machine("web-01")
+            .is_some_and(|mm| mm["health"] == "healthy")
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A rollout of the path web-01 already runs, started after that result was measured.
+    let release = serde_json::json!({"entries": [{"hostname": "web-01", "store_path": v1.as_str(), "platform": "x86_64-linux"}]});
+    let rel = cp.json("POST", "/api/v1/releases", Some(&release.to_string()), 201);
+    let rollout = serde_json::json!({"release_id": rel["id"], "strategy": "all_at_once", "target": {"hosts": ["web-01"]}, "health_timeout": 6});
+    let id = cp.json("POST", "/api/v1/rollouts", Some(&rollout.to_string()), 201)["rollout_id"]
+        .as_str()
+        .expect("rollout id")
+        .to_owned();
+    let mut d = Value::Null;
+    wait_until("the batch to be decided", 30, || {
+        d = cp.json("GET", &format!("/api/v1/rollouts/{id}"), None, 200);
+        d["status"] != "running"
+    });
+    assert_eq!(
+        d["status"],
+        "paused",
+        "only cached results reached the gate, so it must time out: {d}\n{}",
+        agent.dump()
+    );
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("silent past"),
+        "{d}"
+    );
+    // The agent did report during the batch: up-to-date, with the cached result and its old time.
+    let started = d["batches"][0]["started_at"].as_str().expect("started_at");
+    let started_ms = humantime::parse_rfc3339_weak(started)
+        .expect("time")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let (_, events) = cp
+        .call(
+            "GET",
+            "/api/v1/events?after=0&stream=machine:web-01&kind=HealthMeasured",
+            None,
+        )
+        .expect("events");
+    let during: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .filter(|e| e["at_ms"].as_u64() > Some(started_ms))
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no health report during the batch: {}",
+        agent.dump()
+    );
+    assert!(
+        during
+            .iter()
+            .all(|e| e["data"]["measured_at"].as_u64() < Some(started_ms)),
+        "{during:?}"
+    );
+
+    // Checks that run again after the resume give fresh results: the batch passes.
+    check(1);
+    cp.json(
+        "POST",
+        &format!("/api/v1/rollouts/{id}/resume"),
+        Some("{}"),
+        200,
+    );
+    cp.wait_rollout(&id, "completed", 30);
+}
