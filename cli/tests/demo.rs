@@ -333,6 +333,46 @@ fn without_nix_the_demo_says_it_runs_dry_then_completes_a_canary_and_pauses_the_
 }
 
 #[test]
+fn a_failing_nix_build_is_one_line_naming_its_log_and_dry_run_still_works_there() {
+    let s = Scratch::new("demo-nobuild");
+    let dir = s.join("demo");
+    // A store nix-build cannot reach (no daemon listens), as for a user who may not build.
+    let out = run(nixfleet(&s, &s.path)
+        .env("NIX_REMOTE", "daemon")
+        .arg("demo")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--bin-dir")
+        .arg(bin_dir()));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: nix-build of the demo's generations failed")
+            && err.contains("logs/nix-build.log")
+            && err.contains("--dry-run"),
+        "{err}"
+    );
+    assert!(processes_under(&s.path).is_empty());
+
+    let out = run(nixfleet(&s, &s.path)
+        .env("NIX_REMOTE", "daemon")
+        .args(["demo", "--dry-run", "--dir"])
+        .arg(&dir)
+        .arg("--bin-dir")
+        .arg(bin_dir()));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let first = text.lines().next().unwrap_or("");
+    assert!(first.contains("runs dry: --dry-run was given"), "{first}");
+    assert!(
+        text.contains("rollout r-") && text.contains(" PAUSED: "),
+        "{text}"
+    );
+    assert!(processes_under(&s.path).is_empty());
+}
+
+#[test]
 fn missing_binaries_are_one_line_naming_the_build_command_and_nothing_is_created() {
     let s = Scratch::new("demo-nobin");
     let empty = s.join("no-binaries-here");
