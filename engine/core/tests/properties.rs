@@ -5,7 +5,8 @@
 mod harness;
 use harness::*;
 use nixfleet_core::event::{Actor, Event, Lifecycle};
-use nixfleet_core::state::State;
+use nixfleet_core::ids::Timestamp;
+use nixfleet_core::state::{MachineHealth, State};
 use nixfleet_core::{Command, ReportInput};
 use proptest::prelude::*;
 
@@ -18,6 +19,8 @@ enum Step {
         generation: u32,
         success: bool,
         health: Option<bool>,
+        /// Seconds before the report its health was measured (None: no time sent).
+        measured_age: Option<u16>,
     },
     Rollout {
         release: u32,
@@ -38,8 +41,8 @@ enum Step {
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
-        6 => (0..HOSTS.len(), 1u32..4, any::<bool>(), proptest::option::of(any::<bool>()))
-            .prop_map(|(host, generation, success, health)| Step::Report { host, generation, success, health }),
+        6 => (0..HOSTS.len(), 1u32..4, any::<bool>(), proptest::option::of(any::<bool>()), proptest::option::of(0u16..120))
+            .prop_map(|(host, generation, success, health, measured_age)| Step::Report { host, generation, success, health, measured_age }),
         2 => (1u32..4, 0u8..3, any::<bool>(), any::<bool>(), 0u8..3)
             .prop_map(|(release, strategy, tag, on_failure, threshold)| Step::Rollout { release, strategy, tag, on_failure, threshold }),
         1 => (0u8..6).prop_map(Step::Resume),
@@ -63,26 +66,35 @@ fn play(steps: &[Step]) -> Fleet {
                 generation,
                 success,
                 health,
+                measured_age,
             } => {
                 let h = HOSTS[*host];
-                let _ = f.run(
-                    Actor::Machine(m(h)),
-                    Command::Report {
+                let report = ReportInput {
+                    generation: Some(path(h, *generation)),
+                    success: *success,
+                    message: "x".into(),
+                    tags: vec![],
+                    health: health.map(|ok| (vec![], ok)),
+                    agent_version: "p".into(),
+                    uptime_secs: 0,
+                    dry_run: false,
+                    rolled_back_from: (!success).then(|| path(h, *generation + 1)),
+                };
+                let cmd = match measured_age {
+                    None => Command::Report {
                         machine: m(h),
-                        report: ReportInput {
-                            generation: Some(path(h, *generation)),
-                            success: *success,
-                            message: "x".into(),
-                            tags: vec![],
-                            health: health.map(|ok| (vec![], ok)),
-                            agent_version: "p".into(),
-                            uptime_secs: 0,
-                            dry_run: false,
-                            rolled_back_from: (!success).then(|| path(h, *generation + 1)),
-                        },
+                        report,
                         auto_register: true,
                     },
-                );
+                    Some(age) => Command::ReportMeasured {
+                        machine: m(h),
+                        report,
+                        auto_register: true,
+                        health_timestamp: Timestamp(f.now.0 - u64::from(*age) * 1000),
+                        report_timestamp: Some(f.now),
+                    },
+                };
+                let _ = f.run(Actor::Machine(m(h)), cmd);
             }
             Step::Release(n) => {
                 let id = format!("rel-{n}-{}", f.state.last_seq.0);
@@ -152,8 +164,39 @@ fn play(steps: &[Step]) -> Fleet {
             }
         }
         check_invariants(&f.state);
+        check_health_evidence(&f);
     }
     f
+}
+
+/// A machine counts as healthy only on results measured after its batch started, and a
+/// measurement time never outlives its group.
+fn check_health_evidence(f: &Fleet) {
+    assert_eq!(
+        f.state.health_measured, None,
+        "a HealthMeasured outlived its group"
+    );
+    for r in f.state.rollouts.values() {
+        for b in &r.batches {
+            for (mm, h) in &b.health {
+                let MachineHealth::Healthy(seq) = h else {
+                    continue;
+                };
+                let before = &f.log[seq.0 as usize - 2].event;
+                if let Event::HealthMeasured {
+                    machine,
+                    measured_at,
+                } = before
+                {
+                    assert_eq!(machine, mm);
+                    assert!(
+                        Some(*measured_at) >= b.started_at,
+                        "{mm} counted healthy on results measured before its batch started"
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn check_invariants(s: &State) {
