@@ -58,7 +58,9 @@ pub struct HealthReport {
     pub results: Vec<HealthCheckResult>,
     /// True when every check passed.
     pub all_passed: bool,
-    /// When the agent ran the checks (RFC 3339).
+    /// When the agent ran the checks (RFC 3339): the oldest measurement time among `results`, so
+    /// a cached result keeps its own time. The control plane counts a pass for a rollout batch only
+    /// when this lies after the batch started; "" means unknown (counted as measured on arrival).
     #[serde(default)]
     pub timestamp: String,
 }
