@@ -95,7 +95,7 @@ pub enum Commands {
         cmd: commands::rollout::RolloutCmd,
     },
     /// Deploy a flake: over SSH with --ssh (no control plane), else as a release plus a rollout.
-    Deploy(commands::deploy::DeployArgs),
+    Deploy(Box<commands::deploy::DeployArgs>),
     /// Switch one machine back to its previous system (or --generation), over SSH.
     Rollback(commands::rollback::RollbackArgs),
     /// API keys: create, list, revoke; save one locally.
@@ -142,7 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Commands::Machines { cmd } => commands::machines::run(&settings()?, cmd),
         Commands::Release { cmd } => commands::release::run(&settings()?, cmd),
         Commands::Rollout { cmd } => commands::rollout::run(&settings()?, cmd),
-        Commands::Deploy(args) => commands::deploy::run(&settings()?, args),
+        Commands::Deploy(args) => commands::deploy::run(&settings()?, *args),
         Commands::Rollback(args) => commands::rollback::run(&settings()?, args),
         Commands::Keys { cmd } => commands::keys::run(&settings()?, cmd),
         Commands::Replay(cmd) => crate::replay::run(&global, cmd),

@@ -215,21 +215,23 @@ fn a_host_whose_switch_fails_is_counted_and_the_exit_code_is_non_zero() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     assert_eq!(lines[0]["op"], "deploy");
+    assert!(
+        lines.iter().any(|l| l["exit"] == 0
+            && l["cmd"]
+                .as_str()
+                .is_some_and(|c| c.contains("nixos-system-broken"))),
+        "the start of the activation is logged"
+    );
+    // The wait for the detached activation reports its final state on stdout.
     let switch = lines
         .iter()
         .find(|l| {
-            l["exit"] == 93
-                && l["cmd"]
-                    .as_str()
-                    .is_some_and(|c| c.contains("nixos-system-broken"))
+            l["stdout"]
+                .as_str()
+                .is_some_and(|o| o.contains("switch-to-configuration switch exited 1"))
         })
         .expect("the failed activation is logged");
-    assert!(
-        switch["stderr"]
-            .as_str()
-            .is_some_and(|e| e.contains("switch-to-configuration exited 1")),
-        "{switch}"
-    );
+    assert_eq!(switch["exit"], 0, "{switch}");
     assert!(lines.iter().any(|l| l["cmd"]
         .as_str()
         .is_some_and(|c| c.starts_with("nix-copy-closure --to root@target"))));

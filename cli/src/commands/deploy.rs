@@ -1,10 +1,14 @@
 //! `nixfleet deploy`: with `--ssh`, build each host's system and switch it over SSH with no
 //! control plane; without, create a release (or take `--release`) and a rollout of it.
 //!
-//! Per host: `nix build` the toplevel → `nix-copy-closure` → check the path on the target →
-//! `nix-env --set` the system profile → `switch-to-configuration switch` → notify the control
-//! plane if one is configured (only now, after the switch succeeded). Hosts are independent:
-//! one failing does not stop the others; the exit code says whether any failed.
+//! Per host: `nix build` the toplevel → `nix-copy-closure` → check the path on the target and
+//! start the detached activation there (`ssh::Remote::launch`: profile, `switch-to-configuration
+//! <mode>`, then a watchdog) → wait for the switch → run the health checks over ssh → confirm,
+//! or ask the target to roll back → notify the control plane if one is configured, with what
+//! the machine ends up running (the new path, or the previous one after a rollback). A dropped
+//! connection or a killed CLI means no confirmation, so the target rolls itself back.
+//! Hosts are independent: one failing does not stop the others; the exit code says whether any
+//! failed.
 
 use crate::client::Client;
 use crate::commands::{notify, release, rollout};
@@ -12,14 +16,23 @@ use crate::error::{CliError, Result};
 use crate::nix;
 use crate::output;
 use crate::settings::Settings;
-use crate::ssh::{Remote, SshTarget, Step, StepError};
+use crate::ssh::{
+    Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshTarget, Step, StepError,
+    TargetState,
+};
 use crate::store_path::StorePath;
 use clap::Args;
 use nixfleet_proto::api::v1::Release;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Pause between two rounds of failing health checks.
+const CHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// Time kept back from `--confirm-timeout` for the confirmation itself to reach the target.
+const CONFIRM_MARGIN: Duration = Duration::from_secs(1);
 
 /// `nixfleet deploy`.
 #[derive(Debug, Args)]
@@ -50,6 +63,27 @@ pub struct DeployArgs {
     /// Hosts deployed at the same time.
     #[arg(long, short = 'j', default_value_t = 4, requires = "ssh")]
     pub jobs: usize,
+    /// switch-to-configuration mode: switch (now and at boot), boot (next boot only), test (now only).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Activation::Switch)]
+    pub activation: Activation,
+    /// Seconds the target waits, after its switch, for the CLI's confirmation before it rolls itself back.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub confirm_timeout: u64,
+    /// No watchdog on the target: a failed switch or health check leaves it as it is.
+    #[arg(long, requires = "ssh")]
+    pub no_rollback: bool,
+    /// Health check: this shell command, run on the target, must exit 0 (repeatable).
+    #[arg(long, value_name = "CMD", requires = "ssh")]
+    pub check_cmd: Vec<String>,
+    /// Health check: a GET of this URL, made on the target with curl, must answer 2xx (repeatable).
+    #[arg(long, value_name = "URL", requires = "ssh")]
+    pub check_http: Vec<String>,
+    /// Health check: `systemctl is-active UNIT` on the target must print active (repeatable).
+    #[arg(long, value_name = "UNIT", requires = "ssh")]
+    pub check_unit: Vec<String>,
+    /// Seconds one run of one health check may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub check_timeout: u64,
 
     /// Roll out this existing release instead of building one.
     #[arg(long, conflicts_with_all = ["ssh", "push_to", "copy", "eval_only"], help_heading = "Rollout mode (without --ssh)")]
@@ -248,6 +282,7 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
         None => None,
     };
     let ssh_opts = args.ssh_opts.clone().unwrap_or_default();
+    let checks = health_checks(&args)?;
 
     // Hosts are independent; up to --jobs of them are built, copied and switched at once.
     let jobs = args.jobs.clamp(1, hosts.len());
@@ -258,7 +293,15 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(host) = hosts.get(i) else { break };
-                let outcome = deploy_one(settings, host, target.as_ref(), &ssh_opts, &args);
+                let outcome = deploy_one(
+                    settings,
+                    host,
+                    i,
+                    target.as_ref(),
+                    &ssh_opts,
+                    &checks,
+                    &args,
+                );
                 results
                     .lock()
                     .expect("a deploy thread panicked while holding the results")
@@ -311,8 +354,10 @@ enum HostOutcome {
 fn deploy_one(
     settings: &Settings,
     host: &str,
+    n: usize,
     target: Option<&SshTarget>,
     ssh_opts: &str,
+    checks: &[HealthCheck],
     args: &DeployArgs,
 ) -> HostOutcome {
     let host_started = Instant::now();
@@ -326,7 +371,9 @@ fn deploy_one(
             deploy_host(
                 settings,
                 host,
-                Remote::new(target, ssh_opts, settings.verbose),
+                n,
+                &Remote::new(target, ssh_opts, settings.verbose),
+                checks,
                 args,
             )
         });
@@ -335,10 +382,11 @@ fn deploy_one(
             let seconds = host_started.elapsed().as_secs_f64();
             eprintln!(
                 "[{host}] {} {path} in {seconds:.2}s",
-                if args.dry_run {
-                    "would switch to"
-                } else {
-                    "switched to"
+                match (args.dry_run, args.activation) {
+                    (true, _) => "would switch to",
+                    (false, Activation::Switch) => "switched to",
+                    (false, Activation::Boot) => "set the boot default to",
+                    (false, Activation::Test) => "switched (test: not the boot default) to",
                 }
             );
             HostOutcome::Done(HostDone {
@@ -361,10 +409,50 @@ fn deploy_one(
     }
 }
 
+/// The health checks of `--check-*`, validated.
+fn health_checks(args: &DeployArgs) -> Result<Vec<HealthCheck>> {
+    if args.confirm_timeout == 0 {
+        return Err(CliError::usage(
+            "--confirm-timeout must be at least 1 second (or pass --no-rollback for no watchdog)",
+        ));
+    }
+    if args.check_timeout == 0 {
+        return Err(CliError::usage("--check-timeout must be at least 1 second"));
+    }
+    let mut checks = Vec::new();
+    for c in &args.check_cmd {
+        if c.trim().is_empty() {
+            return Err(CliError::usage("--check-cmd: give a shell command"));
+        }
+        checks.push(HealthCheck::Command(c.clone()));
+    }
+    for u in &args.check_http {
+        if !(u.starts_with("http://") || u.starts_with("https://"))
+            || u.contains(char::is_whitespace)
+        {
+            return Err(CliError::usage(format!(
+                "--check-http {u:?}: expected an http:// or https:// URL"
+            )));
+        }
+        checks.push(HealthCheck::Http(u.clone()));
+    }
+    for u in &args.check_unit {
+        if u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace) {
+            return Err(CliError::usage(format!(
+                "--check-unit {u:?}: expected a systemd unit name such as nginx.service"
+            )));
+        }
+        checks.push(HealthCheck::Unit(u.clone()));
+    }
+    Ok(checks)
+}
+
 fn deploy_host(
     settings: &Settings,
     host: &str,
-    remote: Remote,
+    n: usize,
+    remote: &Remote,
+    checks: &[HealthCheck],
     args: &DeployArgs,
 ) -> Result<StorePath, StepError> {
     eprintln!("[{host}] building");
@@ -375,8 +463,233 @@ fn deploy_host(
     }
     eprintln!("[{host}] copying {path} to {}", remote.target);
     remote.copy_closure(&path)?;
-    eprintln!("[{host}] setting the system profile and switching");
-    remote.activate(&path)?;
-    notify::notify_deploy(settings, host, &path);
-    Ok(path)
+    let plan = DeployPlan {
+        mode: args.activation,
+        confirm_timeout_secs: args.confirm_timeout,
+        rollback: !args.no_rollback,
+    };
+    let id = DeployId::new(n);
+    let launched = remote.launch(&path, &id, &plan)?;
+    if let Some((last, state)) = &launched.unseen_last {
+        eprintln!(
+            "[{host}] note: the previous deploy {last} ended while no CLI watched it: {state}"
+        );
+    }
+    if plan.rollback && launched.prev.is_none() {
+        eprintln!(
+            "[{host}] no previous system generation on the target: a failure cannot be rolled back"
+        );
+    }
+    eprintln!(
+        "[{host}] switching ({}) on the target, detached ({}; state and log in {})",
+        plan.mode, launched.via, launched.dir
+    );
+    let watch = Watch {
+        settings,
+        host,
+        remote,
+        launched: &launched,
+        plan: &plan,
+    };
+    let (state, detail) = remote
+        .wait_state(&launched.dir, false)
+        .map_err(|e| watch.lost(e))?;
+    let result = match state {
+        TargetState::AwaitingConfirmation | TargetState::Done => {
+            let window =
+                Duration::from_secs(plan.confirm_timeout_secs).saturating_sub(CONFIRM_MARGIN);
+            let checked = run_checks(host, remote, checks, args.check_timeout, window);
+            match (checked, plan.rollback) {
+                (Ok(()), false) => Ok(()),
+                (Ok(()), true) => {
+                    if remote.confirm(&launched.dir).map_err(|e| watch.lost(e))? {
+                        Ok(())
+                    } else {
+                        // The watchdog gave up first: report what it did.
+                        let (state, detail) = remote
+                            .wait_state(&launched.dir, true)
+                            .map_err(|e| watch.lost(e))?;
+                        let late = format!(
+                            "the confirmation came too late (raise --confirm-timeout above {}s)",
+                            plan.confirm_timeout_secs
+                        );
+                        watch.ended(state, detail, Step::Confirm, Some(&late))
+                    }
+                }
+                (Err(why), false) => Err(StepError::new(
+                    Step::HealthCheck,
+                    format!(
+                        "{why}; left as it is (--no-rollback): roll back with `nixfleet rollback --ssh --host {host}`"
+                    ),
+                )),
+                (Err(why), true) => {
+                    eprintln!("[{host}] {why}; asking the target to roll back");
+                    remote
+                        .reject(&launched.dir, &why)
+                        .map_err(|e| watch.lost(e))?;
+                    let (state, detail) = remote
+                        .wait_state(&launched.dir, true)
+                        .map_err(|e| watch.lost(e))?;
+                    watch.ended(state, detail, Step::HealthCheck, Some(&why))
+                }
+            }
+        }
+        other => watch.ended(other, detail, Step::Switch, None),
+    };
+    match result {
+        Ok(()) => {
+            notify::notify_deploy(settings, host, &path);
+            Ok(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs every check until all pass in one round or `window` is over; the failure names the
+/// first failing check.
+fn run_checks(
+    host: &str,
+    remote: &Remote,
+    checks: &[HealthCheck],
+    timeout_secs: u64,
+    window: Duration,
+) -> std::result::Result<(), String> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + window;
+    loop {
+        let failed = checks.iter().find_map(|c| {
+            remote
+                .run_check(c, timeout_secs)
+                .err()
+                .map(|why| format!("health check {c} failed on {}: {why}", remote.target))
+        });
+        match failed {
+            None => {
+                eprintln!("[{host}] {} health check(s) passed", checks.len());
+                return Ok(());
+            }
+            Some(why) if Instant::now() + CHECK_RETRY < deadline => {
+                eprintln!("[{host}] {why}; retrying");
+                std::thread::sleep(CHECK_RETRY);
+            }
+            Some(why) => return Err(why),
+        }
+    }
+}
+
+/// One host's running activation, for turning its end into the host's outcome.
+struct Watch<'a> {
+    settings: &'a Settings,
+    host: &'a str,
+    remote: &'a Remote,
+    launched: &'a Launched,
+    plan: &'a DeployPlan,
+}
+
+impl Watch<'_> {
+    fn log(&self) -> String {
+        format!("{}/log", self.launched.dir)
+    }
+
+    /// The CLI lost the target while the activation ran: say what the target will do alone.
+    fn lost(&self, e: StepError) -> StepError {
+        let alone = if self.plan.rollback {
+            format!(
+                "unless it was confirmed it rolls itself back {}s after its switch",
+                self.plan.confirm_timeout_secs
+            )
+        } else {
+            "it finishes the switch on its own (--no-rollback)".to_string()
+        };
+        StepError {
+            step: e.step,
+            message: format!(
+                "lost {} during the deploy ({}); {alone}; its log: {}",
+                self.remote.target,
+                e.message,
+                self.log()
+            ),
+            detail: e.detail,
+        }
+    }
+
+    /// A final state → the host's outcome; `step` is what led there, `cause` what the CLI
+    /// knows better than the target (a failed check, a late confirmation).
+    fn ended(
+        &self,
+        state: TargetState,
+        detail: String,
+        step: Step,
+        cause: Option<&str>,
+    ) -> Result<(), StepError> {
+        let (step, message) = match state {
+            TargetState::Confirmed | TargetState::Done => return Ok(()),
+            TargetState::RolledBack(why) => {
+                // The control plane learns what the machine runs in the end.
+                if let Some(prev) = &self.launched.prev {
+                    notify::notify_deploy(self.settings, self.host, prev);
+                }
+                let prev = self
+                    .launched
+                    .prev
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "the previous generation".to_string());
+                (
+                    step,
+                    format!(
+                        "{}; {} rolled back to {prev}",
+                        cause.unwrap_or(&why),
+                        self.remote.target
+                    ),
+                )
+            }
+            TargetState::Failed(why) if !self.plan.rollback => (
+                step,
+                format!(
+                    "{why}; roll back with `nixfleet rollback --ssh --host {}`",
+                    self.host
+                ),
+            ),
+            TargetState::Failed(why) => (
+                step,
+                format!(
+                    "{why}; inspect {} (log: {})",
+                    self.remote.target,
+                    self.log()
+                ),
+            ),
+            TargetState::RollbackFailed(why) => (
+                Step::Rollback,
+                format!(
+                    "{why}; the rollback failed: inspect {} (log: {})",
+                    self.remote.target,
+                    self.log()
+                ),
+            ),
+            TargetState::Died(why) => (
+                step,
+                format!(
+                    "the deploy script on {} stopped ({why}); inspect it (log: {})",
+                    self.remote.target,
+                    self.log()
+                ),
+            ),
+            TargetState::AwaitingConfirmation => (
+                step,
+                format!(
+                    "{} still waits for a confirmation; inspect it (log: {})",
+                    self.remote.target,
+                    self.log()
+                ),
+            ),
+        };
+        Err(StepError {
+            step,
+            message,
+            detail,
+        })
+    }
 }

@@ -2,15 +2,16 @@
 //!
 //! The target is `--generation P` (which must already be in the machine's store) or the system
 //! profile's generation just before the current one, resolved on the machine itself. The
-//! profile is set to it (`nix-env --set`, a new generation; nothing is deleted) before
-//! `switch-to-configuration switch`, unlike v0.1 which left the boot default on the newer system.
+//! profile is set to it (`nix-env --set`, a new generation; nothing is deleted) before its
+//! `switch-to-configuration switch` (or `boot` with `--activation boot`), which also makes it the
+//! boot default, unlike v0.1 which left the boot default on the newer system.
 
 use crate::commands::notify;
 use crate::error::{CliError, Result};
 use crate::nix;
 use crate::output;
 use crate::settings::Settings;
-use crate::ssh::{previous_generation, Remote, SshTarget, StepError};
+use crate::ssh::{previous_generation, Activation, Remote, SshTarget, StepError};
 use crate::store_path::StorePath;
 use clap::Args;
 
@@ -37,6 +38,9 @@ pub struct RollbackArgs {
         allow_hyphen_values = true
     )]
     pub ssh_opts: Option<String>,
+    /// switch (now and at boot) or boot (at the next boot only).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Activation::Switch)]
+    pub activation: Activation,
 }
 
 fn step(e: StepError) -> CliError {
@@ -51,6 +55,11 @@ pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
         ));
     }
     nix::check_host_name(&args.host).map_err(|m| CliError::usage(format!("--host: {m}")))?;
+    if args.activation == Activation::Test {
+        return Err(CliError::usage(
+            "rollback --activation test would leave the boot default on the newer system; use switch or boot",
+        ));
+    }
     if let (Some(path), true) = (crate::oplog::start("rollback"), settings.verbose >= 1) {
         eprintln!("oplog: {}", path.display());
     }
@@ -87,7 +96,7 @@ pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
             prev.path.clone()
         }
     };
-    remote.activate(&path).map_err(step)?;
+    remote.activate(&path, args.activation).map_err(step)?;
     notify::notify_deploy(settings, &args.host, &path);
     if settings.json {
         output::json(&serde_json::json!({ "host": args.host, "store_path": path.to_string() }))
