@@ -3,7 +3,10 @@
 # PID 1, private network, the host's /nix bound in), runs the agent inside against a Python stand-in
 # for the control plane's two agent routes, and checks that
 #   1. a deploy switches through a transient unit nixfleet-switch-<n> and reports "deployed";
-#   2. a generation whose health check fails is rolled back, through a transient unit too.
+#   2. a generation whose health check fails is rolled back, through a transient unit too;
+#   3. a generation whose switch-to-configuration exits 4 (units failed, as NixOS does) is reported
+#      "failed_units" with exit status 4 (read from `systemd-run --wait`) and the count of failed
+#      units (read from the unit's journal).
 # Usage: agent/scripts/systemd-run-check.sh ROOTFS [AGENT]
 #   ROOTFS: a Debian root with systemd, dbus, nix-bin, python3 (e.g. the vmtests rootfs cache,
 #           used read-only through --volatile=overlay). AGENT defaults to target/debug/nixfleet-agent.
@@ -23,20 +26,23 @@ trap 'exit 1' INT TERM
 export NIX_CONFIG=$'substituters =\nnarinfo-cache-negative-ttl = 0'
 
 cat > "$W/system.nix" <<'NIX'
-{ name, link, marker, healthy }:
+{ name, link, marker, healthy, exitStatus ? "0" }:
 builtins.derivation {
-  inherit name link marker; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  inherit name link marker exitStatus; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
   healthyFlag = if healthy then "1" else "";
   args = [ "-c" ''
     mkdir -p $out/bin
     printf '#!/bin/sh\nln -sfn %s %s\necho "switch %s from $(grep -o "nixfleet-switch-[0-9]*" /proc/self/cgroup | head -1)" >> %s\n' "$out" "$link" "$out" "$marker" > $out/bin/switch-to-configuration
+    if [ "$exitStatus" = 4 ]; then
+      printf 'echo "warning: the following units failed: nginx.service, app.service" >&2\nexit 4\n' >> $out/bin/switch-to-configuration
+    fi
     chmod +x $out/bin/switch-to-configuration; echo test > $out/nixos-version; ln -s /bin/sh $out/init
     if [ -n "$healthyFlag" ]; then touch $out/healthy; fi
   '' ];
 }
 NIX
-build() { nix-build "$W/system.nix" --no-out-link --argstr name "$1" --argstr link "$W/current" --argstr marker "$W/switches.log" --arg healthy "$2"; }
-V1=$(build sysrun-v1 true); V2=$(build sysrun-v2 true); BAD=$(build sysrun-bad false)
+build() { nix-build "$W/system.nix" --no-out-link --argstr name "$1" --argstr link "$W/current" --argstr marker "$W/switches.log" --arg healthy "$2" --argstr exitStatus "${3:-0}"; }
+V1=$(build sysrun-v1 true); V2=$(build sysrun-v2 true); BAD=$(build sysrun-bad false); UNITS=$(build sysrun-units true 4)
 ln -sfn "$V1" "$W/current"
 echo "{\"command\":[{\"name\":\"app\",\"command\":\"test -e $W/current/healthy\"}]}" > "$W/health.json"
 echo "{\"hash\":\"$V2\",\"cache_url\":null,\"poll_hint\":1}" > "$W/desired.json"
@@ -96,7 +102,16 @@ wait_for '"rolled_back_from"'
 echo "2. rolled back to: $(readlink "$W/current")"
 grep "rolled back" "$W/reports.log" | head -1 | grep -o '"message":"[^"]*"'
 echo "   switches: $(wc -l < "$W/switches.log") ($(grep -c 'from nixfleet-switch-' "$W/switches.log") through transient units)"
-grep -o "Switch started in a transient unit.*" "$W/agent.log" | head -3
+grep -o "Switch unit ended.*" "$W/agent.log" | head -3
+
+echo "{\"hash\":\"$UNITS\",\"cache_url\":null,\"poll_hint\":1}" > "$W/desired.json"
+wait_for '"outcome":"failed_units"'
+REPORT=$(grep '"outcome":"failed_units"' "$W/reports.log" | head -1)
+for want in '"exit_code":4' '"failed_units":2' '"message":"deployed; switched, 2 units failed"'; do
+  case "$REPORT" in *"$want"*) ;; *) echo "the failed-units report lacks $want: $REPORT"; exit 1 ;; esac
+done
+[ "$(readlink "$W/current")" = "$UNITS" ] || { echo "not left on $UNITS for the gate to judge"; exit 1; }
+echo "3. failed units: $(echo "$REPORT" | grep -o '"switch":{[^}]*}')"
 inside sh -c "kill -TERM \$(cat $W/agent.pid) \$(cat $W/cp.pid)"
 sleep 1
 tail -1 "$W/agent.log"
