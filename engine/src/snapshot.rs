@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 /// The snapshot file inside the data directory.
 pub const FILE: &str = "snapshot.bin";
-const FORMAT: u16 = 3;
+/// Bumped whenever the projections change shape (4: `Machine::last_switch` and `reboot_needed`,
+/// `Rollout::options`, `State::health_measured`), so a snapshot of the same build version written
+/// before is refused by name instead of decoded into the wrong fields.
+const FORMAT: u16 = 4;
 
 #[derive(Serialize)]
 struct Header<'a> {
