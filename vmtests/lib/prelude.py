@@ -245,6 +245,13 @@ def switch_attempts(node, label):
     return int(out or 0)
 
 
+def assert_switches(node, label, n):
+    """switch-to-configuration of generation `label` was started exactly `n` times on `node`."""
+    got = switch_attempts(node, label)
+    assert got == n, (f"{node.name}: {label} switched {got} times, expected {n}; switch log:\n"
+                      + node.succeed(f"cat {SWITCH_LOG} || true"))
+
+
 def assert_runs(node, host, path, version, timeout=30):
     """`node` itself runs generation `path`: the current-system link, the system profile, the
     closure registered in its own Nix database, the activation marker, and the demo service of

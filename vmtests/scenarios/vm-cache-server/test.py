@@ -62,7 +62,7 @@ with subtest("Generations built to fail do what their variant says"):
     bad = {v: build_fake_system(client, "client", 9, v) for v in ("switch-fails", "exit4", "hang", "unhealthy")}
     status, _ = client.execute(f"{bad['switch-fails']}/bin/switch-to-configuration switch")
     assert status == 1 and current_system(client) == gen1
-    assert switch_attempts(client, "9-switch-fails") == 1
+    assert_switches(client, "9-switch-fails", 1)
     status, _ = client.execute(f"{bad['exit4']}/bin/switch-to-configuration switch")
     assert status == 4 and current_system(client) == bad["exit4"], status
     client.wait_until_succeeds("curl -sf http://localhost:9000/ | grep -q 'client version 9'", timeout=15)

@@ -39,7 +39,7 @@ with subtest("Dry-run agents: a release of G2 is reported as 'would apply' and n
              timeout=30, what="web-01's dry-run report")
     web_01.succeed("journalctl -u nixfleet-agent --no-pager | grep -q 'Dry run - skipping apply'")
     assert_runs(web_01, "web-01", g1, 1)
-    assert switch_attempts(web_01, "2") == 0
+    assert_switches(web_01, "2", 0)
     web_01.fail("test -e /tmp/stub-switch-called")
     assert all(r["generation"] == g1 for r in reports(cp, "web-01", seq)), reports(cp, "web-01", seq)
     # A dry run never runs the release, so the batch never gets past deploying.

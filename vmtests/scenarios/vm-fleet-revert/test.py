@@ -31,7 +31,7 @@ with subtest("The first batch moves to G2 and succeeds; the second batch's machi
     assert second["previous_generations"] == {h2: g1[h2]}, second
     assert_deployed(cp, h1, g2[h1])
     # h2 did switch to its G2: the demo service it started answered 503 and the agent rolled back.
-    assert switch_attempts(agents[h2], "2-unhealthy") == 1
+    assert_switches(agents[h2], "2-unhealthy", 1)
     back = [r for r in reports(cp, h2) if r.get("rolled_back_from") == g2[h2]]
     assert back and "health checks failed" in back[0]["message"], reports(cp, h2)
 
@@ -56,7 +56,8 @@ with subtest("On the hosts: both machines run G1 again, the one of the succeeded
         wait_for(lambda: (machine_status(cp, h) or {}).get("current_generation") == g1[h], timeout=30,
                  what=f"{h} to report G1")
     # h1 switched G1 -> G2 -> G1: the second G1 switch after boot is the revert's.
-    assert switch_attempts(agents[h1], "2") == 1 and switch_attempts(agents[h1], "1") == 2
+    assert_switches(agents[h1], "2", 1)
+    assert_switches(agents[h1], "1", 2)
 
 with subtest("Both agents still run"):
     for m in agents.values():
