@@ -144,13 +144,26 @@ in
   inherit labelOf others;
 
   # The NixOS module: G1 booted, the others as specialisations.
-  module = {
-    imports = [
-      (generation {
-        version = "1";
-        prio = lib.mkDefault;
-      })
-    ];
-    specialisation = builtins.mapAttrs (_: g: { configuration = generation g; }) others;
-  };
+  module =
+    { config, ... }:
+    {
+      imports = [
+        (generation {
+          version = "1";
+          prio = lib.mkDefault;
+        })
+      ];
+      specialisation = builtins.mapAttrs (_: g: { configuration = generation g; }) others;
+      # The agent returns to "the generation that ran before" through the system profile; a
+      # test VM booted without a boot loader may have none, so the first boot makes G1 the
+      # profile, as an installed NixOS has it. Later activations leave the profile alone.
+      system.activationScripts.nixfleet-vmtests-profile = {
+        deps = [ "specialfs" ];
+        text = ''
+          if [ ! -e /nix/var/nix/profiles/system ]; then
+            ${config.nix.package}/bin/nix-env -p /nix/var/nix/profiles/system --set "$systemConfig" || true
+          fi
+        '';
+      };
+    };
 }
