@@ -376,7 +376,9 @@ fn verify_passes_on_the_golden_logs_and_names_the_tampered_record() {
     );
     assert!(out.contains("The head"), "{out}");
     let (v1, _) = data_dir(&s, "v1.bin", "v1");
-    assert!(nf_ok(&s, &["verify", "--data-dir", d(&v1)]).starts_with("ok: 60 records"));
+    let v1_total = read_raw("v1.bin").len();
+    assert!(nf_ok(&s, &["verify", "--data-dir", d(&v1)])
+        .starts_with(&format!("ok: {v1_total} records")));
 
     let (bad, altered) = data_dir(&s, "story-tampered.bin", "tampered");
     let (_, resumed) = tampered(&read_raw("story.bin"));
