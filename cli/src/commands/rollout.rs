@@ -545,6 +545,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn options_go_into_the_request_and_an_unknown_activation_is_a_usage_error() {
+        let base = CreateRolloutRequest {
+            release_id: "rel-1".into(),
+            cache_url: None,
+            strategy: "canary".into(),
+            batch_sizes: None,
+            failure_threshold: None,
+            on_failure: None,
+            health_timeout: None,
+            target: RolloutTarget::Tags(vec!["web".into()]),
+            seed: None,
+            activation: None,
+            allow_failed_units: None,
+        };
+        let o = |a: Option<&str>, allow: bool| OptionArgs {
+            activation: a.map(str::to_owned),
+            allow_failed_units: allow,
+        };
+        let r = with_options(base.clone(), &o(Some("boot"), true)).expect("valid");
+        assert_eq!(
+            (r.activation.as_deref(), r.allow_failed_units),
+            (Some("boot"), Some(true))
+        );
+        let r = with_options(base.clone(), &o(None, false)).expect("valid");
+        assert_eq!((r.activation, r.allow_failed_units), (None, None));
+        let e = with_options(base, &o(Some("reboot"), false)).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "--activation \"reboot\": use switch, boot or test"
+        );
+    }
+
+    #[test]
     fn sizes_are_counts_or_percentages_within_bounds() {
         assert!(check_size("1", "x", false).is_ok());
         assert!(check_size("25%", "x", false).is_ok());
