@@ -815,6 +815,50 @@ mod tests {
     }
 
     #[test]
+    fn target_states_parse_with_their_reasons() {
+        assert_eq!(
+            TargetState::parse("awaiting-confirmation\n"),
+            TargetState::AwaitingConfirmation
+        );
+        assert_eq!(
+            TargetState::parse("rolled-back: no confirmation within 30s"),
+            TargetState::RolledBack("no confirmation within 30s".to_string())
+        );
+        assert_eq!(
+            TargetState::parse("failed: x: y"),
+            TargetState::Failed("x: y".to_string())
+        );
+        assert!(matches!(TargetState::parse(""), TargetState::Died(_)));
+        assert!(matches!(
+            TargetState::parse("switching"),
+            TargetState::Died(_)
+        ));
+    }
+
+    #[test]
+    fn launch_output_names_the_previous_generation_and_an_unseen_end() {
+        let l = parse_launched(
+            "last nixfleet-deploy-1-2-0 rolled-back: no confirmation within 3s\n\
+             prev /nix/store/0123456789abcdfghijklmnpqrsvwxyz-g1\n\
+             dir /nix/var/nixfleet/deploy/nixfleet-deploy-5-6-0\nvia systemd-run\n",
+        );
+        assert_eq!(
+            l.prev.map(|p| p.to_string()).as_deref(),
+            Some("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-g1")
+        );
+        assert_eq!(l.dir, "/nix/var/nixfleet/deploy/nixfleet-deploy-5-6-0");
+        assert_eq!(l.via, "systemd-run");
+        assert_eq!(
+            l.unseen_last,
+            Some((
+                "nixfleet-deploy-1-2-0".to_string(),
+                "rolled-back: no confirmation within 3s".to_string()
+            ))
+        );
+        assert_eq!(parse_launched("prev \ndir /d\n").prev, None);
+    }
+
+    #[test]
     fn the_previous_generation_is_the_highest_number_below_the_current() {
         let out = "system-3-link\n\
             system-1-link /nix/store/0123456789abcdfghijklmnpqrsvwxyz-g1\n\
