@@ -469,7 +469,17 @@ fn deploy_host(
         rollback: !args.no_rollback,
     };
     let id = DeployId::new(n);
-    let launched = remote.launch(&path, &id, &plan)?;
+    let launched = remote.launch(&path, &id, &plan).map_err(|mut e| {
+        if e.step == Step::Connect && plan.rollback {
+            e.message = format!(
+                "{}; if the activation started before the connection broke, the target rolls it back {}s after its switch (see {}/{id}/log there)",
+                e.message,
+                plan.confirm_timeout_secs,
+                crate::ssh::DEPLOY_DIR
+            );
+        }
+        e
+    })?;
     if let Some((last, state)) = &launched.unseen_last {
         eprintln!(
             "[{host}] note: the previous deploy {last} ended while no CLI watched it: {state}"
