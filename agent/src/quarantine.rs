@@ -11,6 +11,11 @@
 //!    - `true`: the control plane knows. The entry is marked acknowledged; the path is skipped.
 //!    - `false` and the entry was acknowledged before: an operator cleared the quarantine on the
 //!      control plane. The entry is dropped and the path is applied again.
+//!    - `false`, and the control plane decided this desired generation again since the path
+//!      failed here (its `decided_seq` moved past the one the entry recorded: a resume or an
+//!      operator cleared the quarantine, or the path was set anew), even before this agent ever
+//!      saw `quarantined: true`: the entry is dropped and the path is applied again. (Without this,
+//!      a resume that came before the agent's next poll left the path skipped for good.)
 //!    - `false` and never acknowledged: the control plane has not seen the failure report yet (or
 //!      does not implement quarantine). The path is skipped.
 //! 3. The desired path is not quarantined locally but the control plane says `quarantined: true`
@@ -35,6 +40,10 @@ pub struct Entry {
     /// Whether the control plane has since sent this path with `quarantined: true`.
     #[serde(default)]
     pub cp_acknowledged: bool,
+    /// The control plane's `decided_seq` of the desired generation under which the path failed
+    /// (None when it sent none: an older control plane).
+    #[serde(default)]
+    pub decided_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +67,8 @@ pub enum Verdict {
 pub struct Quarantine {
     path: PathBuf,
     file: File,
+    /// The last desired generation observed: its path and `decided_seq`.
+    last_desired: Option<(String, Option<u64>)>,
 }
 
 impl Quarantine {
@@ -80,7 +91,11 @@ impl Quarantine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(e) => return Err(e),
         };
-        Ok(Quarantine { path, file })
+        Ok(Quarantine {
+            path,
+            file,
+            last_desired: None,
+        })
     }
 
     /// The quarantined paths and their entries.
@@ -93,14 +108,21 @@ impl Quarantine {
         self.file.entries.contains_key(path)
     }
 
-    /// Quarantines `path`.
+    /// Quarantines `path`, under the decision of the desired generation last observed when it
+    /// is that path.
     pub fn add(&mut self, path: &str, reason: &str) {
+        let decided_seq = self
+            .last_desired
+            .as_ref()
+            .filter(|(p, _)| p == path)
+            .and_then(|(_, d)| *d);
         self.file.entries.insert(
             path.to_owned(),
             Entry {
                 reason: reason.to_owned(),
                 at: crate::rfc3339(std::time::SystemTime::now()),
                 cp_acknowledged: false,
+                decided_seq,
             },
         );
         self.save();
@@ -121,6 +143,7 @@ impl Quarantine {
     /// Applies the rule of the module documentation to a desired generation.
     pub fn observe(&mut self, desired: &DesiredGeneration) -> Verdict {
         let before = self.file.clone();
+        self.last_desired = Some((desired.hash.clone(), desired.decided_seq));
         self.file.entries.retain(|p, _| p == &desired.hash);
         let verdict = match self.file.entries.get_mut(&desired.hash) {
             Some(entry) if desired.quarantined => {
@@ -129,6 +152,16 @@ impl Quarantine {
                     "quarantined: {} failed here before ({})",
                     desired.hash, entry.reason
                 ))
+            }
+            Some(entry)
+                if entry
+                    .decided_seq
+                    .zip(desired.decided_seq)
+                    .is_some_and(|(failed_under, now)| now > failed_under) =>
+            {
+                tracing::info!(path = %desired.hash, "The control plane decided this generation again since it failed here (resumed or cleared); applying again");
+                self.file.entries.remove(&desired.hash);
+                Verdict::Apply
             }
             Some(entry) if entry.cp_acknowledged => {
                 tracing::info!(path = %desired.hash, "The control plane cleared the quarantine; applying again");

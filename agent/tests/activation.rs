@@ -23,6 +23,7 @@ fn desired(path: &str, activation: Option<&str>) -> DesiredGeneration {
         cache_url: None,
         poll_hint: Some(5),
         quarantined: false,
+        decided_seq: None,
         activation: activation.map(str::to_owned),
     }
 }

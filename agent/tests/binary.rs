@@ -451,6 +451,7 @@ fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() 
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        decided_seq: None,
         activation: None,
     });
     // No PATH at all, like a bare systemd unit: a relative "sh" would fail with ENOENT.
@@ -476,6 +477,7 @@ fn the_poll_hint_of_the_control_plane_shortens_polling() {
         cache_url: None,
         poll_hint: Some(1),
         quarantined: false,
+        decided_seq: None,
         activation: None,
     });
     let agent = RunningAgent::start(
@@ -830,6 +832,7 @@ fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        decided_seq: None,
         activation: None,
     });
     let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
@@ -917,6 +920,7 @@ fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_roll
         cache_url: None,
         poll_hint: None,
         quarantined: false,
+        decided_seq: None,
         activation: None,
     });
     let spawn = || {
@@ -1054,6 +1058,7 @@ fn a_desired_generation_built_to_traverse_or_reach_a_shell_is_refused_and_runs_n
             cache_url: Some(format!("https://cache.example/$(touch {m})")),
             poll_hint: None,
             quarantined: false,
+            decided_seq: None,
             activation: None,
         });
         // Then the agent reports a refusal that names the value

@@ -230,6 +230,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, port: u16, m: &Machine) -> Agent {
+        Self::start_polling(dir, port, m, "1")
+    }
+
+    /// An agent whose poll and retry intervals are `every` seconds.
+    fn start_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> Agent {
         let pki = dir.join("pki");
         let mut child = Command::new(AGENT)
             .args(["--control-plane-url", &format!("https://localhost:{port}")])
@@ -252,9 +257,9 @@ impl Agent {
                 "--switch-mode",
                 "direct",
                 "--poll-interval",
-                "1",
+                every,
                 "--retry-interval",
-                "1",
+                every,
                 "--health-interval",
                 "2",
             ])
@@ -400,6 +405,55 @@ fn a_release_is_deployed_then_an_unhealthy_one_is_rolled_back_quarantined_and_re
         5,
         "quarantined again, not applied a third time"
     );
+}
+
+// A race on the deploy path: the operator resumes the paused rollout before the agent's next poll
+// ever showed it `quarantined: true` for the path it just rolled back from. The local quarantine
+// entry was never acknowledged, so the agent used to skip the path for good; the control plane's
+// `decided_seq` moved on with the resume, and the agent tries the path again.
+#[test]
+fn a_resume_before_the_agent_saw_the_quarantine_still_retries_the_path() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    let bad = m.build("nixos-system-web-01-bad", false);
+    m.boot_into(&v1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki(&dir.path().join("pki"));
+    let port = free_port();
+    let cp = ControlPlane::start(dir.path(), port);
+    // Polls 4 s apart: the resume below comes well before the agent's next poll.
+    let agent = Agent::start_polling(dir.path(), port, &m, "4");
+    wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
+    let failing = cp.roll_out(bad.as_str());
+    cp.wait_rollout(&failing, "paused", 90);
+    cp.json(
+        "POST",
+        &format!("/api/v1/rollouts/{failing}/resume"),
+        Some("{}"),
+        200,
+    );
+    assert!(
+        !agent.saw("Not applying a quarantined generation"),
+        "the agent polled before the resume; the race this test is about did not happen: {}",
+        agent.dump()
+    );
+    wait_until(
+        "the agent to try the path again after the resume",
+        60,
+        || m.switches().len() >= 4,
+    );
+    assert_eq!(
+        m.switches(),
+        vec![
+            format!("switch {bad}"),
+            format!("switch {v1}"),
+            format!("switch {bad}"),
+            format!("switch {v1}")
+        ],
+        "{}",
+        agent.dump()
+    );
+    cp.wait_rollout(&failing, "paused", 90);
 }
 
 // Issue 18, hole 3: an agent already running the release path re-sends cached results; measured

@@ -17,6 +17,7 @@ fn desired(path: &str) -> DesiredGeneration {
         cache_url: None,
         poll_hint: Some(5),
         quarantined: false,
+        decided_seq: None,
         activation: None,
     }
 }

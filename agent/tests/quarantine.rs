@@ -12,6 +12,7 @@ fn desired(path: &str, quarantined: bool) -> DesiredGeneration {
         cache_url: None,
         poll_hint: None,
         quarantined,
+        decided_seq: None,
         activation: None,
     }
 }
@@ -93,4 +94,33 @@ fn a_corrupt_state_file_is_moved_aside_instead_of_stopping_the_agent() {
     let q = Quarantine::load(dir.path()).expect("load");
     assert!(q.entries().is_empty());
     assert!(dir.path().join(format!("{FILE_NAME}.corrupt")).exists());
+}
+
+fn decided(path: &str, quarantined: bool, seq: u64) -> DesiredGeneration {
+    DesiredGeneration {
+        decided_seq: Some(seq),
+        ..desired(path, quarantined)
+    }
+}
+
+#[test]
+fn a_path_decided_again_after_it_failed_is_applied_even_if_the_quarantine_was_never_seen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = Quarantine::load(dir.path()).expect("load");
+    assert_eq!(q.observe(&decided(BAD, false, 40)), Verdict::Apply);
+    q.add(BAD, "switch failed");
+    assert_eq!(q.entries()[BAD].decided_seq, Some(40));
+    assert!(
+        skipped(q.observe(&decided(BAD, false, 40))),
+        "the same decision: the control plane has not seen the failure yet"
+    );
+    assert_eq!(
+        q.observe(&decided(BAD, false, 57)),
+        Verdict::Apply,
+        "resumed (or cleared) before this agent saw quarantined: true"
+    );
+    assert!(!q.contains(BAD));
+    // A control plane that sends no decided_seq keeps the old, cautious rule.
+    q.add(BAD, "switch failed");
+    assert!(skipped(q.observe(&desired(BAD, false))));
 }

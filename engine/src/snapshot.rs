@@ -23,7 +23,7 @@ pub const FILE: &str = "snapshot.bin";
 /// Bumped whenever the projections change shape (4: `Machine::last_switch` and `reboot_needed`,
 /// `Rollout::options`, `State::health_measured`), so a snapshot of the same build version written
 /// before is refused by name instead of decoded into the wrong fields.
-const FORMAT: u16 = 4;
+const FORMAT: u16 = 5;
 
 #[derive(Serialize)]
 struct Header<'a> {

@@ -130,6 +130,11 @@ pub struct Machine {
     /// Booted kernel, initrd or systemd that differ from the running generation's (empty: none).
     #[serde(default)]
     pub reboot_needed: Vec<String>,
+    /// The event that last decided its desired generation: a `DesiredGenerationSet`, or a
+    /// `QuarantineCleared` (a resume, an operator). Sent to the agent, whose local quarantine of a
+    /// path ends when this moves past the decision under which the path failed.
+    #[serde(default)]
+    pub decided_seq: Seq,
 }
 
 impl Machine {
@@ -386,6 +391,7 @@ impl State {
                         health: VecDeque::new(),
                         last_switch: None,
                         reboot_needed: Vec::new(),
+                        decided_seq: Seq(0),
                     },
                 );
             }
@@ -492,6 +498,7 @@ impl State {
                 if let Some(m) = self.machines.get_mut(machine) {
                     // A new desired path ends the quarantine of other paths: the operator moved on.
                     m.quarantined.retain(|p, _| p == path);
+                    m.decided_seq = seq;
                     m.desired = Some(Desired {
                         path: path.clone(),
                         cache_url: cache_url.clone(),
@@ -687,6 +694,7 @@ impl State {
             Event::QuarantineCleared { machine, path } => {
                 if let Some(m) = self.machines.get_mut(machine) {
                     m.quarantined.remove(path);
+                    m.decided_seq = seq;
                 }
             }
             Event::ApiKeyCreated { name, role, hash } => {

@@ -700,6 +700,7 @@ where
                     poll_hint: s.poll_hint(&id),
                     quarantined: mm.quarantined.contains_key(&d.path),
                     activation: views::activation_of(s, d).map(|a| a.to_string()),
+                    decided_seq: Some(mm.decided_seq.0),
                 })
             });
             d.map(|d| json(200, &d)).ok_or_else(|| {

@@ -143,6 +143,11 @@ pub struct DesiredGeneration {
     /// How to activate it: switch (absent: the default), boot or test. (Added after v0.1.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<String>,
+    /// The sequence number of the event that last decided this desired generation (set, or its
+    /// quarantine cleared by a resume or an operator): an agent's local quarantine of the path
+    /// ends when this moves on. (Added after v0.1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_seq: Option<u64>,
 }
 
 /// One machine as listed by `GET /api/v1/machines`.
