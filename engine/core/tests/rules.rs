@@ -5,6 +5,7 @@ mod harness;
 use harness::*;
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
+use nixfleet_core::plan::RolloutSpec;
 use nixfleet_core::state::{BatchStatus, MachineHealth};
 use nixfleet_core::{Command, Rejection, ReportInput};
 
@@ -764,6 +765,74 @@ fn incremental_state_equals_replay_after_a_full_story() {
 
 // Issue 18, hole 3: health evidence must be measured after the batch started.
 
+/// A successful report of web-01 running `generation`, with these health results.
+fn web01_report(
+    generation: StorePath,
+    message: &str,
+    health: Option<(Vec<CheckResult>, bool)>,
+) -> ReportInput {
+    ReportInput {
+        generation: Some(generation),
+        success: true,
+        message: message.into(),
+        tags: vec![],
+        health,
+        agent_version: "test".into(),
+        uptime_secs: 1,
+        dry_run: false,
+        rolled_back_from: None,
+    }
+}
+
+/// An all-at-once rollout of `release` to web-01 alone (threshold 0, pause, 60 s health timeout).
+fn to_web01_alone(release: &str) -> RolloutSpec {
+    Fleet::spec(
+        release,
+        "all_at_once",
+        None,
+        "0",
+        "pause",
+        60,
+        hosts(&["web-01"]),
+    )
+}
+
+/// The operator creates rollout `id` of `spec` with these options.
+fn create_rollout_with(
+    f: &mut Fleet,
+    id: &str,
+    spec: RolloutSpec,
+    seed: u64,
+    options: RolloutOptions,
+) -> Vec<Event> {
+    f.run(
+        admin(),
+        Command::CreateRolloutWithOptions {
+            rollout: RolloutId::parse(id).unwrap(),
+            spec,
+            seed,
+            options,
+        },
+    )
+    .unwrap()
+}
+
+/// Rollout options that activate with `nixos-rebuild boot`, failed units not allowed.
+fn boot_activation() -> RolloutOptions {
+    RolloutOptions {
+        activation: Activation::Boot,
+        allow_failed_units: false,
+    }
+}
+
+/// Rollout options that switch and allow failed units.
+fn switch_allowing_failed_units() -> RolloutOptions {
+    RolloutOptions {
+        activation: Activation::Switch,
+        allow_failed_units: true,
+    }
+}
+
 /// The reports of `web-01`, already running the release path (`rel-2` = generation 2), each with
 /// one check that passed (or failed), measured `age_secs` before the report was sent.
 fn measured_report(
@@ -778,26 +847,8 @@ fn measured_report(
         Actor::Machine(m("web-01")),
         Command::ReportMeasured {
             machine: m("web-01"),
-            report: ReportInput {
-                generation: Some(path("web-01", 2)),
-                // A poll's report: the failure, if any, is only in the health results.
-                success: true,
-                message: "up-to-date".into(),
-                tags: vec![],
-                health: Some((
-                    vec![CheckResult {
-                        name: "check".into(),
-                        passed,
-                        duration_ms: 1,
-                        message: if passed { "".into() } else { "down".into() },
-                    }],
-                    passed,
-                )),
-                agent_version: "test".into(),
-                uptime_secs: 1,
-                dry_run: false,
-                rolled_back_from: None,
-            },
+            // A poll's report: the failure, if any, is only in the health results.
+            report: web01_report(path("web-01", 2), "up-to-date", Some(one_check(passed))),
             auto_register: true,
             health_timestamp,
             report_timestamp: Some(sent),
@@ -810,19 +861,7 @@ fn measured_report(
 fn web01_on_the_release_path_in_a_started_batch() -> Fleet {
     let mut f = two_web_machines();
     f.report("web-01", Some(path("web-01", 2)), true, Some(true));
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            hosts(&["web-01"]),
-        ),
-    )
-    .unwrap();
+    f.rollout("r-1", to_web01_alone("rel-2")).unwrap();
     f.advance(10);
     f
 }
@@ -897,17 +936,7 @@ fn a_measurement_time_in_the_future_is_taken_as_the_append_time() {
             Actor::Machine(m("web-01")),
             Command::ReportMeasured {
                 machine: m("web-01"),
-                report: ReportInput {
-                    generation: Some(path("web-01", 2)),
-                    success: true,
-                    message: "up-to-date".into(),
-                    tags: vec![],
-                    health: Some((vec![], true)),
-                    agent_version: "test".into(),
-                    uptime_secs: 1,
-                    dry_run: false,
-                    rolled_back_from: None,
-                },
+                report: web01_report(path("web-01", 2), "up-to-date", Some((vec![], true))),
                 auto_register: true,
                 health_timestamp: now.plus_secs(3600),
                 report_timestamp: None,
@@ -975,25 +1004,7 @@ fn switch_report(
         Command::ReportActivation {
             report: Box::new(Command::Report {
                 machine: m("web-01"),
-                report: ReportInput {
-                    generation: Some(path("web-01", running)),
-                    success: true,
-                    message: "deployed".into(),
-                    tags: vec![],
-                    health: Some((
-                        vec![CheckResult {
-                            name: "check".into(),
-                            passed: true,
-                            duration_ms: 1,
-                            message: "".into(),
-                        }],
-                        true,
-                    )),
-                    agent_version: "test".into(),
-                    uptime_secs: 1,
-                    dry_run: false,
-                    rolled_back_from: None,
-                },
+                report: web01_report(path("web-01", running), "deployed", Some(one_check(true))),
                 auto_register: true,
             }),
             machine: m("web-01"),
@@ -1013,25 +1024,7 @@ fn switch_report(
 /// Given web-01 on generation 1 and a rollout of generation 2 to it alone, with these options.
 fn web01_rollout_with(options: RolloutOptions) -> (Fleet, Vec<Event>) {
     let mut f = two_web_machines();
-    let ev = f
-        .run(
-            admin(),
-            Command::CreateRolloutWithOptions {
-                rollout: RolloutId::parse("r-1").unwrap(),
-                spec: Fleet::spec(
-                    "rel-2",
-                    "all_at_once",
-                    None,
-                    "0",
-                    "pause",
-                    60,
-                    hosts(&["web-01"]),
-                ),
-                seed: 42,
-                options,
-            },
-        )
-        .unwrap();
+    let ev = create_rollout_with(&mut f, "r-1", to_web01_alone("rel-2"), 42, options);
     (f, ev)
 }
 
@@ -1059,10 +1052,7 @@ fn a_switch_with_failed_units_fails_the_gate_by_default_even_with_passing_health
 
 #[test]
 fn a_switch_with_failed_units_passes_the_gate_when_the_rollout_allows_failed_units() {
-    let (mut f, ev) = web01_rollout_with(RolloutOptions {
-        activation: Activation::Switch,
-        allow_failed_units: true,
-    });
+    let (mut f, ev) = web01_rollout_with(switch_allowing_failed_units());
     assert_eq!(
         Fleet::kinds(&ev),
         [
@@ -1085,24 +1075,21 @@ fn a_switch_with_failed_units_passes_the_gate_when_the_rollout_allows_failed_uni
 fn later_passing_health_checks_do_not_undo_a_failed_switch_in_the_same_batch() {
     // A threshold of 1 keeps the batch open after web-01's failed switch.
     let mut f = two_web_machines();
-    f.run(
-        admin(),
-        Command::CreateRolloutWithOptions {
-            rollout: RolloutId::parse("r-1").unwrap(),
-            spec: Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "1",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            seed: 42,
-            options: RolloutOptions::default(),
-        },
-    )
-    .unwrap();
+    create_rollout_with(
+        &mut f,
+        "r-1",
+        Fleet::spec(
+            "rel-2",
+            "all_at_once",
+            None,
+            "1",
+            "pause",
+            60,
+            tags(&["web"]),
+        ),
+        42,
+        RolloutOptions::default(),
+    );
     switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
     healthy_on(&mut f, "web-01", 2);
     assert!(
@@ -1114,10 +1101,7 @@ fn later_passing_health_checks_do_not_undo_a_failed_switch_in_the_same_batch() {
 
 #[test]
 fn a_switch_that_exited_with_another_error_fails_the_gate_even_when_failed_units_are_allowed() {
-    let (mut f, _) = web01_rollout_with(RolloutOptions {
-        activation: Activation::Switch,
-        allow_failed_units: true,
-    });
+    let (mut f, _) = web01_rollout_with(switch_allowing_failed_units());
     let ev = switch_report(
         &mut f,
         Activation::Switch,
@@ -1129,10 +1113,7 @@ fn a_switch_that_exited_with_another_error_fails_the_gate_even_when_failed_units
 
 #[test]
 fn a_boot_rollout_counts_a_machine_healthy_once_it_reports_the_release_pending_reboot() {
-    let (mut f, _) = web01_rollout_with(RolloutOptions {
-        activation: Activation::Boot,
-        allow_failed_units: false,
-    });
+    let (mut f, _) = web01_rollout_with(boot_activation());
     // Its health checks ran on generation 1 (still running): they say nothing about the release.
     let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
     assert!(
@@ -1152,17 +1133,7 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
     let report = |parts: &[&str]| Command::ReportActivation {
         report: Box::new(Command::Report {
             machine: m("web-01"),
-            report: ReportInput {
-                generation: Some(path("web-01", 1)),
-                success: true,
-                message: "up-to-date".into(),
-                tags: vec![],
-                health: None,
-                agent_version: "test".into(),
-                uptime_secs: 1,
-                dry_run: false,
-                rolled_back_from: None,
-            },
+            report: web01_report(path("web-01", 1), "up-to-date", None),
             auto_register: true,
         }),
         machine: m("web-01"),
@@ -1194,10 +1165,7 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
 
 #[test]
 fn a_repeated_switch_report_is_logged_once_per_batch_start() {
-    let (mut f, _) = web01_rollout_with(RolloutOptions {
-        activation: Activation::Boot,
-        allow_failed_units: false,
-    });
+    let (mut f, _) = web01_rollout_with(boot_activation());
     let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
     assert!(Fleet::kinds(&ev).contains(&"SwitchReported"));
     // Every later poll says "pending reboot" again: nothing new for the log.
@@ -1216,27 +1184,13 @@ fn a_repeated_switch_report_is_logged_once_per_batch_start() {
             tags: vec![],
         }],
     });
-    f.run(
-        admin(),
-        Command::CreateRolloutWithOptions {
-            rollout: RolloutId::parse("r-2").unwrap(),
-            spec: Fleet::spec(
-                "rel-2b",
-                "all_at_once",
-                None,
-                "0",
-                "pause",
-                60,
-                hosts(&["web-01"]),
-            ),
-            seed: 1,
-            options: RolloutOptions {
-                activation: Activation::Boot,
-                allow_failed_units: false,
-            },
-        },
-    )
-    .unwrap();
+    create_rollout_with(
+        &mut f,
+        "r-2",
+        to_web01_alone("rel-2b"),
+        1,
+        boot_activation(),
+    );
     let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
     assert!(
         Fleet::kinds(&ev).ends_with(&["SwitchReported", "BatchSucceeded", "RolloutCompleted"]),

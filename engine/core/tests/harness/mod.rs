@@ -119,17 +119,7 @@ impl Fleet {
         success: bool,
         health: Option<bool>,
     ) -> Vec<Event> {
-        let health = health.map(|ok| {
-            (
-                vec![CheckResult {
-                    name: "check".into(),
-                    passed: ok,
-                    duration_ms: 1,
-                    message: if ok { "".into() } else { "down".into() },
-                }],
-                ok,
-            )
-        });
+        let health = health.map(one_check);
         self.report_full(
             id,
             ReportInput {
@@ -235,6 +225,19 @@ impl Fleet {
         }
         s
     }
+}
+
+/// Health results of one check that passed (or failed).
+pub fn one_check(passed: bool) -> (Vec<CheckResult>, bool) {
+    (
+        vec![CheckResult {
+            name: "check".into(),
+            passed,
+            duration_ms: 1,
+            message: if passed { "".into() } else { "down".into() },
+        }],
+        passed,
+    )
 }
 
 pub fn tags(t: &[&str]) -> Target {
