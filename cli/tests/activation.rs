@@ -10,10 +10,11 @@
 //! Needs the control plane and agent binaries: `cargo build -p nixfleet-engine -p nixfleet-agent`.
 
 mod common;
+use common::agent::*;
 use common::cp::*;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 fn nf(s: &Scratch, args: &[&str]) -> Output {
@@ -36,87 +37,12 @@ fn json(s: &Scratch, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&nf_ok(s, &all)).expect("--json prints JSON")
 }
 
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A real agent for web-01 under `<scratch>/web-01`: direct switch mode, its own profile,
-/// current-system and booted-system links, a health check that passes when the running system has
-/// `healthy`.
-fn start_agent(s: &Scratch, cp: &ControlPlane) -> Agent {
-    let host = "web-01";
-    let pki = s.join("pki");
-    ok(nixfleet(s, &s.path)
-        .args(["pki", "issue", "--name", host, "--dir"])
-        .arg(&pki));
-    let dir = s.join(host);
-    std::fs::create_dir_all(dir.join("profiles")).expect("mkdir");
-    std::fs::create_dir_all(dir.join("initial")).expect("mkdir");
-    std::fs::write(dir.join("initial/healthy"), "").expect("write");
-    std::os::unix::fs::symlink(dir.join("initial"), dir.join("current-system")).expect("symlink");
+/// A real agent for web-01 under `<scratch>/web-01` (see [`common::agent`]), with a
+/// booted-system link next to its current-system link.
+fn start_web01_agent(s: &Scratch, cp: &ControlPlane) -> Agent {
+    let dir = prepare_agent(s, "web-01");
     std::os::unix::fs::symlink(dir.join("initial"), dir.join("booted-system")).expect("symlink");
-    std::fs::write(
-        dir.join("health.json"),
-        format!(
-            r#"{{"command":[{{"name":"app","command":"test -e {}/current-system/healthy"}}]}}"#,
-            dir.display()
-        ),
-    )
-    .expect("health config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let bin = cp_bin().with_file_name("nixfleet-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p nixfleet-agent`",
-        bin.display()
-    );
-    let child = Command::new(bin)
-        .args([
-            "--control-plane-url",
-            &format!("https://127.0.0.1:{}", cp.port),
-            "--machine-id",
-            host,
-        ])
-        .arg("--ca-cert")
-        .arg(pki.join("ca.pem"))
-        .arg("--client-cert")
-        .arg(pki.join(format!("{host}-cert.pem")))
-        .arg("--client-key")
-        .arg(pki.join(format!("{host}-key.pem")))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--profile")
-        .arg(dir.join("profiles/system"))
-        .arg("--current-system")
-        .arg(dir.join("current-system"))
-        .arg("--health-config")
-        .arg(dir.join("health.json"))
-        .args([
-            "--switch-mode",
-            "direct",
-            "--poll-interval",
-            "1",
-            "--retry-interval",
-            "1",
-            "--health-interval",
-            "1",
-            "--tags",
-            "web",
-        ])
-        .env("NIX_CONFIG", common::sshd::NIX_CONFIG)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start agent");
-    Agent { child }
+    spawn_agent(s, cp, "web-01")
 }
 
 /// A flake whose web-01 system is `version`: its switch-to-configuration flips
@@ -220,7 +146,7 @@ fn failed_units_pause_a_rollout_by_default_and_pass_one_that_allows_them() {
     let s = Scratch::new("actunits");
     let cp = start(&s);
     nf_ok(&s, &["bootstrap"]);
-    let _agent = start_agent(&s, &cp);
+    let _agent = start_web01_agent(&s, &cp);
     let parts = boot_parts(&s, "parts", None, &[]);
 
     let r1 = write_flake(&s, "v1", 4, &parts);
@@ -281,7 +207,7 @@ fn a_boot_rollout_completes_pending_reboot_and_status_shows_reboot_needed_after_
     let s = Scratch::new("actboot");
     let cp = start(&s);
     nf_ok(&s, &["bootstrap"]);
-    let _agent = start_agent(&s, &cp);
+    let _agent = start_web01_agent(&s, &cp);
     let parts1 = boot_parts(&s, "parts-1", None, &[]);
     let parts2 = boot_parts(&s, "parts-2", Some(&parts1), &["initrd", "systemd"]);
 

@@ -4,10 +4,10 @@
 //! The PKI comes from `nixfleet pki`; settings from a `.nixfleet.toml` in the scratch dir.
 
 mod common;
+use common::agent::*;
 use common::cp::*;
 use common::*;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 
 fn nf(s: &Scratch, args: &[&str]) -> Output {
     run(nixfleet(s, &s.path).args(args))
@@ -270,91 +270,6 @@ fn without_a_client_certificate_the_control_plane_is_unreachable_with_a_hint() {
         .args(["machines", "list"]));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("client"), "{}", stderr(&out));
-}
-
-/// A real `nixfleet-agent` for `host`: switch-mode direct, its own profile and current-system
-/// link under the scratch dir, a health check that passes when the running system has `healthy`.
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent_bin() -> PathBuf {
-    let bin = cp_bin().with_file_name("nixfleet-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p nixfleet-agent` first",
-        bin.display()
-    );
-    bin
-}
-
-fn start_agent(s: &Scratch, cp: &ControlPlane, host: &str) -> Agent {
-    let pki = s.join("pki");
-    ok(nixfleet(s, &s.path)
-        .args(["pki", "issue", "--name", host, "--dir"])
-        .arg(&pki));
-    let dir = s.join(host);
-    std::fs::create_dir_all(dir.join("profiles")).expect("mkdir");
-    // The machine starts healthy, on a system the control plane does not know.
-    std::fs::create_dir_all(dir.join("initial")).expect("mkdir");
-    std::fs::write(dir.join("initial/healthy"), "").expect("write");
-    std::os::unix::fs::symlink(dir.join("initial"), dir.join("current-system")).expect("symlink");
-    std::fs::write(
-        dir.join("health.json"),
-        format!(
-            r#"{{"command":[{{"name":"app","command":"test -e {}/current-system/healthy"}}]}}"#,
-            dir.display()
-        ),
-    )
-    .expect("health config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = Command::new(agent_bin())
-        .args([
-            "--control-plane-url",
-            &format!("https://127.0.0.1:{}", cp.port),
-            "--machine-id",
-            host,
-        ])
-        .arg("--ca-cert")
-        .arg(pki.join("ca.pem"))
-        .arg("--client-cert")
-        .arg(pki.join(format!("{host}-cert.pem")))
-        .arg("--client-key")
-        .arg(pki.join(format!("{host}-key.pem")))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--profile")
-        .arg(dir.join("profiles/system"))
-        .arg("--current-system")
-        .arg(dir.join("current-system"))
-        .arg("--health-config")
-        .arg(dir.join("health.json"))
-        .args([
-            "--switch-mode",
-            "direct",
-            "--poll-interval",
-            "1",
-            "--retry-interval",
-            "1",
-            "--health-interval",
-            "1",
-            "--tags",
-            "web",
-        ])
-        .env("NIX_CONFIG", common::sshd::NIX_CONFIG)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start agent");
-    Agent { child }
 }
 
 /// Hosts web-01 and web-02 whose switch points `<scratch>/<host>/current-system` at the new

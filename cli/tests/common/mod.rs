@@ -83,5 +83,6 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+pub mod agent;
 pub mod cp;
 pub mod sshd;
