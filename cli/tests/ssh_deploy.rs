@@ -5,7 +5,7 @@
 //! namespace), its system profile, and the marker file its `switch-to-configuration` writes.
 
 mod common;
-use common::sshd::{write_flake, SshTarget};
+use common::sshd::{marker, store_path_of, write_flake, SshTarget};
 use common::*;
 
 fn deploy(t: &SshTarget, s: &Scratch, hosts: &str) -> std::process::Output {
@@ -15,23 +15,6 @@ fn deploy(t: &SshTarget, s: &Scratch, hosts: &str) -> std::process::Output {
         .arg(&flake)
         .args(["--hosts", hosts]);
     run(&mut cmd)
-}
-
-fn store_path_of(out: &std::process::Output, gen: &str) -> String {
-    let err = stderr(out);
-    err.split_whitespace()
-        .find(|w| {
-            w.starts_with("/nix/store/") && w.ends_with(&format!("-nixos-system-target-{gen}"))
-        })
-        .unwrap_or_else(|| panic!("no store path for {gen} in: {err}"))
-        .to_string()
-}
-
-fn marker(s: &Scratch) -> String {
-    std::fs::read_to_string(s.join("marker"))
-        .expect("marker written by switch-to-configuration")
-        .trim()
-        .to_string()
 }
 
 #[test]

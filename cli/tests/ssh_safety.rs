@@ -6,7 +6,7 @@
 //! profile on the target.
 
 mod common;
-use common::sshd::SshTarget;
+use common::sshd::{store_path_of, SshTarget};
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -79,10 +79,30 @@ impl Env {
     }
 
     fn marker(&self) -> String {
-        std::fs::read_to_string(self.s.join("marker"))
-            .expect("marker written by switch-to-configuration")
-            .trim()
-            .to_string()
+        common::sshd::marker(&self.s)
+    }
+
+    /// Waits until the target runs the switch to `gen` (its state "switching", its marker
+    /// written), the switch not finished yet.
+    fn wait_switching_to(&self, gen: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let marker = format!("active={gen} arg=switch");
+        while !(self.last_state() == "switching" && self.marker() == marker) {
+            assert!(
+                Instant::now() < deadline,
+                "the target never started switching to {gen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nixfleet rollback --ssh --host target` with `extra`.
+    fn rollback(&self, extra: &[&str]) -> Output {
+        run(self
+            .t
+            .nixfleet(&self.s)
+            .args(["rollback", "--ssh", "--host", "target"])
+            .args(extra))
     }
 
     /// The first line of the last deploy's state file on the target.
@@ -122,16 +142,6 @@ impl Env {
             .lines()
             .count()
     }
-}
-
-fn store_path_of(out: &Output, gen: &str) -> String {
-    let err = stderr(out);
-    err.split_whitespace()
-        .find(|w| {
-            w.starts_with("/nix/store/") && w.ends_with(&format!("-nixos-system-target-{gen}"))
-        })
-        .unwrap_or_else(|| panic!("no store path for {gen} in: {err}"))
-        .to_string()
 }
 
 fn failed_line(out: &Output) -> String {
@@ -270,14 +280,7 @@ fn a_killed_cli_leaves_no_confirmation_so_the_target_rolls_itself_back() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn deploy");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(e.last_state() == "switching" && e.marker() == "active=g2 arg=switch") {
-        assert!(
-            Instant::now() < deadline,
-            "the target never started switching to g2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    e.wait_switching_to("g2");
     // SIGKILL to the CLI's whole process group: nixfleet and its ssh client.
     let killed = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
@@ -316,14 +319,7 @@ fn a_dropped_link_makes_the_cli_fail_and_the_target_roll_itself_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn deploy");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while e.last_state() != "switching" || e.marker() != "active=g2 arg=switch" {
-        assert!(
-            Instant::now() < deadline,
-            "the target never started switching to g2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    e.wait_switching_to("g2");
     // Every packet of the namespace goes over its loopback: take it down.
     let down = Command::new("ip")
         .args(["-n", &e.t.ns, "link", "set", "lo", "down"])
@@ -440,26 +436,12 @@ fn rollback_with_activation_boot_sets_the_boot_default_without_switching() {
     let p1 = e.deploy_ok("g1");
     let p2 = e.deploy_ok("g2");
     assert_eq!(e.t.profile(), p2);
-    let out = run(e.t.nixfleet(&e.s).args([
-        "rollback",
-        "--ssh",
-        "--host",
-        "target",
-        "--activation",
-        "boot",
-    ]));
+    let out = e.rollback(&["--activation", "boot"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(e.marker(), "active=g1 arg=boot");
     assert_eq!(e.t.profile(), p1);
 
-    let out = run(e.t.nixfleet(&e.s).args([
-        "rollback",
-        "--ssh",
-        "--host",
-        "target",
-        "--activation",
-        "test",
-    ]));
+    let out = e.rollback(&["--activation", "test"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("use switch or boot"),

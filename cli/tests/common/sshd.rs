@@ -5,7 +5,7 @@
 //! (client key), `authorized_keys`, `known_hosts`, `sshd_config`. The CLI runs inside the same
 //! network namespace, so every packet stays on that namespace's loopback.
 
-use super::Scratch;
+use super::{stderr, Scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -181,6 +181,25 @@ impl Drop for SshTarget {
         let _ = self.sshd.wait();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
+}
+
+/// The store path of `target`'s generation `gen`, from a deploy's stderr.
+pub fn store_path_of(out: &Output, gen: &str) -> String {
+    let err = stderr(out);
+    err.split_whitespace()
+        .find(|w| {
+            w.starts_with("/nix/store/") && w.ends_with(&format!("-nixos-system-target-{gen}"))
+        })
+        .unwrap_or_else(|| panic!("no store path for {gen} in: {err}"))
+        .to_string()
+}
+
+/// What the last `switch-to-configuration` of the flakes here wrote to `<scratch>/marker`.
+pub fn marker(s: &Scratch) -> String {
+    std::fs::read_to_string(s.join("marker"))
+        .expect("marker written by switch-to-configuration")
+        .trim()
+        .to_string()
 }
 
 /// Writes a flake with hosts `target` (switch writes `active=<gen> arg=$1` to `marker`) and
