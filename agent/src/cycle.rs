@@ -208,24 +208,12 @@ impl Agent {
         }
         if boot_set {
             tracing::info!(path = %path, "Desired generation is the boot generation; pending reboot");
-            let health = self.latest_health();
-            let mut out = self.outcome(
-                true,
-                &format!("pending reboot: {path} is set to boot"),
-                Some(health),
-                true,
-                Action::PendingReboot,
-            );
-            out.report.switch = Some(switch_report(
-                &path,
-                activation,
-                Some(&Switched {
-                    outcome: SwitchOutcome::PendingReboot,
-                    exit_code: None,
-                    failed_units: None,
-                }),
-            ));
-            return out;
+            let set_before = Switched {
+                outcome: SwitchOutcome::PendingReboot,
+                exit_code: None,
+                failed_units: None,
+            };
+            return self.pending_reboot(&path, activation, &set_before);
         }
         if let Verdict::Skip(why) = verdict {
             tracing::warn!(path = %path, reason = %why, "Not applying a quarantined generation");
@@ -263,6 +251,26 @@ impl Agent {
             return out;
         }
         self.apply(path, current, activation)
+    }
+
+    /// The report of `path` set to boot but not running: a success with the latest health
+    /// (of the generation still running) and the switch report of `switched`.
+    fn pending_reboot(
+        &mut self,
+        path: &StorePath,
+        activation: Activation,
+        switched: &Switched,
+    ) -> Outcome {
+        let health = self.latest_health();
+        let mut out = self.outcome(
+            true,
+            &format!("pending reboot: {path} is set to boot"),
+            Some(health),
+            true,
+            Action::PendingReboot,
+        );
+        out.report.switch = Some(switch_report(path, activation, Some(switched)));
+        out
     }
 
     /// Whether the system profile points at `path` (the boot entry follows the profile).
@@ -337,16 +345,7 @@ impl Agent {
             Ok(s) if s.outcome == SwitchOutcome::PendingReboot => {
                 // Nothing of the new generation runs yet, so there is nothing to verify.
                 tracing::info!(path = %path, "Boot entry set; pending reboot");
-                let health = self.latest_health();
-                let mut out = self.outcome(
-                    true,
-                    &format!("pending reboot: {path} is set to boot"),
-                    Some(health),
-                    true,
-                    Action::PendingReboot,
-                );
-                out.report.switch = Some(switch_report(&path, activation, Some(&s)));
-                out
+                self.pending_reboot(&path, activation, &s)
             }
             Ok(s) => self.verify(&path, previous, activation, Some(s)),
             Err(e) => self.roll_back(
