@@ -17,26 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn nf(s: &Scratch, args: &[&str]) -> Output {
-    run(nixfleet(s, &s.path).args(args))
-}
-
-fn nf_ok(s: &Scratch, args: &[&str]) -> String {
-    let out = nf(s, args);
-    assert!(
-        out.status.success(),
-        "nixfleet {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn json(s: &Scratch, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&nf_ok(s, &all)).expect("--json prints JSON")
-}
-
 /// A real agent for web-01 under `<scratch>/web-01` (see [`common::agent`]), with a
 /// booted-system link next to its current-system link.
 fn start_web01_agent(s: &Scratch, cp: &ControlPlane) -> Agent {

@@ -7,27 +7,6 @@ mod common;
 use common::agent::*;
 use common::cp::*;
 use common::*;
-use std::process::Output;
-
-fn nf(s: &Scratch, args: &[&str]) -> Output {
-    run(nixfleet(s, &s.path).args(args))
-}
-
-fn nf_ok(s: &Scratch, args: &[&str]) -> String {
-    let out = nf(s, args);
-    assert!(
-        out.status.success(),
-        "nixfleet {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn json(s: &Scratch, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&nf_ok(s, &all)).expect("--json prints JSON")
-}
 
 /// A flake with two hosts and no nixpkgs; the agent tags are read by `release create`.
 fn write_fleet_flake(dir: &std::path::Path, version: &str) {

@@ -83,6 +83,29 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `nixfleet <args>` in the scratch dir.
+pub fn nf(s: &Scratch, args: &[&str]) -> Output {
+    run(nixfleet(s, &s.path).args(args))
+}
+
+/// The same, which must succeed; its stdout.
+pub fn nf_ok(s: &Scratch, args: &[&str]) -> String {
+    let out = nf(s, args);
+    assert!(
+        out.status.success(),
+        "nixfleet {args:?} failed: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// `nixfleet --json <args>`, which must succeed, parsed.
+pub fn json(s: &Scratch, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&nf_ok(s, &all)).expect("--json prints JSON")
+}
+
 pub mod agent;
 pub mod cp;
 pub mod sshd;
