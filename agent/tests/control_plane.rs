@@ -87,6 +87,15 @@ struct ControlPlane {
     key: String,
 }
 
+/// Given a fleet PKI and a control plane on a free port, in a fresh temporary directory.
+fn given_a_control_plane() -> (tempfile::TempDir, u16, ControlPlane) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki(&dir.path().join("pki"));
+    let port = free_port();
+    let cp = ControlPlane::start(dir.path(), port);
+    (dir, port, cp)
+}
+
 impl ControlPlane {
     fn start(dir: &Path, port: u16) -> ControlPlane {
         let pki = dir.join("pki");
@@ -348,10 +357,7 @@ fn a_release_is_deployed_then_an_unhealthy_one_is_rolled_back_quarantined_and_re
     let v2 = m.build("nixos-system-web-01-v2", true);
     let bad = m.build("nixos-system-web-01-bad", false);
     m.boot_into(&v1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    pki(&dir.path().join("pki"));
-    let port = free_port();
-    let cp = ControlPlane::start(dir.path(), port);
+    let (dir, port, cp) = given_a_control_plane();
     let agent = Agent::start(dir.path(), port, &m);
     wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
 
@@ -417,10 +423,7 @@ fn a_resume_before_the_agent_saw_the_quarantine_still_retries_the_path() {
     let v1 = m.build("nixos-system-web-01-v1", true);
     let bad = m.build("nixos-system-web-01-bad", false);
     m.boot_into(&v1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    pki(&dir.path().join("pki"));
-    let port = free_port();
-    let cp = ControlPlane::start(dir.path(), port);
+    let (dir, port, cp) = given_a_control_plane();
     // Polls 4 s apart: the resume below comes well before the agent's next poll.
     let agent = Agent::start_polling(dir.path(), port, &m, "4");
     wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
@@ -475,10 +478,7 @@ fn results_cached_from_before_a_batch_started_do_not_pass_it_fresh_ones_do() {
     };
     // The check runs once at start and then only every hour: every later report carries that result.
     check(3600);
-    let dir = tempfile::tempdir().expect("tempdir");
-    pki(&dir.path().join("pki"));
-    let port = free_port();
-    let cp = ControlPlane::start(dir.path(), port);
+    let (dir, port, cp) = given_a_control_plane();
     let agent = Agent::start(dir.path(), port, &m);
     wait_until("a passing health report", 20, || {
         cp.machine("web-01")
