@@ -10,23 +10,12 @@
 
 mod common;
 
-use common::Machine;
+use common::{desired, Machine};
 use nixfleet_agent::cycle::Action;
 use nixfleet_agent::switch::SwitchMode;
-use nixfleet_proto::api::v1::{DesiredGeneration, SwitchReport};
+use nixfleet_proto::api::v1::SwitchReport;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-fn desired(path: &str, activation: Option<&str>) -> DesiredGeneration {
-    DesiredGeneration {
-        hash: path.to_owned(),
-        cache_url: None,
-        poll_hint: Some(5),
-        quarantined: false,
-        decided_seq: None,
-        activation: activation.map(str::to_owned),
-    }
-}
 
 /// A switch-to-configuration that records `ACTION path` in the marker, flips the current-system
 /// link for switch and test when `activates`, prints NixOS's failed-units line when it exits 4,

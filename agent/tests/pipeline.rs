@@ -12,14 +12,7 @@ use nixfleet_proto::api::v1::DesiredGeneration;
 use std::time::Duration;
 
 fn desired(path: &str) -> DesiredGeneration {
-    DesiredGeneration {
-        hash: path.to_owned(),
-        cache_url: None,
-        poll_hint: Some(5),
-        quarantined: false,
-        decided_seq: None,
-        activation: None,
-    }
+    common::desired(path, None)
 }
 
 #[test]

@@ -13,10 +13,23 @@ use nixfleet_agent::inflight::Journal;
 use nixfleet_agent::quarantine::Quarantine;
 use nixfleet_agent::store_path::StorePath;
 use nixfleet_agent::switch::{SwitchMode, Switcher};
+use nixfleet_proto::api::v1::DesiredGeneration;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The control plane's answer: apply `path` (with `activation`, when given), not quarantined.
+pub fn desired(path: &str, activation: Option<&str>) -> DesiredGeneration {
+    DesiredGeneration {
+        hash: path.to_owned(),
+        cache_url: None,
+        poll_hint: Some(5),
+        quarantined: false,
+        decided_seq: None,
+        activation: activation.map(str::to_owned),
+    }
+}
 
 /// Public key trusted by every Nix call of the test process, and the file of its secret key.
 pub struct SigningKey {
