@@ -765,25 +765,6 @@ fn incremental_state_equals_replay_after_a_full_story() {
 
 // Issue 18, hole 3: health evidence must be measured after the batch started.
 
-/// A successful report of web-01 running `generation`, with these health results.
-fn web01_report(
-    generation: StorePath,
-    message: &str,
-    health: Option<(Vec<CheckResult>, bool)>,
-) -> ReportInput {
-    ReportInput {
-        generation: Some(generation),
-        success: true,
-        message: message.into(),
-        tags: vec![],
-        health,
-        agent_version: "test".into(),
-        uptime_secs: 1,
-        dry_run: false,
-        rolled_back_from: None,
-    }
-}
-
 /// An all-at-once rollout of `release` to web-01 alone (threshold 0, pause, 60 s health timeout).
 fn to_web01_alone(release: &str) -> RolloutSpec {
     Fleet::spec(
@@ -848,7 +829,12 @@ fn measured_report(
         Command::ReportMeasured {
             machine: m("web-01"),
             // A poll's report: the failure, if any, is only in the health results.
-            report: web01_report(path("web-01", 2), "up-to-date", Some(one_check(passed))),
+            report: report_input(
+                Some(path("web-01", 2)),
+                true,
+                "up-to-date",
+                Some(one_check(passed)),
+            ),
             auto_register: true,
             health_timestamp,
             report_timestamp: Some(sent),
@@ -936,7 +922,12 @@ fn a_measurement_time_in_the_future_is_taken_as_the_append_time() {
             Actor::Machine(m("web-01")),
             Command::ReportMeasured {
                 machine: m("web-01"),
-                report: web01_report(path("web-01", 2), "up-to-date", Some((vec![], true))),
+                report: report_input(
+                    Some(path("web-01", 2)),
+                    true,
+                    "up-to-date",
+                    Some((vec![], true)),
+                ),
                 auto_register: true,
                 health_timestamp: now.plus_secs(3600),
                 report_timestamp: None,
@@ -1004,7 +995,12 @@ fn switch_report(
         Command::ReportActivation {
             report: Box::new(Command::Report {
                 machine: m("web-01"),
-                report: web01_report(path("web-01", running), "deployed", Some(one_check(true))),
+                report: report_input(
+                    Some(path("web-01", running)),
+                    true,
+                    "deployed",
+                    Some(one_check(true)),
+                ),
                 auto_register: true,
             }),
             machine: m("web-01"),
@@ -1133,7 +1129,7 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
     let report = |parts: &[&str]| Command::ReportActivation {
         report: Box::new(Command::Report {
             machine: m("web-01"),
-            report: web01_report(path("web-01", 1), "up-to-date", None),
+            report: report_input(Some(path("web-01", 1)), true, "up-to-date", None),
             auto_register: true,
         }),
         machine: m("web-01"),

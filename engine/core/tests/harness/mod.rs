@@ -120,24 +120,8 @@ impl Fleet {
         health: Option<bool>,
     ) -> Vec<Event> {
         let health = health.map(one_check);
-        self.report_full(
-            id,
-            ReportInput {
-                generation,
-                success,
-                message: if success {
-                    "up-to-date".into()
-                } else {
-                    "failed".into()
-                },
-                tags: vec![],
-                health,
-                agent_version: "test".into(),
-                uptime_secs: 1,
-                dry_run: false,
-                rolled_back_from: None,
-            },
-        )
+        let message = if success { "up-to-date" } else { "failed" };
+        self.report_full(id, report_input(generation, success, message, health))
     }
 
     pub fn report_full(&mut self, id: &str, report: ReportInput) -> Vec<Event> {
@@ -224,6 +208,26 @@ impl Fleet {
             s.apply(e);
         }
         s
+    }
+}
+
+/// A report of a machine running `generation`, with these health results.
+pub fn report_input(
+    generation: Option<StorePath>,
+    success: bool,
+    message: &str,
+    health: Option<(Vec<CheckResult>, bool)>,
+) -> ReportInput {
+    ReportInput {
+        generation,
+        success,
+        message: message.into(),
+        tags: vec![],
+        health,
+        agent_version: "test".into(),
+        uptime_secs: 1,
+        dry_run: false,
+        rolled_back_from: None,
     }
 }
 
