@@ -78,6 +78,14 @@ impl Env {
         store_path_of(&out, gen)
     }
 
+    /// Given the target deployed to g1 and the flake at g2, whose switch sleeps `sleep_secs` and
+    /// exits `exit`: g1's store path.
+    fn given_g1_deployed_and_a_g2_flake(&self, sleep_secs: u32, exit: u8) -> String {
+        let p1 = self.deploy_ok("g1");
+        self.flake("g2", sleep_secs, exit);
+        p1
+    }
+
     fn marker(&self) -> String {
         common::sshd::marker(&self.s)
     }
@@ -155,8 +163,7 @@ fn failed_line(out: &Output) -> String {
 #[test]
 fn a_confirmed_deploy_stays_on_the_new_generation_after_the_timeout() {
     let e = Env::new("confirm");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(0, 0);
     // Each ssh session takes up to a second on a loaded machine: 6 s for wait, check, confirm.
     let out = e.deploy(&[
         "--confirm-timeout",
@@ -193,8 +200,7 @@ fn a_confirmed_deploy_stays_on_the_new_generation_after_the_timeout() {
 #[test]
 fn a_failing_health_check_rolls_the_target_back_to_the_previous_generation() {
     let e = Env::new("badcheck");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(0, 0);
     let out = e.deploy(&["--confirm-timeout", "3", "--check-cmd", "echo sick; exit 3"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
@@ -236,8 +242,7 @@ fn an_http_check_runs_on_the_target_and_a_wrong_answer_rolls_back() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("http server");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(0, 0);
     let out = e.deploy(&[
         "--confirm-timeout",
         "15",
@@ -270,9 +275,8 @@ fn an_http_check_runs_on_the_target_and_a_wrong_answer_rolls_back() {
 #[test]
 fn a_killed_cli_leaves_no_confirmation_so_the_target_rolls_itself_back() {
     let e = Env::new("cut");
-    let p1 = e.deploy_ok("g1");
     // g2's switch takes 3 s: the CLI (and its ssh) die while the target is switching.
-    e.flake("g2", 3, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(3, 0);
     let mut cmd = e.deploy_cmd(&["--confirm-timeout", "2"]);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
@@ -311,8 +315,7 @@ fn a_killed_cli_leaves_no_confirmation_so_the_target_rolls_itself_back() {
 #[test]
 fn a_dropped_link_makes_the_cli_fail_and_the_target_roll_itself_back() {
     let e = Env::new("link");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 3, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(3, 0);
     let child = e
         .deploy_cmd(&["--confirm-timeout", "2"])
         .stdout(std::process::Stdio::piped())
@@ -345,8 +348,7 @@ fn a_dropped_link_makes_the_cli_fail_and_the_target_roll_itself_back() {
 #[test]
 fn a_failed_switch_rolls_back_at_once() {
     let e = Env::new("failswitch");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 1);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(0, 1);
     let started = Instant::now();
     let out = e.deploy(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -365,8 +367,7 @@ fn a_failed_switch_rolls_back_at_once() {
 #[test]
 fn with_no_rollback_a_failure_leaves_the_target_as_it_is_and_says_how_to_roll_back() {
     let e = Env::new("norollback");
-    let _p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 1);
+    let _p1 = e.given_g1_deployed_and_a_g2_flake(0, 1);
     let out = e.deploy(&["--no-rollback"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let p2 = store_path_of(&out, "g2");
@@ -401,8 +402,7 @@ fn with_no_rollback_a_failure_leaves_the_target_as_it_is_and_says_how_to_roll_ba
 #[test]
 fn boot_and_test_activations_set_what_they_should() {
     let e = Env::new("modes");
-    let p1 = e.deploy_ok("g1");
-    e.flake("g2", 0, 0);
+    let p1 = e.given_g1_deployed_and_a_g2_flake(0, 0);
     let out = e.deploy(&["--activation", "test", "--confirm-timeout", "15"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(e.marker(), "active=g2 arg=test");
