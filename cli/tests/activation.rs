@@ -25,6 +25,15 @@ fn start_web01_agent(s: &Scratch, cp: &ControlPlane) -> Agent {
     spawn_agent(s, cp, "web-01")
 }
 
+/// Given a bootstrapped control plane (see [`common::cp`]) and web-01's agent polling it.
+fn given_a_control_plane_and_web01(tag: &str) -> (Scratch, ControlPlane, Agent) {
+    let s = Scratch::new(tag);
+    let cp = start(&s);
+    nf_ok(&s, &["bootstrap"]);
+    let agent = start_web01_agent(&s, &cp);
+    (s, cp, agent)
+}
+
 /// A flake whose web-01 system is `version`: its switch-to-configuration flips
 /// `<scratch>/web-01/current-system` for switch and test (not boot), then exits `status` (with
 /// NixOS's failed-units line for 4); its kernel, initrd and systemd link into `parts`.
@@ -123,10 +132,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> Option<String>) -> String {
 
 #[test]
 fn failed_units_pause_a_rollout_by_default_and_pass_one_that_allows_them() {
-    let s = Scratch::new("actunits");
-    let cp = start(&s);
-    nf_ok(&s, &["bootstrap"]);
-    let _agent = start_web01_agent(&s, &cp);
+    let (s, _cp, _agent) = given_a_control_plane_and_web01("actunits");
     let parts = boot_parts(&s, "parts", None, &[]);
 
     let r1 = write_flake(&s, "v1", 4, &parts);
@@ -184,10 +190,7 @@ fn failed_units_pause_a_rollout_by_default_and_pass_one_that_allows_them() {
 
 #[test]
 fn a_boot_rollout_completes_pending_reboot_and_status_shows_reboot_needed_after_a_new_kernel() {
-    let s = Scratch::new("actboot");
-    let cp = start(&s);
-    nf_ok(&s, &["bootstrap"]);
-    let _agent = start_web01_agent(&s, &cp);
+    let (s, _cp, _agent) = given_a_control_plane_and_web01("actboot");
     let parts1 = boot_parts(&s, "parts-1", None, &[]);
     let parts2 = boot_parts(&s, "parts-2", Some(&parts1), &["initrd", "systemd"]);
 
