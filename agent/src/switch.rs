@@ -391,8 +391,12 @@ impl Switcher {
             self.timeout,
         )
         .map_err(|e| match e {
+            // Killing systemd-run does not stop the unit: a hung switch would go on running, and
+            // on NixOS keep holding /run/nixos/switch-to-configuration.lock against the rollback's
+            // own switch. So the unit is stopped before the rollback starts.
             exec::ExecError::Timeout { secs, .. } => format!(
-                "switch unit {unit} still running after {secs} s (the system may already point at the new generation)"
+                "switch unit {unit} still running after {secs} s, {} (the system may already point at the new generation)",
+                stop_unit(&unit)
             ),
             e => e.to_string(),
         })?;
@@ -409,6 +413,32 @@ impl Switcher {
             String::new()
         };
         Ok((code, format!("{}\n{journal}", out.stderr)))
+    }
+}
+
+/// How long stopping a hung switch unit may take.
+const UNIT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stops the transient unit of a switch that ran past its timeout; says what happened.
+fn stop_unit(unit: &str) -> String {
+    let service = format!("{unit}.service");
+    match exec::run(
+        Command::new("systemctl").args(["stop", &service]),
+        UNIT_STOP_TIMEOUT,
+    ) {
+        Ok(out) if out.status.success() => {
+            tracing::warn!(unit = %service, "Stopped the switch unit that ran past the switch timeout");
+            "stopped".into()
+        }
+        Ok(out) => {
+            let why = out.failure_summary();
+            tracing::error!(unit = %service, error = %why, "Cannot stop the hung switch unit");
+            format!("and could not be stopped ({why})")
+        }
+        Err(e) => {
+            tracing::error!(unit = %service, error = %e, "Cannot stop the hung switch unit");
+            format!("and could not be stopped ({e})")
+        }
     }
 }
 

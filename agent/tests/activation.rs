@@ -318,12 +318,30 @@ while [ $# -gt 0 ]; do
   shift
 done
 echo "Running as unit: $unit.service; invocation ID: 0123" >&2
-"$@" > {d}/$unit.service.log 2>&1
+# As in a real unit, the command runs apart from systemd-run: killing systemd-run leaves it running.
+setsid "$@" > {d}/$unit.service.log 2>&1 &
+pid=$!
+echo $pid > {d}/$unit.service.pid
+wait $pid
 status=$?
 if [ $status -eq 0 ]; then echo "Finished with result: success" >&2; else echo "Finished with result: exit-code" >&2; fi
 echo "Main processes terminated with: code=exited/status=$status" >&2
 echo "Service runtime: 12ms" >&2
 exit $status
+"#
+            ),
+        );
+        write(
+            "systemctl",
+            format!(
+                r#"#!/bin/sh
+if [ "$1" = stop ]; then
+  echo "$*" >> {d}/calls
+  pid=$(cat {d}/$2.pid) && /bin/kill -s KILL -- -$pid
+  exit 0
+fi
+for s in /usr/bin/systemctl /bin/systemctl; do [ -x $s ] && exec $s "$@"; done
+exit 1
 "#
             ),
         );
@@ -338,6 +356,61 @@ exit $status
         std::env::set_var("PATH", format!("{}:{path}", dir.display()));
         dir
     })
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn in_systemd_run_mode_a_switch_past_its_timeout_is_stopped_before_the_rollback() {
+    let dir = systemd_stand_ins();
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-act-v1", true);
+    let pid_file = m.marker.with_extension("hung-pid");
+    let hang = format!(
+        "#!/bin/sh
+echo $$ > {}
+exec sleep 300
+",
+        pid_file.display()
+    );
+    let v2 = m.build_with_switch("nixos-system-act-sd-hang", true, &hang);
+    m.boot_into(&v1);
+    let mut settings = m.settings(false, None);
+    settings.switcher.mode = SwitchMode::SystemdRun;
+    settings.switcher.timeout = std::time::Duration::from_secs(2);
+
+    let out = m
+        .agent_with(settings)
+        .handle_desired(Some(&desired(v2.as_str(), None)));
+
+    assert_eq!(
+        out.report.rolled_back_from.as_deref(),
+        Some(v2.as_str()),
+        "{:?}",
+        out.report
+    );
+    assert_eq!(m.running(), v1.as_str());
+    let pid = std::fs::read_to_string(&pid_file).expect("the switch ran");
+    let pid = pid.trim();
+    assert!(
+        !alive(pid),
+        "the hung switch (pid {pid}) still runs after the rollback: on NixOS it would hold the switch lock; report: {}",
+        out.report.message
+    );
+    let calls = std::fs::read_to_string(dir.join("calls")).expect("calls");
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.starts_with("stop nixfleet-switch-")),
+        "{calls}"
+    );
 }
 
 fn systemd_run_agent(m: &Machine) -> nixfleet_agent::cycle::Agent {
