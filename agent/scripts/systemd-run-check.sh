@@ -6,7 +6,9 @@
 #   2. a generation whose health check fails is rolled back, through a transient unit too;
 #   3. a generation whose switch-to-configuration exits 4 (units failed, as NixOS does) is reported
 #      "failed_units" with exit status 4 (read from `systemd-run --wait`) and the count of failed
-#      units (read from the unit's journal).
+#      units (read from the unit's journal);
+#   4. a generation whose switch hangs past --switch-timeout (here 30 s) is rolled back, and its unit
+#      is stopped first: no hung switch process is left (on NixOS it would hold the switch lock).
 # Usage: agent/scripts/systemd-run-check.sh ROOTFS [AGENT]
 #   ROOTFS: a Debian root with systemd, dbus, nix-bin, python3 (e.g. the vmtests rootfs cache,
 #           used read-only through --volatile=overlay). AGENT defaults to target/debug/nixfleet-agent.
@@ -36,6 +38,9 @@ builtins.derivation {
     if [ "$exitStatus" = 4 ]; then
       printf 'echo "warning: the following units failed: nginx.service, app.service" >&2\nexit 4\n' >> $out/bin/switch-to-configuration
     fi
+    if [ "$exitStatus" = hang ]; then
+      printf 'exec sleep 1000\n' >> $out/bin/switch-to-configuration
+    fi
     chmod +x $out/bin/switch-to-configuration; echo test > $out/nixos-version; ln -s /bin/sh $out/init
     if [ -n "$healthyFlag" ]; then touch $out/healthy; fi
   '' ];
@@ -43,6 +48,7 @@ builtins.derivation {
 NIX
 build() { nix-build "$W/system.nix" --no-out-link --argstr name "$1" --argstr link "$W/current" --argstr marker "$W/switches.log" --arg healthy "$2" --argstr exitStatus "${3:-0}"; }
 V1=$(build sysrun-v1 true); V2=$(build sysrun-v2 true); BAD=$(build sysrun-bad false); UNITS=$(build sysrun-units true 4)
+HANG=$(build sysrun-hang true hang)
 ln -sfn "$V1" "$W/current"
 echo "{\"command\":[{\"name\":\"app\",\"command\":\"test -e $W/current/healthy\"}]}" > "$W/health.json"
 echo "{\"hash\":\"$V2\",\"cache_url\":null,\"poll_hint\":1}" > "$W/desired.json"
@@ -112,6 +118,14 @@ for want in '"exit_code":4' '"failed_units":2' '"message":"deployed; switched, 2
 done
 [ "$(readlink "$W/current")" = "$UNITS" ] || { echo "not left on $UNITS for the gate to judge"; exit 1; }
 echo "3. failed units: $(echo "$REPORT" | grep -o '"switch":{[^}]*}')"
+
+echo "{\"hash\":\"$HANG\",\"cache_url\":null,\"poll_hint\":1}" > "$W/desired.json"
+for _ in $(seq 900); do grep -q "rolled_back_from\":\"$HANG" "$W/reports.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "rolled_back_from\":\"$HANG" "$W/reports.log" || { echo "no rollback from the hung switch"; cat "$W/agent.log"; exit 1; }
+[ "$(readlink "$W/current")" = "$UNITS" ] || { echo "not rolled back to $UNITS after the hung switch"; exit 1; }
+if inside pgrep -f "sleep 1000" >/dev/null; then echo "the hung switch still runs after the rollback"; inside systemctl list-units 'nixfleet-switch-*' --no-pager; exit 1; fi
+echo "4. hung switch stopped, rolled back to: $(readlink "$W/current")"
+grep -o "Stopped the switch unit.*" "$W/agent.log" | head -1
 inside sh -c "kill -TERM \$(cat $W/agent.pid) \$(cat $W/cp.pid)"
 sleep 1
 tail -1 "$W/agent.log"
