@@ -2,7 +2,7 @@
 # file (/etc/nixfleet/health-checks.json).
 #
 # Why this file exists: the file format is a wire contract, `HealthChecksConfig`
-# in engine/proto/src/api/v1.rs (keys systemd/http/command; http uses
+# in proto/src/api/v1.rs (keys systemd/http/command; http uses
 # `expected_status`; `interval` is optional). Keeping the mapping here, with
 # builtins only, lets tests/nix check it without nixpkgs.
 let

@@ -7,7 +7,7 @@
 # killing it mid-rollout. Its command line is rendered from
 # nixos/service-flags.json (nixos/lib/flags.nix) and its health checks are
 # written to the file format of `HealthChecksConfig` in
-# engine/proto/src/api/v1.rs (nixos/lib/health-checks.nix).
+# proto/src/api/v1.rs (nixos/lib/health-checks.nix).
 {
   config,
   lib,

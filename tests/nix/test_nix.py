@@ -385,7 +385,7 @@ def test_the_agent_writes_health_checks_in_the_wire_format_of_the_proto_crate():
                      "interval": 10}],
         "systemd": [{"units": ["nginx.service"]}],
     }
-    # Every key is a field of the Rust structs (engine/proto/src/api/v1.rs).
+    # Every key is a field of the Rust structs (proto/src/api/v1.rs).
     rust = (REPO / "engine" / "proto" / "src" / "api" / "v1.rs").read_text()
 
     def fields(struct: str) -> set[str]:
