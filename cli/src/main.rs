@@ -11,6 +11,7 @@ mod error;
 mod nix;
 mod oplog;
 mod output;
+mod process;
 mod replay;
 mod settings;
 mod ssh;

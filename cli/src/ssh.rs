@@ -14,7 +14,7 @@
 //! Extra ssh options come from `--ssh-opts` or `NIX_SSHOPTS`, split on whitespace the way Nix
 //! splits `NIX_SSHOPTS`, and are handed to both `ssh` and `nix-copy-closure`.
 
-use crate::nix::{self, CommandFailed};
+use crate::process::{self, CommandFailed};
 use crate::store_path::StorePath;
 use std::fmt;
 use std::process::Command;
@@ -44,18 +44,7 @@ const LOCK_WAIT_SECS: u64 = 300;
 /// ssh keepalives of the long-running sessions: a dead link is noticed within 15 s.
 const KEEPALIVE: [&str; 4] = ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"];
 
-/// Quotes a word for a POSIX shell.
-pub fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
+pub use crate::process::quote;
 
 /// `[user@]host` for ssh, checked so it cannot be read as an option or inject anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +211,7 @@ impl Remote {
             .args(["-o", "BatchMode=yes", "--"])
             .arg(self.target.to_string())
             .arg(script);
-        nix::run(&mut cmd, what, self.verbose)
+        process::run(&mut cmd, what, self.verbose)
     }
 
     /// `nix-copy-closure --to <target> <path>`.
@@ -232,7 +221,7 @@ impl Remote {
             .arg("--to")
             .arg(self.target.to_string())
             .arg(path.as_str());
-        nix::run(
+        process::run(
             &mut cmd,
             &format!("nix-copy-closure to {}", self.target),
             self.verbose,
