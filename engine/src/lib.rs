@@ -5,6 +5,4 @@
 pub mod api;
 pub mod config;
 pub mod engine;
-pub mod log;
-pub mod postmortem;
-pub mod snapshot;
+pub use nixfleet_eventlog::{log, postmortem, snapshot};

@@ -11,9 +11,9 @@ use crate::output;
 use clap::Args;
 use nixfleet_core::event::{Actor, Event};
 use nixfleet_core::ids::Seq;
-use nixfleet_engine::api::views::event_record;
-use nixfleet_engine::log::Record;
-use nixfleet_engine::postmortem::Filter;
+use nixfleet_eventlog::views::event_record;
+use nixfleet_eventlog::log::Record;
+use nixfleet_eventlog::postmortem::Filter;
 
 /// `nixfleet events`.
 #[derive(Debug, Args)]

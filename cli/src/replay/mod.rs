@@ -3,7 +3,7 @@
 //! Online, records come from the events API with the usual settings; offline (`--data-dir`),
 //! from a control plane's data directory or a copy of it, read through a private copy so that a
 //! live control plane's files are never written. Both give the same records, and every analysis
-//! is `nixfleet_engine::postmortem`; this module parses flags, picks the source and prints.
+//! is `nixfleet_eventlog::postmortem`; this module parses flags, picks the source and prints.
 
 mod events;
 mod source;
@@ -13,7 +13,7 @@ mod text;
 mod verify;
 mod whatif;
 
-use crate::cli::GlobalArgs;
+use crate::settings::GlobalArgs;
 use crate::error::Result;
 use crate::settings::Settings;
 use clap::{Args, Subcommand};

@@ -4,8 +4,8 @@
 use crate::client::{query, Client, Method};
 use crate::error::{CliError, Result};
 use crate::settings::Settings;
-use nixfleet_engine::log::{LogError, Record};
-use nixfleet_engine::postmortem;
+use nixfleet_eventlog::log::{LogError, Record};
+use nixfleet_eventlog::postmortem;
 use nixfleet_proto::api::v1::EventRecord;
 use std::path::{Path, PathBuf};
 

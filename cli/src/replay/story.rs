@@ -9,7 +9,7 @@ use crate::error::{CliError, Result};
 use crate::output;
 use clap::Args;
 use nixfleet_core::event::Event;
-use nixfleet_engine::postmortem::{replay_until, timeline, StoryLine};
+use nixfleet_eventlog::postmortem::{replay_until, timeline, StoryLine};
 
 /// `nixfleet timeline`.
 #[derive(Debug, Args)]
@@ -114,7 +114,7 @@ pub fn run(source: &Source, json: bool, args: &TimelineArgs) -> Result<()> {
 }
 
 fn evidence_line(
-    e: &nixfleet_engine::postmortem::Evidence,
+    e: &nixfleet_eventlog::postmortem::Evidence,
     start: nixfleet_core::ids::Timestamp,
 ) -> String {
     let by = match (e.seq, e.at) {

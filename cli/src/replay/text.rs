@@ -15,7 +15,7 @@ pub fn utc(t: Timestamp) -> String {
 
 /// `2025-11-24T16:00:05.123Z`.
 pub fn rfc3339(t: Timestamp) -> String {
-    nixfleet_engine::api::views::rfc3339(t)
+    nixfleet_eventlog::views::rfc3339(t)
 }
 
 /// Time from `from` to `to` as `+0s`, `+45s`, `+2m05s`, `+1h02m`.

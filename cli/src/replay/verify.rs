@@ -13,8 +13,8 @@ use super::source::Source;
 use super::text::utc;
 use crate::error::{CliError, Result};
 use crate::output;
-use nixfleet_engine::log::{encode_record, hash_bytes, LogError, Record};
-use nixfleet_engine::postmortem::{self, hex};
+use nixfleet_eventlog::log::{encode_record, hash_bytes, LogError, Record};
+use nixfleet_eventlog::postmortem::{self, hex};
 
 /// `nixfleet verify`.
 #[derive(Debug, clap::Args)]

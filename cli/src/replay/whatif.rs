@@ -10,7 +10,7 @@ use crate::output;
 use clap::Args;
 use nixfleet_core::event::{Event, RolloutPlan};
 use nixfleet_core::ids::Timestamp;
-use nixfleet_engine::postmortem::{what_if, Decision, WhatIf};
+use nixfleet_eventlog::postmortem::{what_if, Decision, WhatIf};
 
 /// `nixfleet what-if`.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod tls;
-pub mod views;
+pub use nixfleet_eventlog::views;
 
 use crate::engine::Engine;
 use hyper_util::rt::{TokioIo, TokioTimer};
