@@ -1,13 +1,13 @@
-//! The command line: global flags, the `Commands` enum and the one `match` that runs them.
+//! The command line: the `Commands` enum and the one `match` that runs them (the global
+//! flags are [`GlobalArgs`], owned by the settings they feed).
 //!
 //! To add a command: add a variant to [`Commands`] (its arguments live in the command's own
 //! module), and one arm in [`run`]. Nothing else needs to know.
 
 use crate::commands;
 use crate::error::Result;
-use crate::settings::Settings;
-use clap::{Args, CommandFactory, Parser, Subcommand};
-use std::path::PathBuf;
+use crate::settings::{GlobalArgs, Settings};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// nixfleet: roll NixOS configurations out to a fleet, batch by batch, gated on health.
 #[derive(Debug, Parser)]
@@ -22,48 +22,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Commands,
-}
-
-/// Flags every command accepts. Unset flags fall back to the environment, the credentials
-/// file and `.nixfleet.toml`, in that order.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Global options")]
-pub struct GlobalArgs {
-    /// Control plane URL [default: https://localhost:8080].
-    #[arg(
-        long,
-        global = true,
-        env = "NIXFLEET_CONTROL_PLANE_URL",
-        value_name = "URL"
-    )]
-    pub control_plane_url: Option<String>,
-    /// API key (nfk-…); by default the one saved for this URL by `bootstrap` or `keys save`.
-    #[arg(
-        long,
-        global = true,
-        env = "NIXFLEET_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub api_key: Option<String>,
-    /// CA certificate (PEM) that signs the control plane's certificate.
-    #[arg(long, global = true, env = "NIXFLEET_CA_CERT", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, global = true, env = "NIXFLEET_CLIENT_CERT", value_name = "PEM")]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[arg(long, global = true, env = "NIXFLEET_CLIENT_KEY", value_name = "PEM")]
-    pub client_key: Option<PathBuf>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Project settings file [default: .nixfleet.toml in the current directory or a parent].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// More detail on stderr (-v: commands run; -vv: also HTTP requests).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
 }
 
 /// Every command, in the order `--help` lists them.

@@ -6,8 +6,8 @@
 //! Clap reads flags and `NIXFLEET_*` variables (flag wins); their absence means "unset", so the
 //! lower layers and finally the built-in defaults apply.
 
-use crate::cli::GlobalArgs;
 use crate::error::{CliError, Result};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +17,48 @@ use std::path::{Path, PathBuf};
 pub const PROJECT_FILE: &str = ".nixfleet.toml";
 /// The control plane URL when no layer sets one.
 pub const DEFAULT_CONTROL_PLANE_URL: &str = "https://localhost:8080";
+
+/// Flags every command accepts. Unset flags fall back to the environment, the credentials
+/// file and `.nixfleet.toml`, in that order.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Control plane URL [default: https://localhost:8080].
+    #[arg(
+        long,
+        global = true,
+        env = "NIXFLEET_CONTROL_PLANE_URL",
+        value_name = "URL"
+    )]
+    pub control_plane_url: Option<String>,
+    /// API key (nfk-…); by default the one saved for this URL by `bootstrap` or `keys save`.
+    #[arg(
+        long,
+        global = true,
+        env = "NIXFLEET_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) that signs the control plane's certificate.
+    #[arg(long, global = true, env = "NIXFLEET_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NIXFLEET_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NIXFLEET_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Project settings file [default: .nixfleet.toml in the current directory or a parent].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More detail on stderr (-v: commands run; -vv: also HTTP requests).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
 
 /// `.nixfleet.toml` as written by hand (kebab-case keys, layout of v0.1).
 #[derive(Debug, Default, Deserialize)]
