@@ -24,7 +24,7 @@ use crate::health::HealthRunner;
 use crate::inflight::{InFlight, Journal, ATTEMPTS_MAX};
 use crate::nix::{self, FetchError, Fetched};
 use crate::quarantine::{Quarantine, Verdict};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use crate::switch::{self, Activation, Outcome as SwitchOutcome, Switched, Switcher};
 use crate::telemetry::{set_state, State};
 use nixfleet_proto::api::v1::{

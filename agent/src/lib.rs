@@ -3,7 +3,8 @@
 //! Map: `config` (flags) → `run` (loop) → `client` (the control plane, the only HTTP to it) and
 //! `cycle` (one deploy cycle) → `nix` (fetch, profile), `switch` (switch and wait), `health`
 //! (checks), `quarantine` (paths not to apply again), `inflight` (the deploy in progress, across
-//! restarts); `store_path` validates every path that comes in; `exec` runs every child process
+//! restarts); every path that comes in is a `nixfleet_ids::StorePath`, checked by the one rule
+//! the control plane and the CLI use too; `exec` runs every child process
 //! with a deadline; `telemetry` holds logging and metrics.
 //!
 //! Architecture invariants: only `client` talks HTTP to the control plane, and only through
@@ -21,7 +22,6 @@ pub mod inflight;
 pub mod nix;
 pub mod quarantine;
 pub mod run;
-pub mod store_path;
 pub mod switch;
 pub mod telemetry;
 

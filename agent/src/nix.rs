@@ -4,7 +4,7 @@
 //! up on `PATH`; the NixOS module puts Nix on the agent unit's path.
 
 use crate::exec::{self, ExecError};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

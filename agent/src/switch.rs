@@ -15,7 +15,7 @@
 //! switched (the link did not flip: the caller rolls back).
 
 use crate::exec;
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

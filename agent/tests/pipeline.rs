@@ -437,7 +437,7 @@ impl Drop for HttpServer {
 /// `target` and, when `switched`, the current-system link flipped to it.
 fn interrupted_deploy(
     m: &Machine,
-    target: &nixfleet_agent::store_path::StorePath,
+    target: &nixfleet_ids::StorePath,
     previous: &str,
     attempts: u32,
     switched: bool,

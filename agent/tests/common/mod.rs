@@ -11,7 +11,7 @@ use nixfleet_agent::cycle::{Agent, Settings};
 use nixfleet_agent::health::HealthRunner;
 use nixfleet_agent::inflight::Journal;
 use nixfleet_agent::quarantine::Quarantine;
-use nixfleet_agent::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use nixfleet_agent::switch::{SwitchMode, Switcher};
 use nixfleet_proto::api::v1::DesiredGeneration;
 use std::path::{Path, PathBuf};
