@@ -7,10 +7,13 @@ no KVM, so `nix flake check` cannot run here. What can run here, does:
 - the pure parts evaluate for real with builtins only: scenario discovery, the
   nodes.json reader, the flag renderer, the health-check renderer, the key script,
   the nix shim and the fake-system adaptation;
-- the module files are evaluated one at a time against tests/nix/stub.nix (a small
-  builtins-only stand-in for nixpkgs' lib, NOT the module system), which shows the
-  options they declare and the ExecStart/LoadCredential/assertions they produce;
-- the flake's output names are evaluated against the same stubs.
+- every module (control plane, agent, cache server, cache client, every scope and role)
+  is evaluated with the real module system: nixpkgs' `lib.evalModules` from
+  ../shared/nixpkgs-lib (or NIXFLEET_NIXPKGS_LIB / NIX_PATH), with the NixOS options they
+  touch declared as nixpkgs declares them (tests/nix/nixos-options.nix), so types,
+  merging of several definitions, priorities and assertions behave as on NixOS; only
+  packages are stand-ins (tests/nix/pkgs.nix);
+- the flake's outputs are evaluated with the same lib and package stand-ins.
 
 docs/nixos.md says which of these are real evaluations and what only
 `nix flake check` on a machine with nixpkgs and KVM can show.
@@ -25,6 +28,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -87,32 +91,72 @@ def nix_str(value: str) -> str:
     return json.dumps(value).replace("${", "\\${")
 
 
-STUB = f"(import {REPO}/tests/nix/stub.nix)"
+def _lib_dir(path: Path) -> Path | None:
+    """The lib/ directory of a nixpkgs or nixpkgs.lib checkout given as `path` (or lib/ itself)."""
+    for candidate in (path, path / "lib"):
+        if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
+            return candidate
+    return None
+
+
+def find_nixpkgs_lib() -> Path | None:
+    """nixpkgs' lib: NIXFLEET_NIXPKGS_LIB, else nixpkgs-lib= or nixpkgs= on NIX_PATH, else ../shared/nixpkgs-lib."""
+    given = os.environ.get("NIXFLEET_NIXPKGS_LIB")
+    if given:
+        return _lib_dir(Path(given))
+    for entry in os.environ.get("NIX_PATH", "").split(":"):
+        name, _, path = entry.partition("=")
+        if name in ("nixpkgs-lib", "nixpkgs") and path:
+            found = _lib_dir(Path(path))
+            if found:
+                return found
+    return _lib_dir(REPO.parent / "shared" / "nixpkgs-lib")
+
+
+NIXPKGS_LIB = find_nixpkgs_lib()
+NO_LIB = ("nixpkgs' lib not found: set NIXFLEET_NIXPKGS_LIB (or NIX_PATH=nixpkgs-lib=...) to a nixpkgs "
+          "or nixpkgs.lib checkout; the default is ../shared/nixpkgs-lib")
+
+
+def lib_expr() -> str:
+    """`(import <nixpkgs lib>)`; fails the calling test with one line when there is none."""
+    if NIXPKGS_LIB is None:
+        pytest.fail(NO_LIB, pytrace=False)
+    return f"(import {NIXPKGS_LIB})"
+
+
+def evaluation(modules: str = "[ ]", harmonia_layout: str = "cache", with_nixfleet: bool = True) -> str:
+    """A Nix expression: tests/nix/eval.nix on `modules` (Nix source of a list) with the real lib."""
+    return (f"(import {REPO}/tests/nix/eval.nix {{ lib = {lib_expr()}; modules = {modules}; "
+            f"harmoniaLayout = \"{harmonia_layout}\"; withNixfleet = {str(with_nixfleet).lower()}; }})")
+
+
+def json_module(values: dict) -> str:
+    return f"(builtins.fromJSON {nix_str(json.dumps(values))})"
 
 
 def declared(file: Path) -> list[str]:
-    return nix_eval(f"{STUB}.declaredOptions {file}")
+    return nix_eval(f"{evaluation()}.declaredBy {file}")
 
 
 def all_declared() -> set[str]:
-    out: set[str] = set()
-    for f in MODULE_FILES:
-        out |= set(declared(f))
-    return out
+    return set(nix_eval(f"{evaluation()}.nixfleetOptions"))
 
 
-def eval_module(file: str, values: dict, host_config: dict | None = None, host_options: str = "{ }"):
-    host_config = host_config or {
-        "networking": {"hostName": "web-01"},
-        "nix": {"package": "/nix/store/00000000000000000000000000000000-nix"},
-        "systemd": {"package": "/nix/store/00000000000000000000000000000000-systemd"},
-    }
-    return nix_eval(
-        f"({STUB}.evalModule {{ file = {REPO}/{file}; "
-        f"values = builtins.fromJSON {nix_str(json.dumps(values))}; "
-        f"hostConfig = builtins.fromJSON {nix_str(json.dumps(host_config))}; "
-        f"hostOptions = {host_options}; }}).result"
-    )
+def eval_module(file: str, values: dict, harmonia_layout: str = "cache"):
+    """config (the part tests read, see eval.nix `view`) of every nixfleet module with `values` set.
+    `file` names the module under test; all of nixos/ is imported, as on a host."""
+    assert (REPO / file).is_file(), file
+    return nix_eval(f"{evaluation(f'[ {json_module(values)} ]', harmonia_layout)}.view")
+
+
+def eval_failure(modules: str) -> str:
+    """The error of evaluating `modules` (Nix list source) with every nixfleet module."""
+    return nix_eval_fails(f"{evaluation(modules)}.view")
+
+
+def failed_assertions(values: dict) -> list[str]:
+    return nix_eval(f"{evaluation(f'[ {json_module(values)} ]')}.failedAssertions")
 
 
 def nix_files() -> list[Path]:
@@ -279,9 +323,8 @@ def test_every_option_in_service_flags_json_is_declared_by_its_module():
 def test_module_defaults_equal_the_defaults_in_service_flags_json():
     for service, file in (("nixfleet-control-plane", "control-plane.nix"), ("nixfleet-agent", "agent.nix")):
         cfg = nix_eval(
-            f"let s = {STUB}; m = import {REPO}/nixos/modules/{file} {{ inherit (s) lib pkgs; "
-            f"config.networking.hostName = \"h\"; options = {{ }}; }}; "
-            f"opts = m.options.services.{service}; flags = import {REPO}/nixos/lib/flags.nix; in "
+            f"let opts = {evaluation()}.options.services.{service}; "
+            f"flags = import {REPO}/nixos/lib/flags.nix; in "
             f"builtins.listToAttrs (map (n: {{ name = n; value = "
             f"let o = flags.valueOf opts n; in if o ? default then o.default else \"<required>\"; }}) "
             f"(flags.optionNames \"{service}\"))"
@@ -386,7 +429,7 @@ def test_the_agent_writes_health_checks_in_the_wire_format_of_the_proto_crate():
         "systemd": [{"units": ["nginx.service"]}],
     }
     # Every key is a field of the Rust structs (proto/src/api/v1.rs).
-    rust = (REPO / "engine" / "proto" / "src" / "api" / "v1.rs").read_text()
+    rust = (REPO / "proto" / "src" / "api" / "v1.rs").read_text()
 
     def fields(struct: str) -> set[str]:
         body = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", rust, re.S)
@@ -456,43 +499,48 @@ def test_the_control_plane_refuses_a_key_in_the_store_and_a_half_tls_setup():
 
 
 def test_the_build_time_config_check_runs_the_binary_with_the_units_own_arguments():
-    expr = (
-        f"let s = {STUB}; r = s.evalModule {{ file = {REPO}/nixos/modules/control-plane.nix; "
-        f"values = builtins.fromJSON {nix_str(json.dumps(cp_values(settings={'executor': {'tick_ms': 500}})))}; }}; "
-        f"in map (d: d.script) r.result.system.extraDependencies"
-    )
+    values = json_module(cp_values(settings={'executor': {'tick_ms': 500}}))
+    expr = f"map (d: d.script) {evaluation(f'[ {values} ]')}.config.system.extraDependencies"
     [script] = nix_eval(expr)
     assert "--check-config" in script
-    assert "'--tls-key' '/run/credentials/nixfleet-control-plane.service/tls-key'" in script
-    assert "'--config' '/nix/store/00000000000000000000000000000000-nixfleet-control-plane.toml'" in script
+    # lib.escapeShellArgs quotes only what needs it.
+    assert "--tls-key /run/credentials/nixfleet-control-plane.service/tls-key" in script
+    assert "--config /nix/store/00000000000000000000000000000000-nixfleet-control-plane.toml" in script
     off = eval_module("nixos/modules/control-plane.nix", cp_values(checkConfig=False))
-    assert "extraDependencies" not in off.get("system", {})
+    assert off["system"]["extraDependencies"] == []
 
 
 def test_the_cache_server_signs_with_a_key_harmonia_loads_as_a_credential():
-    for has_cache in (True, False):
-        opts = "{ services.harmonia = { cache = { }; }; }" if has_cache else "{ services.harmonia = { }; }"
+    for layout in ("cache", "flat"):
         result = eval_module("nixos/modules/cache-server.nix", {"services": {"nixfleet-cache-server": {
             "enable": True, "signingKeyFile": "/etc/nixfleet-vmtests/cache-key.sec", "openFirewall": True}}},
-            host_options=opts)
-        harmonia = result["services"]["harmonia"]["cache"] if has_cache else result["services"]["harmonia"]
+            harmonia_layout=layout)
+        harmonia = result["services"]["harmonia"]["cache"] if layout == "cache" else result["services"]["harmonia"]
         assert harmonia["enable"] is True
         assert harmonia["signKeyPaths"] == ["/etc/nixfleet-vmtests/cache-key.sec"]
         assert harmonia["settings"]["bind"] == "[::]:5000"
         assert result["nix"]["settings"]["secret-key-files"] == ["/etc/nixfleet-vmtests/cache-key.sec"]
         assert result["networking"]["firewall"]["allowedTCPPorts"] == [5000]
+    # What nixpkgs' module makes of it (tests/nix/harmonia-module.nix): the key as credential
+    # sign-key-0, named in SIGN_KEY_PATHS; the socket on our bind; nixpkgs' priority 50 kept.
+    result_cache = eval_module("nixos/modules/cache-server.nix", {"services": {"nixfleet-cache-server": {
+        "enable": True, "signingKeyFile": "/etc/nixfleet-vmtests/cache-key.sec"}}})
+    unit = result_cache["systemd"]["services"]["harmonia"]
+    assert unit["serviceConfig"]["LoadCredential"] == ["sign-key-0:/etc/nixfleet-vmtests/cache-key.sec"]
+    assert unit["environment"]["SIGN_KEY_PATHS"] == "%d/sign-key-0"
+    assert result_cache["systemd"]["sockets"]["harmonia"]["socketConfig"]["ListenStream"] == "[::]:5000"
+    assert result_cache["services"]["harmonia"]["cache"]["settings"]["priority"] == 50
 
 
 def test_the_cache_client_adds_the_substituter_and_its_key():
     result = eval_module("nixos/modules/cache.nix", {"services": {"nixfleet-cache": {
         "enable": True, "cacheUrl": "http://cache:5000", "publicKey": "nixfleet-test-cache-1:AAAA"}}})
-    assert result["nix"]["settings"] == {"substituters": ["http://cache:5000"],
-                                         "trusted-public-keys": ["nixfleet-test-cache-1:AAAA"]}
+    assert result["nix"]["settings"]["substituters"] == ["http://cache:5000"]
+    assert result["nix"]["settings"]["trusted-public-keys"] == ["nixfleet-test-cache-1:AAAA"]
 
 
 def test_the_firewall_scope_rate_limits_ssh_and_logs_drops():
-    result = eval_module("nixos/scopes/firewall.nix", {"nixfleet": {"firewall": {"enable": True}}},
-                         host_config={"services": {"openssh": {"ports": [22]}}})
+    result = eval_module("nixos/scopes/firewall.nix", {"nixfleet": {"firewall": {"enable": True}}})
     rules = result["networking"]["firewall"]["extraInputRules"]
     assert "tcp dport { 22 } ct state new limit rate 5/minute accept" in rules
     assert "log prefix" in rules and "drop" in rules
@@ -529,12 +577,24 @@ def test_the_backup_status_script_writes_success_and_failure(tmp_path):
 # The flake and the VM test helpers --------------------------------------------------------
 
 
-FLAKE_OUTPUTS = f"""
+def flake_outputs() -> str:
+    """The flake's outputs, with the real lib and the package stand-ins as `nixpkgs`. One change to
+    lib: lib.fileset needs builtins.readFileType (Nix >= 2.14), which Debian's Nix 2.8 lacks, so its
+    four functions the workspace uses record the file set expression instead of reading the tree."""
+    return f"""
 let
-  s = {STUB};
-  pkgsFor = system: s.pkgs // {{ lib = s.lib; stdenv.hostPlatform.system = system; }};
+  realLib = {lib_expr()};
+  fileset = {{
+    toSource = {{ root, fileset }}: {{ inherit root fileset; }};
+    difference = base: minus: {{ inherit base minus; }};
+    unions = list: list;
+    maybeMissing = path: toString path;
+  }};
+  lib = realLib // {{ inherit fileset; }};
+  pkgs = import {REPO}/tests/nix/pkgs.nix {{ inherit lib; }};
+  pkgsFor = system: pkgs // {{ stdenv.hostPlatform.system = system; }};
   nixpkgs = {{
-    lib = s.lib;
+    inherit lib;
     legacyPackages = {{ x86_64-linux = pkgsFor "x86_64-linux"; aarch64-linux = pkgsFor "aarch64-linux"; }};
   }};
   flake = import {REPO}/flake.nix;
@@ -544,7 +604,7 @@ in self
 
 
 def test_the_flake_checks_are_the_rust_checks_plus_one_vm_check_per_scenario():
-    checks = nix_eval(f"builtins.mapAttrs (_: builtins.attrNames) ({FLAKE_OUTPUTS}).checks")
+    checks = nix_eval(f"builtins.mapAttrs (_: builtins.attrNames) ({flake_outputs()}).checks")
     vm = sorted(check_name(d) for d in scenario_dirs())
     assert sorted(checks["x86_64-linux"]) == sorted(["cargo-test", "cargo-clippy", "cargo-fmt"] + vm)
     assert sorted(checks["aarch64-linux"]) == ["cargo-clippy", "cargo-fmt", "cargo-test"]
@@ -552,7 +612,7 @@ def test_the_flake_checks_are_the_rust_checks_plus_one_vm_check_per_scenario():
 
 def test_the_flake_exposes_packages_modules_overlay_shell_formatter_and_validate():
     out = nix_eval(
-        f"let f = {FLAKE_OUTPUTS}; in {{ top = builtins.attrNames f; "
+        f"let f = {flake_outputs()}; in {{ top = builtins.attrNames f; "
         f"apps = builtins.attrNames f.apps.x86_64-linux; modules = builtins.attrNames f.nixosModules; "
         f"shells = builtins.attrNames f.devShells.x86_64-linux; "
         f"scenarios = builtins.attrNames f.lib.vmtestScenarios; }}"
@@ -569,9 +629,10 @@ def test_the_flake_exposes_packages_modules_overlay_shell_formatter_and_validate
 
 def test_the_packages_are_one_workspace_build_split_per_binary():
     out = nix_eval(
-        f"let f = {FLAKE_OUTPUTS}; p = f.packages.x86_64-linux; w = p.nixfleet-workspace; in {{ "
+        f"let f = {flake_outputs()}; p = f.packages.x86_64-linux; w = p.nixfleet-workspace; in {{ "
         f"names = builtins.attrNames p; lock = toString w.cargoLock.lockFile; flags = w.cargoBuildFlags; "
-        f"tests = w.cargoTestFlags; excluded = w.src.excluded; version = w.version; "
+        f"tests = w.cargoTestFlags; version = w.version; "
+        f"base = toString w.src.fileset.base; excluded = w.src.fileset.minus; "
         f"bins = map (n: {{ inherit n; script = p.${{n}}.script; main = p.${{n}}.env.meta.mainProgram; }}) "
         f"[ \"nixfleet\" \"nixfleet-agent\" \"nixfleet-control-plane\" ]; "
         f"clippy = f.checks.x86_64-linux.cargo-clippy.buildPhase; test = f.checks.x86_64-linux.cargo-test.doCheck; }}"
@@ -581,6 +642,7 @@ def test_the_packages_are_one_workspace_build_split_per_binary():
     assert out["flags"] == ["--workspace"] and out["tests"] == ["--workspace", "--lib", "--bins"]
     assert out["version"] == re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
     # Editing modules, VM tests, docs or these tests must not rebuild the binaries.
+    assert out["base"] == str(REPO)
     for d in ("nixos", "vmtests", "docs", "tests", "target"):
         assert str(REPO / d) in out["excluded"], d
     for b in out["bins"]:
@@ -591,10 +653,11 @@ def test_the_packages_are_one_workspace_build_split_per_binary():
 
 def test_the_flake_module_defaults_the_packages_to_its_own_builds():
     out = nix_eval(
-        f"let f = {FLAKE_OUTPUTS}; s = {STUB}; m = f.nixosModules.default {{ inherit (s) lib; pkgs = s.pkgs; }}; in "
+        f"let f = {flake_outputs()}; e = {evaluation('[ f.nixosModules.default ]', with_nixfleet=False)}; "
+        f"m = f.nixosModules.default {{ inherit (e) pkgs; lib = {lib_expr()}; }}; in "
         f"{{ imports = map toString m.imports; "
-        f"agent = m.services.nixfleet-agent.package.content.script; "
-        f"cp = m.services.nixfleet-control-plane.package.content.script; }}"
+        f"agent = e.config.services.nixfleet-agent.package.script; "
+        f"cp = e.config.services.nixfleet-control-plane.package.script; }}"
     )
     assert out["imports"] == [str(REPO / "nixos")]
     assert "/bin/nixfleet-agent $out" in out["agent"] and "/bin/nixfleet-control-plane $out" in out["cp"]
@@ -636,35 +699,38 @@ def test_the_agent_package_builds_the_binaries_the_workspace_declares():
 
 
 def scenario_node_definitions(directory: str) -> dict:
-    """Every scenario node built by vmtests/nix/helpers.nix mkNode, evaluated against the stubs."""
+    """Every scenario node built by vmtests/nix/helpers.nix mkNode, evaluated with the real module system
+    (its specialisations too, each as NixOS builds it: the node's modules extended by its configuration)."""
     return nix_eval(f"""
 let
-  s = {STUB};
+  lib = {lib_expr()};
+  pkgs = import {REPO}/tests/nix/pkgs.nix {{ inherit lib; }};
   helpers = import {REPO}/vmtests/nix/helpers.nix {{
-    inherit (s) lib pkgs;
+    inherit lib pkgs;
     nixosModule = {REPO}/nixos;
-    packages = {{ nixfleet = s.pkgs.jq; nixfleet-control-plane = s.pkgs.jq; nixfleet-agent = s.pkgs.jq; }};
+    packages = {{ nixfleet = pkgs.nixfleet; nixfleet-control-plane = pkgs.nixfleet-control-plane;
+                 nixfleet-agent = pkgs.nixfleet-agent; }};
   }};
   plan = (import {REPO}/vmtests/nix/nodes.nix).load {{
     scenarioDir = {SCENARIOS / directory}; libDir = {REPO}/vmtests/lib; }};
-  config = {{ nix.package = "/nix/store/0-nix"; systemd.package = "/nix/store/0-systemd";
-             system.path = "/nix/store/0-sw"; }};
 in builtins.mapAttrs (host: p:
-  let r = s.evalDefinitions {{ module = helpers.mkNode {{ scenario = plan.name; inherit host; plan = p; }};
-                               inherit config; }};
-  in {{ inherit (r) paths; role = p.role; systems = p.systems or "nixos"; defs = {{
-    agent = r.definitions.services.nixfleet-agent or null;
-    cp = r.definitions.services.nixfleet-control-plane or null;
-    cache = r.definitions.services.nixfleet-cache-server or null;
-    units = builtins.mapAttrs (_: u: u.wantedBy or null) (r.definitions.systemd.services or {{ }});
-    nodeJson = r.definitions.environment.etc."nixfleet-vmtests/node.json".text;
+  let
+    e = import {REPO}/tests/nix/eval.nix {{ inherit lib; withNixfleet = false;
+      modules = [ (helpers.mkNode {{ scenario = plan.name; inherit host; plan = p; }}) ]; }};
+    c = e.config;
+  in {{ role = p.role; systems = p.systems or "nixos"; failed = e.failedAssertions; stats = e.stats; defs = {{
+    agent = if p ? agent then c.services.nixfleet-agent else null;
+    cp = if p ? controlPlane then c.services.nixfleet-control-plane else null;
+    cache = if p ? cacheServer then c.services.nixfleet-cache-server else null;
+    units = builtins.mapAttrs (_: u: u.wantedBy) c.systemd.services;
+    nodeJson = c.environment.etc."nixfleet-vmtests/node.json".text;
     specialisations = builtins.mapAttrs (_: sp:
-      let c = (s.evalDefinitions {{ module = sp.configuration; inherit config; }}).definitions; in {{
-      demo = c.systemd.services.fake-app.serviceConfig.ExecStart;
-      activation = c.system.activationScripts.nixfleet-vmtests-generation.text;
-      preSwitchChecks = builtins.attrNames (c.system.preSwitchChecks or {{ }});
-    }}) (r.definitions.specialisation or {{ }});
-    activation = r.definitions.system.activationScripts.nixfleet-vmtests-generation.text or null;
+      let c2 = (e.eval.extendModules {{ modules = [ sp.configuration {{ specialisation = lib.mkOverride 0 {{ }}; }} ]; }}).config; in {{
+      demo = c2.systemd.services.fake-app.serviceConfig.ExecStart;
+      activation = c2.system.activationScripts.nixfleet-vmtests-generation.text;
+      preSwitchChecks = builtins.attrNames c2.system.preSwitchChecks;
+    }}) c.specialisation;
+    activation = c.system.activationScripts.nixfleet-vmtests-generation.text or null;
   }}; }}) plan.nodes
 """)
 
@@ -672,16 +738,14 @@ in builtins.mapAttrs (host: p:
 def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options():
     if not scenario_dirs():
         pytest.skip("no scenario directories yet")
-    declared_options = all_declared()
+    # An option the modules do not declare is an evaluation error of the real module system.
     problems = []
     for d in scenario_dirs():
         if not (SCENARIOS / d / "nodes.json").is_file():
             continue
         for host, node in scenario_node_definitions(d).items():
-            ours = [p for p in node["paths"] if p.startswith(("services.nixfleet-", "nixfleet."))]
-            undeclared = [p for p in ours if p not in declared_options]
-            if undeclared:
-                problems.append(f"{d}/{host}: {undeclared}")
+            if node["failed"]:
+                problems.append(f"{d}/{host}: failed assertions {node['failed']}")
             defs = node["defs"]
             assert json.loads(defs["nodeJson"])["host"] == host
             if node["role"] == "control-plane":
@@ -709,7 +773,7 @@ def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options
             else:
                 assert defs["units"]["nixfleet-vmtests-boot"] == ["multi-user.target"]
                 assert defs["specialisations"] == {}
-    assert not problems, "helpers set options no module declares:\n" + "\n".join(problems)
+    assert not problems, "\n".join(problems)
 
 
 def test_an_agent_with_auto_start_off_is_installed_but_not_wanted_at_boot():
@@ -719,7 +783,7 @@ def test_an_agent_with_auto_start_off_is_installed_but_not_wanted_at_boot():
     assert nodes["web-01"]["defs"]["units"]["nixfleet-agent"] == []
     nodes = scenario_node_definitions("vm-fleet-poll-retry")
     assert nodes["cp"]["defs"]["units"]["nixfleet-control-plane"] == []
-    assert "nixfleet-agent" not in nodes["agent"]["defs"]["units"]
+    assert nodes["agent"]["defs"]["units"]["nixfleet-agent"] == ["multi-user.target"]
 
 
 def build(expr: str) -> Path:
@@ -883,3 +947,154 @@ def test_a_changed_fake_system_template_fails_evaluation_loudly():
         f"coreutils = \"/usr\"; systemd = \"/usr\"; python3 = \"/usr/bin/python3\"; }}"
     )
     assert "fake-system.nix.tmpl changed" in err
+
+
+# The real module system: types, merging, priorities, assertions -----------------------------
+
+
+def test_the_lib_comes_from_the_variable_or_nix_path_and_without_either_the_tests_fail_with_one_line(monkeypatch,
+                                                                                                   tmp_path):
+    monkeypatch.delenv("NIXFLEET_NIXPKGS_LIB", raising=False)
+    monkeypatch.setenv("NIX_PATH", f"nixpkgs-lib={REPO.parent / 'shared' / 'nixpkgs-lib'}")
+    assert find_nixpkgs_lib() == REPO.parent / "shared" / "nixpkgs-lib" / "lib"
+    monkeypatch.setenv("NIXFLEET_NIXPKGS_LIB", str(tmp_path))
+    assert find_nixpkgs_lib() is None
+    # A run without a lib fails (never skips), with one line saying what to set.
+    env = dict(os.environ, NIXFLEET_NIXPKGS_LIB=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                        "-k", "test_the_cache_client_adds_the_substituter_and_its_key"],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout
+    assert NO_LIB in r.stdout and "skipped" not in r.stdout, r.stdout
+
+
+AGENT = {"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080"}}}
+
+
+@pytest.mark.parametrize("option, value, type_name", [
+    ("pollInterval", 0, "positive integer, meaning >0"),
+    ("metricsPort", 70000, "null or 16 bit unsigned integer; between 0 and 65535 (both inclusive)"),
+    ("switchMode", "fast", 'one of "auto", "systemd-run", "direct"'),
+    ("tags", "web", "list of string"),
+])
+def test_a_wrongly_typed_value_is_the_type_error_nixos_gives(option, value, type_name):
+    err = eval_failure(f"[ {json_module(AGENT)} {json_module({'services': {'nixfleet-agent': {option: value}}})} ]")
+    assert (f"A definition for option `services.nixfleet-agent.{option}' is not of type `{type_name}'."
+            in err), err
+
+
+def test_a_unit_setting_systemd_does_not_know_is_refused_as_on_nixos():
+    err = eval_failure(f"[ {json_module(AGENT)} "
+                       "{ systemd.services.nixfleet-agent.serviceConfig.Type = (import "
+                       f"{NIXPKGS_LIB}).mkForce \"simpel\"; }} ]")
+    assert "Systemd Service field `Type' cannot have value `simpel'." in err, err
+    assert ("A definition for option `systemd.services.nixfleet-agent.serviceConfig' is not of type "
+            "`attribute set of (systemd option)'") in err, err
+
+
+def test_an_option_no_module_declares_is_an_error():
+    err = eval_failure(f"[ {json_module(AGENT)} {json_module({'services': {'nixfleet-agent': {'autoStart': False}}})} ]")
+    assert "The option `services.nixfleet-agent.autoStart' does not exist." in err, err
+
+
+def test_two_conflicting_definitions_are_the_error_nixos_gives():
+    other = {"services": {"nixfleet-agent": {"controlPlaneUrl": "https://other:8080"}}}
+    err = eval_failure(f"[ {json_module(AGENT)} {json_module(other)} ]")
+    assert "The option `services.nixfleet-agent.controlPlaneUrl' has conflicting definition values:" in err, err
+    # A host's unit setting against the module's: systemd options merge only when equal.
+    err = eval_failure(f"[ {json_module(AGENT)} {{ systemd.services.nixfleet-agent.serviceConfig.User = \"nobody\"; }} ]")
+    assert "The option `systemd.services.nixfleet-agent.serviceConfig.User' has conflicting definition values:" in err
+    assert "In `/work/main/nixos/modules/agent.nix': \"root\"".replace("/work/main", str(REPO)) in err, err
+
+
+def test_mk_force_and_mk_default_win_and_lose_as_on_nixos():
+    lib = lib_expr()
+    out = nix_eval(f"""let e = {evaluation(f'''[ {json_module(AGENT)} {{
+        systemd.services.nixfleet-agent.serviceConfig.User = {lib}.mkForce "nobody";
+        nixfleet.role = "server"; nixfleet.firewall.enable = false;
+        services.nixfleet-agent.tags = [ "a" ]; }} {{ services.nixfleet-agent.tags = [ "b" ]; }} ]''')}; in {{
+      user = e.config.systemd.services.nixfleet-agent.serviceConfig.User;
+      firewall = e.config.nixfleet.firewall.enable; exporter = e.config.nixfleet.monitoring.nodeExporter.enable;
+      nftables = e.config.networking.nftables.enable; tags = e.config.services.nixfleet-agent.tags; }}""")
+    # mkForce beats the module's "root"; the role's mkDefault loses to a plain false, keeps the rest;
+    # two list definitions merge.
+    assert out == {"user": "nobody", "firewall": False, "exporter": True, "nftables": True, "tags": ["b", "a"]}, out
+
+
+ASSERTION_CASES = [
+    ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080", "tls": {
+        "clientCert": "/etc/c.pem", "clientKey": "/nix/store/00000000000000000000000000000000-key.pem"}}}},
+     "services.nixfleet-agent.tls.clientKey must not be a store path"),
+    ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080",
+                                      "tls": {"clientCert": "/etc/c.pem"}}}},
+     "services.nixfleet-agent: set tls.clientCert and tls.clientKey together."),
+    ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "http://cp:8080"}}},
+     "services.nixfleet-agent.controlPlaneUrl is plain http://"),
+    ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080", "stateDir": "/srv/a"}}},
+     "services.nixfleet-agent.stateDir must be a directory directly under /var/lib"),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "tls": {
+        "cert": "/etc/c.pem", "key": "/nix/store/00000000000000000000000000000000-k.pem"}}}},
+     "services.nixfleet-control-plane.tls.key must not be a store path"),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "tls": {"cert": "/etc/c.pem"}}}},
+     "services.nixfleet-control-plane: set tls.cert and tls.key together."),
+    ({"services": {"nixfleet-control-plane": {"enable": True}}},
+     "services.nixfleet-control-plane: set tls.cert and tls.key, or insecure = true (tests only)."),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "listen": "localhost"}}},
+     "services.nixfleet-control-plane.listen must be HOST:PORT"),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "dataDir": "/var/lib/a/b"}}},
+     "services.nixfleet-control-plane.dataDir must be a directory directly under /var/lib"),
+    ({"services": {"nixfleet-cache-server": {"enable": True}}},
+     "services.nixfleet-cache-server.signingKeyFile must be set"),
+    ({"nixfleet": {"backup": {"enable": True, "backend": "restic", "restic": {"repository": "/r"}}}},
+     "nixfleet.backup: the restic backend needs restic.repository and restic.passwordFile."),
+    ({"nixfleet": {"backup": {"enable": True, "backend": "borgbackup", "borgbackup": {"passphraseFile": "/p"}}}},
+     "nixfleet.backup: the borgbackup backend needs borgbackup.repository and borgbackup.passphraseFile."),
+]
+
+
+@pytest.mark.parametrize("values, message", ASSERTION_CASES, ids=[m[:40] for _, m in ASSERTION_CASES])
+def test_each_assertion_fires_for_the_combination_it_guards_and_only_that_one(values, message):
+    failed = failed_assertions(values)
+    assert len(failed) == 1 and failed[0].startswith(message), failed
+
+
+def test_the_modules_declare_assertions_only_these_cases_cover():
+    declared = nix_eval(f"map (a: a.message) {evaluation(f'[ {json_module(FULL_HOST)} ]')}.config.assertions")
+    covered = [m for _, m in ASSERTION_CASES]
+    assert len(declared) == len(covered), declared
+    for message in declared:
+        assert any(message.startswith(c) for c in covered), f"no test makes this assertion fire: {message}"
+
+
+# Every module on, every scope by a role or by hand.
+FULL_HOST = {
+    "services": {
+        "nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080", "metricsPort": 9101,
+                           "metricsOpenFirewall": True, "tls": {"caCert": "/etc/ca.pem", "clientCert": "/etc/c.pem",
+                                                                "clientKey": "/etc/k.pem"},
+                           "healthChecks": {"http": [{"url": "http://localhost/"}], "systemd": [{"units": ["a"]}],
+                                            "command": [{"name": "c", "command": "true"}]}},
+        "nixfleet-control-plane": {"enable": True, "openFirewall": True, "settings": {"executor": {"tick_ms": 500}},
+                                   "tls": {"cert": "/etc/c.pem", "key": "/etc/k.pem", "clientCa": "/etc/ca.pem"}},
+        "nixfleet-cache-server": {"enable": True, "openFirewall": True, "signingKeyFile": "/etc/cache.sec"},
+        "nixfleet-cache": {"enable": True, "cacheUrl": "http://cache:5000", "publicKey": "k-1:AAAA"},
+    },
+    "nixfleet": {"role": "workstation", "core": {"userName": "alice"},
+                 "monitoring": {"nodeExporter": {"enable": True, "openFirewall": True}},
+                 "backup": {"enable": True, "backend": "restic",
+                            "restic": {"repository": "/r", "passwordFile": "/p"}}},
+}
+
+
+def test_every_module_evaluates_together_with_every_value_type_checked(capsys):
+    stats = nix_eval(f"{evaluation(f'[ {json_module(FULL_HOST)} ]')}.stats")
+    result = eval_module("nixos/default.nix", FULL_HOST)
+    assert result["assertions"] and all(a["assertion"] for a in result["assertions"])
+    assert result["users"]["users"]["alice"]["extraGroups"] == ["wheel", "networkmanager", "video", "audio"]
+    assert sorted(result["networking"]["firewall"]["allowedTCPPorts"]) == [5000, 8080, 9101]
+    assert result["systemd"]["services"]["prometheus-node-exporter"]["wantedBy"] == ["multi-user.target"] \
+        if "prometheus-node-exporter" in result["systemd"]["services"] else True
+    assert stats["nixfleetOptions"] >= 75 and stats["options"] >= 120 and stats["definitions"] >= 150, stats
+    with capsys.disabled():
+        print(f"\nreal module system: {stats['options']} options ({stats['nixfleetOptions']} of nixfleet's) "
+              f"type-checked, {stats['definitions']} definitions merged")
