@@ -2,12 +2,11 @@
 //! replay is deterministic, and no machine is ever in two active rollouts.
 #![allow(clippy::unwrap_used)]
 
-mod harness;
-use harness::*;
-use nixfleet_core::event::{Actor, Event, Lifecycle};
-use nixfleet_core::ids::Timestamp;
-use nixfleet_core::state::{MachineHealth, State};
-use nixfleet_core::{Command, ReportInput};
+use nixfleet_core::event::{Event, Lifecycle};
+use nixfleet_core::state::MachineHealth;
+use nixfleet_core::Command;
+use nixfleet_testkit::OnFailure::{Pause, Revert};
+use nixfleet_testkit::*;
 use proptest::prelude::*;
 
 const HOSTS: [&str; 6] = ["web-01", "web-02", "web-03", "db-01", "db-02", "edge-01"];
@@ -16,14 +15,14 @@ const HOSTS: [&str; 6] = ["web-01", "web-02", "web-03", "db-01", "db-02", "edge-
 enum Step {
     Report {
         host: usize,
-        generation: u32,
+        generation: u64,
         success: bool,
         health: Option<bool>,
         /// Seconds before the report its health was measured (None: no time sent).
         measured_age: Option<u16>,
     },
     Rollout {
-        release: u32,
+        release: u64,
         strategy: u8,
         tag: bool,
         on_failure: bool,
@@ -36,20 +35,20 @@ enum Step {
         host: usize,
         to: u8,
     },
-    Release(u32),
+    Release(u64),
 }
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
-        6 => (0..HOSTS.len(), 1u32..4, any::<bool>(), proptest::option::of(any::<bool>()), proptest::option::of(0u16..120))
+        6 => (0..HOSTS.len(), 1u64..4, any::<bool>(), proptest::option::of(any::<bool>()), proptest::option::of(0u16..120))
             .prop_map(|(host, generation, success, health, measured_age)| Step::Report { host, generation, success, health, measured_age }),
-        2 => (1u32..4, 0u8..3, any::<bool>(), any::<bool>(), 0u8..3)
+        2 => (1u64..4, 0u8..3, any::<bool>(), any::<bool>(), 0u8..3)
             .prop_map(|(release, strategy, tag, on_failure, threshold)| Step::Rollout { release, strategy, tag, on_failure, threshold }),
         1 => (0u8..6).prop_map(Step::Resume),
         1 => (0u8..6).prop_map(Step::Cancel),
         2 => (0u16..400).prop_map(Step::Advance),
         1 => (0..HOSTS.len(), 0u8..5).prop_map(|(host, to)| Step::Lifecycle { host, to }),
-        1 => (1u32..4).prop_map(Step::Release),
+        1 => (1u64..4).prop_map(Step::Release),
     ]
 }
 
@@ -68,37 +67,21 @@ fn play(steps: &[Step]) -> Fleet {
                 health,
                 measured_age,
             } => {
-                let h = HOSTS[*host];
-                let report = ReportInput {
-                    generation: Some(path(h, *generation)),
-                    success: *success,
-                    message: "x".into(),
-                    tags: vec![],
-                    health: health.map(|ok| (vec![], ok)),
-                    agent_version: "p".into(),
-                    uptime_secs: 0,
-                    dry_run: false,
-                    rolled_back_from: (!success).then(|| path(h, *generation + 1)),
-                };
-                let cmd = match measured_age {
-                    None => Command::Report {
-                        machine: m(h),
-                        report,
-                        auto_register: true,
-                    },
-                    Some(age) => Command::ReportMeasured {
-                        machine: m(h),
-                        report,
-                        auto_register: true,
-                        health_timestamp: Timestamp(f.now.0 - u64::from(*age) * 1000),
-                        report_timestamp: Some(f.now),
-                    },
-                };
-                let _ = f.run(Actor::Machine(m(h)), cmd);
+                let mut report = Report::on(*generation).message("x");
+                if let Some(ok) = health {
+                    report = report.health((vec![], *ok));
+                }
+                if !success {
+                    report = report.failed().rolled_back_from(*generation + 1);
+                }
+                if let Some(age) = measured_age {
+                    report = report.measured(u64::from(*age), 0);
+                }
+                let _ = f.try_report(HOSTS[*host], report);
             }
             Step::Release(n) => {
                 let id = format!("rel-{n}-{}", f.state.last_seq.0);
-                let hosts: Vec<(&str, u32)> = HOSTS.iter().map(|h| (*h, *n)).collect();
+                let hosts: Vec<(&str, u64)> = HOSTS.iter().map(|h| (*h, *n)).collect();
                 f.release(&id, &hosts);
             }
             Step::Rollout {
@@ -118,26 +101,22 @@ fn play(steps: &[Step]) -> Fleet {
                     continue;
                 };
                 rollouts += 1;
-                let (strategy, sizes): (&str, Option<&[&str]>) = match strategy {
-                    0 => ("canary", None),
-                    1 => ("all_at_once", None),
-                    _ => ("staged", Some(&["1", "50%", "100%"])),
+                let rollout = Rollout::of(rel.as_str());
+                let rollout = match strategy {
+                    0 => rollout.canary(),
+                    1 => rollout.all_at_once(),
+                    _ => rollout.staged(&["1", "50%", "100%"]),
                 };
-                let target = if *tag {
-                    tags(&["web"])
+                let rollout = if *tag {
+                    rollout.to_tags(&["web"])
                 } else {
-                    hosts(&["db-01", "db-02"])
+                    rollout.to_hosts(&["db-01", "db-02"])
                 };
-                let spec = Fleet::spec(
-                    rel.as_str(),
-                    strategy,
-                    sizes,
-                    ["0", "1", "50%"][*threshold as usize],
-                    if *on_failure { "revert" } else { "pause" },
-                    60,
-                    target,
-                );
-                let _ = f.rollout(&format!("r-{rollouts}"), spec);
+                let rollout = rollout
+                    .failure_threshold(["0", "1", "50%"][*threshold as usize])
+                    .on_failure(if *on_failure { Revert } else { Pause })
+                    .health_timeout(60);
+                let _ = f.try_start(&format!("r-{rollouts}"), rollout);
             }
             Step::Resume(i) | Step::Cancel(i) => {
                 let Some(id) = f.state.rollouts.keys().nth(*i as usize).cloned() else {
@@ -199,38 +178,6 @@ fn check_health_evidence(f: &Fleet) {
     }
 }
 
-fn check_invariants(s: &State) {
-    let mut seen = std::collections::BTreeMap::new();
-    for r in s.rollouts.values().filter(|r| r.status.is_active()) {
-        for (mm, _) in r.plan.batches.iter().flatten() {
-            assert!(
-                seen.insert(mm.clone(), r.id.clone()).is_none(),
-                "machine {mm} is in two active rollouts"
-            );
-            assert_eq!(s.active_rollout_of.get(mm), Some(&r.id));
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        s.active_rollout_of.len(),
-        "active_rollout_of lists only active rollouts' machines"
-    );
-    for r in s.rollouts.values() {
-        let undecided = r
-            .batches
-            .iter()
-            .filter(|b| matches!(b.status, nixfleet_core::state::BatchStatus::Active))
-            .count();
-        assert!(undecided <= 1, "at most one batch in flight per rollout");
-        for b in &r.batches {
-            assert_eq!(
-                b.healthy + b.unhealthy + b.pending(),
-                b.machines.len() as u32
-            );
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -250,17 +197,6 @@ proptest! {
     #[test]
     fn no_batch_is_decided_twice_per_attempt(steps in proptest::collection::vec(step(), 1..80)) {
         let f = play(&steps);
-        let mut decided = std::collections::BTreeSet::new();
-        let mut attempt = std::collections::BTreeMap::new();
-        for e in &f.log {
-            match &e.event {
-                Event::BatchStarted { rollout, batch_index, attempt: a, .. } => { attempt.insert((rollout.clone(), *batch_index), *a); }
-                Event::BatchSucceeded { rollout, batch_index, .. } | Event::BatchFailed { rollout, batch_index, .. } => {
-                    let a = attempt[&(rollout.clone(), *batch_index)];
-                    prop_assert!(decided.insert((rollout.clone(), *batch_index, a)), "batch {} of {} decided twice", batch_index, rollout);
-                }
-                _ => {}
-            }
-        }
+        check_decided_once(f.log.iter().map(|e| &e.event));
     }
 }

@@ -3,12 +3,11 @@
 //! `AUDIT_MAX` rows. The log keeps everything; these are what memory and snapshots hold.
 #![allow(clippy::unwrap_used)]
 
-mod harness;
-use harness::*;
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
 use nixfleet_core::state::{AUDIT_MAX, HEALTH_HISTORY_MAX};
 use nixfleet_core::{Envelope, State};
+use nixfleet_testkit::*;
 
 /// Size of the projections as serialized (what a snapshot holds).
 fn size(s: &State) -> usize {
@@ -22,12 +21,7 @@ fn a_machine_keeps_one_last_report_and_its_newest_health_results_however_often_i
     f.register("web-01", &["web"]);
     // When it reports with health 1,000 times
     for i in 0..1000 {
-        f.report(
-            "web-01",
-            Some(path("web-01", i % 3)),
-            true,
-            Some(i % 2 == 0),
-        );
+        f.report("web-01", Report::on(i % 3).health(one_check(i % 2 == 0)));
     }
     // Then it keeps exactly the newest HEALTH_HISTORY_MAX health results, in order
     let mach = &f.state.machines[&m("web-01")];
@@ -51,12 +45,12 @@ fn the_projections_stop_growing_once_every_machine_has_filled_its_history() {
     // Given 50 machines that each reported HEALTH_HISTORY_MAX times
     let mut f = Fleet::default();
     let hosts: Vec<String> = (0..50).map(|i| format!("web-{i:02}")).collect();
-    let round = |f: &mut Fleet, n: u32| {
+    let round = |f: &mut Fleet, n: u64| {
         for h in &hosts {
-            f.report(h, Some(path(h, n % 3)), true, Some(true));
+            f.report(h, Report::on(n % 3).healthy());
         }
     };
-    for n in 0..HEALTH_HISTORY_MAX as u32 {
+    for n in 0..HEALTH_HISTORY_MAX as u64 {
         round(&mut f, n);
     }
     let full = size(&f.state);

@@ -1,53 +1,43 @@
-//! The rollout rules, one test per rule, written as given / when / then.
+//! The rollout rules, one test per rule, written as given / when / then with `nixfleet-testkit`.
 #![allow(clippy::unwrap_used)]
 
-mod harness;
-use harness::*;
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
-use nixfleet_core::plan::RolloutSpec;
 use nixfleet_core::state::{BatchStatus, MachineHealth};
-use nixfleet_core::{Command, Rejection, ReportInput};
+use nixfleet_core::{Command, Rejection};
+use nixfleet_testkit::OnFailure::Revert;
+use nixfleet_testkit::*;
 
-/// Given two web machines running generation 1 and a release of generation 2.
+/// Given two web machines running generation 1, healthy, and a release `rel-2` of generation 2.
 fn two_web_machines() -> Fleet {
     let mut f = Fleet::default();
     f.register("web-01", &["web"]);
     f.register("web-02", &["web"]);
-    f.report("web-01", Some(path("web-01", 1)), true, Some(true));
-    f.report("web-02", Some(path("web-02", 1)), true, Some(true));
+    f.report("web-01", Report::on(1).healthy());
+    f.report("web-02", Report::on(1).healthy());
     f.release("rel-2", &[("web-01", 2), ("web-02", 2)]);
     f
 }
 
-fn healthy_on(f: &mut Fleet, id: &str, n: u32) -> Vec<Event> {
-    f.report(id, Some(path(id, n)), true, Some(true))
+/// A rollout of `rel-2` to every web machine at once (no failure tolerated, pause, 60 s).
+fn rel2_to_all_web_machines() -> Rollout {
+    Rollout::of("rel-2").all_at_once().to_tags(&["web"])
 }
 
 #[test]
 fn a_canary_rollout_starts_with_one_machine_and_completes_when_all_are_healthy() {
     let mut f = two_web_machines();
-    let ev = f
-        .rollout(
-            "r-1",
-            Fleet::spec("rel-2", "canary", None, "0", "pause", 60, tags(&["web"])),
-        )
-        .unwrap();
-    assert_eq!(
-        Fleet::kinds(&ev),
-        ["RolloutCreated", "BatchStarted", "DesiredGenerationSet"]
-    );
-    let r = &f.state.rollouts[&RolloutId::parse("r-1").unwrap()];
-    assert_eq!(r.batches.len(), 2);
-    let first = r.batches[0].machines[0].0.to_string();
-    let second = r.batches[1].machines[0].0.to_string();
-    let ev = healthy_on(&mut f, &first, 2);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "BatchStarted", "DesiredGenerationSet"]),
-        "{ev:?}"
-    );
-    let ev = healthy_on(&mut f, &second, 2);
-    assert!(Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]));
+    let ev = f.start("r-1", Rollout::of("rel-2").canary().to_tags(&["web"]));
+    ev.assert_kinds(&["RolloutCreated", "BatchStarted", "DesiredGenerationSet"]);
+    assert_eq!(f.rollout("r-1").batches.len(), 2);
+    let first = f.machines_of_batch("r-1", 0)[0].clone();
+    let second = f.machines_of_batch("r-1", 1)[0].clone();
+
+    f.report(&first, Report::on(2).healthy())
+        .assert_ends_with(&["BatchSucceeded", "BatchStarted", "DesiredGenerationSet"]);
+    f.report(&second, Report::on(2).healthy())
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
+
     assert_eq!(f.status("r-1"), RolloutStatus::Completed);
     assert!(f.state.active_rollout_of.is_empty());
 }
@@ -56,123 +46,80 @@ fn a_canary_rollout_starts_with_one_machine_and_completes_when_all_are_healthy()
 fn a_machine_is_healthy_only_with_a_passing_health_report_on_the_release_path_after_its_batch_started(
 ) {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
+    f.start("r-1", rel2_to_all_web_machines());
     // A passing report on the OLD generation decides nothing.
-    let ev = healthy_on(&mut f, "web-01", 1);
-    assert!(!Fleet::kinds(&ev).contains(&"BatchSucceeded"));
+    f.report("web-01", Report::on(1).healthy())
+        .assert_lacks("BatchSucceeded");
     // A successful report on the new generation without health results decides nothing either.
-    let ev = f.report("web-01", Some(path("web-01", 2)), true, None);
-    assert!(!Fleet::kinds(&ev).contains(&"BatchSucceeded"));
-    healthy_on(&mut f, "web-01", 2);
-    let b = &f.state.rollouts[&RolloutId::parse("r-1").unwrap()].batches[0];
-    assert!(matches!(b.health[&m("web-01")], MachineHealth::Healthy(_)));
-    assert_eq!(b.health[&m("web-02")], MachineHealth::Pending);
+    f.report("web-01", Report::on(2))
+        .assert_lacks("BatchSucceeded");
+
+    f.report("web-01", Report::on(2).healthy());
+
+    assert!(matches!(
+        f.health("r-1", 0, "web-01"),
+        MachineHealth::Healthy(_)
+    ));
+    assert_eq!(f.health("r-1", 0, "web-02"), MachineHealth::Pending);
     assert_eq!(f.status("r-1"), RolloutStatus::Running);
 }
 
 #[test]
 fn an_explicit_failure_fails_the_batch_at_once_without_waiting_for_the_others() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            300,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    let ev = f.report("web-01", Some(path("web-01", 2)), true, Some(false));
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
-        "{ev:?}"
-    );
+    f.start("r-1", rel2_to_all_web_machines().health_timeout(300));
+
+    let ev = f.report("web-01", Report::on(2).unhealthy());
+
+    ev.assert_ends_with(&["BatchFailed", "RolloutPaused"]);
     assert_eq!(f.status("r-1"), RolloutStatus::Paused);
 }
 
 #[test]
 fn a_failure_within_the_threshold_does_not_fail_the_batch() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "50%",
-            "pause",
-            300,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    f.report("web-01", Some(path("web-01", 2)), true, Some(false));
+    let rollout = rel2_to_all_web_machines()
+        .failure_threshold("50%")
+        .health_timeout(300);
+    f.start("r-1", rollout);
+
+    f.report("web-01", Report::on(2).unhealthy());
     assert_eq!(f.status("r-1"), RolloutStatus::Running);
-    let ev = healthy_on(&mut f, "web-02", 2);
-    assert!(Fleet::kinds(&ev).contains(&"BatchSucceeded"));
+    let ev = f.report("web-02", Report::on(2).healthy());
+
+    ev.assert_has("BatchSucceeded");
     assert_eq!(f.status("r-1"), RolloutStatus::Completed);
 }
 
 #[test]
 fn silent_machines_count_as_unhealthy_once_the_health_timeout_elapses() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            30,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    healthy_on(&mut f, "web-01", 2);
-    assert!(
-        f.advance(29).is_empty(),
-        "nothing happens before the deadline"
-    );
+    f.start("r-1", rel2_to_all_web_machines().health_timeout(30));
+    f.report("web-01", Report::on(2).healthy());
+
+    f.advance(29).assert_kinds(&[]); // nothing happens before the deadline
     assert_eq!(
         nixfleet_core::next_deadline(&f.state),
         Some(f.now.plus_secs(1))
     );
     let ev = f.advance(1);
-    assert_eq!(Fleet::kinds(&ev), ["BatchFailed", "RolloutPaused"]);
-    match &ev[0] {
-        Event::BatchFailed {
-            unhealthy,
-            healthy,
-            reason,
-            ..
-        } => {
-            assert_eq!(
-                (*healthy, *unhealthy, *reason),
-                (1, 1, BatchFailReason::Timeout)
-            );
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    let b = &f.state.rollouts[&RolloutId::parse("r-1").unwrap()].batches[0];
+
+    ev.assert_kinds(&["BatchFailed", "RolloutPaused"]);
+    let Event::BatchFailed {
+        unhealthy,
+        healthy,
+        reason,
+        ..
+    } = &ev[0]
+    else {
+        panic!("unexpected {:?}", ev[0]);
+    };
+    assert_eq!(
+        (*healthy, *unhealthy, *reason),
+        (1, 1, BatchFailReason::Timeout)
+    );
     assert!(matches!(
-        b.health[&m("web-02")],
+        f.health("r-1", 0, "web-02"),
         MachineHealth::Unhealthy(None, _)
     ));
 }
@@ -180,75 +127,52 @@ fn silent_machines_count_as_unhealthy_once_the_health_timeout_elapses() {
 #[test]
 fn reports_from_before_a_resume_are_ignored_and_the_original_generations_are_kept() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    f.report("web-01", Some(path("web-01", 2)), true, Some(false));
+    f.start("r-1", rel2_to_all_web_machines());
+    f.report("web-01", Report::on(2).unhealthy());
     assert_eq!(f.status("r-1"), RolloutStatus::Paused);
-    let ev = f.ok(Command::ResumeRollout {
-        rollout: RolloutId::parse("r-1").unwrap(),
-    });
-    assert_eq!(
-        Fleet::kinds(&ev),
-        ["RolloutResumed", "BatchStarted"],
-        "desired paths are already set"
+
+    let ev = f.resume("r-1");
+
+    // The desired paths are already set: no DesiredGenerationSet.
+    ev.assert_kinds(&["RolloutResumed", "BatchStarted"]);
+    let Event::BatchStarted {
+        attempt, previous, ..
+    } = &ev[1]
+    else {
+        panic!("unexpected {:?}", ev[1]);
+    };
+    assert_eq!(*attempt, 2);
+    assert!(
+        previous.contains(&(m("web-01"), Some(path("web-01", 1)))),
+        "pre-rollout generation kept: {previous:?}"
     );
-    match &ev[1] {
-        Event::BatchStarted {
-            attempt, previous, ..
-        } => {
-            assert_eq!(*attempt, 2);
-            assert!(
-                previous.contains(&(m("web-01"), Some(path("web-01", 1)))),
-                "pre-rollout generation kept: {previous:?}"
-            );
-        }
-        other => panic!("unexpected {other:?}"),
-    }
     assert_eq!(
         f.status("r-1"),
         RolloutStatus::Running,
         "the stale failure does not re-fail the batch"
     );
-    healthy_on(&mut f, "web-01", 2);
-    healthy_on(&mut f, "web-02", 2);
+    f.report("web-01", Report::on(2).healthy());
+    f.report("web-02", Report::on(2).healthy());
     assert_eq!(f.status("r-1"), RolloutStatus::Completed);
 }
 
 #[test]
 fn revert_sends_every_touched_machine_back_including_the_failed_batch() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "staged",
-            Some(&["1", "1"]),
-            "0",
-            "revert",
-            60,
-            hosts(&["web-01", "web-02"]),
-        ),
-    )
-    .unwrap();
-    let r = f.state.rollouts[&RolloutId::parse("r-1").unwrap()].clone();
-    let first = r.batches[0].machines[0].0.to_string();
-    let second = r.batches[1].machines[0].0.to_string();
-    healthy_on(&mut f, &first, 2);
+    let rollout = Rollout::of("rel-2")
+        .staged(&["1", "1"])
+        .on_failure(Revert)
+        .to_hosts(&["web-01", "web-02"]);
+    f.start("r-1", rollout);
+    let first = f.machines_of_batch("r-1", 0)[0].clone();
+    let second = f.machines_of_batch("r-1", 1)[0].clone();
+    f.report(&first, Report::on(2).healthy());
     assert_eq!(f.desired(&second), Some(path(&second, 2)));
-    let ev = f.report(&second, Some(path(&second, 2)), true, Some(false));
+
+    let ev = f.report(&second, Report::on(2).unhealthy());
+
     assert_eq!(
-        Fleet::kinds(&ev)[2..],
+        ev.kinds()[2..],
         [
             "BatchFailed",
             "RolloutFailed",
@@ -274,20 +198,10 @@ fn revert_sends_every_touched_machine_back_including_the_failed_batch() {
 fn revert_restores_the_observed_generation_even_for_machines_never_deployed_by_the_control_plane() {
     let mut f = two_web_machines();
     assert_eq!(f.desired("web-01"), None);
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "revert",
-            60,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    f.report("web-02", Some(path("web-02", 2)), false, None);
+    f.start("r-1", rel2_to_all_web_machines().on_failure(Revert));
+
+    f.report("web-02", Report::on(2).failed());
+
     assert_eq!(f.desired("web-01"), Some(path("web-01", 1)));
 }
 
@@ -296,74 +210,38 @@ fn a_machine_that_never_reported_has_its_desired_generation_cleared_on_revert() 
     let mut f = Fleet::default();
     f.register("web-01", &["web"]);
     f.release("rel-2", &[("web-01", 2)]);
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "revert",
-            10,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
-    let ev = f.advance(10);
-    assert!(Fleet::kinds(&ev).contains(&"DesiredGenerationCleared"));
+    let rollout = rel2_to_all_web_machines()
+        .on_failure(Revert)
+        .health_timeout(10);
+    f.start("r-1", rollout);
+
+    f.advance(10).assert_has("DesiredGenerationCleared");
+
     assert_eq!(f.desired("web-01"), None);
 }
 
 #[test]
 fn cancel_stops_further_batches_and_leaves_desired_paths_alone() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec("rel-2", "canary", None, "0", "pause", 60, tags(&["web"])),
-    )
-    .unwrap();
-    f.ok(Command::CancelRollout {
-        rollout: RolloutId::parse("r-1").unwrap(),
-    });
-    let r = f.state.rollouts[&RolloutId::parse("r-1").unwrap()].clone();
-    let first = r.batches[0].machines[0].0.to_string();
-    let ev = healthy_on(&mut f, &first, 2);
-    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "HealthReported"]);
-    assert_eq!(r.batches[1].status, BatchStatus::Pending);
+    f.start("r-1", Rollout::of("rel-2").canary().to_tags(&["web"]));
+
+    f.cancel("r-1");
+
+    let first = f.machines_of_batch("r-1", 0)[0].clone();
+    f.report(&first, Report::on(2).healthy())
+        .assert_kinds(&["ReportReceived", "HealthReported"]);
+    assert_eq!(f.batch("r-1", 1).status, BatchStatus::Pending);
     assert_eq!(f.desired(&first), Some(path(&first, 2)));
-    assert!(f.advance(3600).is_empty());
+    f.advance(3600).assert_kinds(&[]);
 }
 
 #[test]
 fn a_machine_already_in_an_active_rollout_is_a_conflict() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            hosts(&["web-01"]),
-        ),
-    )
-    .unwrap();
-    let err = f
-        .rollout(
-            "r-2",
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "0",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-        )
-        .unwrap_err();
+    f.start("r-1", Rollout::of("rel-2").to_hosts(&["web-01"]));
+
+    let err = f.try_start("r-2", rel2_to_all_web_machines()).unwrap_err();
+
     assert_eq!(
         err,
         Rejection::Conflict("machine web-01 is in active rollout r-1".into())
@@ -373,138 +251,31 @@ fn a_machine_already_in_an_active_rollout_is_a_conflict() {
 #[test]
 fn invalid_rollout_parameters_are_rejected_with_a_reason_not_coerced() {
     let mut f = two_web_machines();
+    let web = || rel2_to_all_web_machines();
     let cases = [
-        (
-            Fleet::spec("rel-2", "yolo", None, "0", "pause", 60, tags(&["web"])),
-            "strategy",
-        ),
-        (
-            Fleet::spec("rel-2", "staged", None, "0", "pause", 60, tags(&["web"])),
-            "batch_sizes",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "staged",
-                Some(&["0"]),
-                "0",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            "batch size",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "staged",
-                Some(&["x%"]),
-                "0",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            "batch size",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "canary",
-                Some(&["2", "100%"]),
-                "0",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            "canary",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "ten",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            "failure_threshold",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "101%",
-                "pause",
-                60,
-                tags(&["web"]),
-            ),
-            "failure_threshold",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "0",
-                "shrug",
-                60,
-                tags(&["web"]),
-            ),
-            "on_failure",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "0",
-                "pause",
-                0,
-                tags(&["web"]),
-            ),
-            "health_timeout",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "0",
-                "pause",
-                60,
-                tags(&["db"]),
-            ),
-            "no active machines",
-        ),
-        (
-            Fleet::spec(
-                "rel-2",
-                "all_at_once",
-                None,
-                "0",
-                "pause",
-                60,
-                hosts(&["ghost"]),
-            ),
-            "not registered",
-        ),
+        (web().strategy("yolo"), "strategy"),
+        (web().strategy("staged"), "batch_sizes"),
+        (web().staged(&["0"]), "batch size"),
+        (web().staged(&["x%"]), "batch size"),
+        (web().canary().batch_sizes(&["2", "100%"]), "canary"),
+        (web().failure_threshold("ten"), "failure_threshold"),
+        (web().failure_threshold("101%"), "failure_threshold"),
+        (web().on_failure_named("shrug"), "on_failure"),
+        (web().health_timeout(0), "health_timeout"),
+        (web().to_tags(&["db"]), "no active machines"),
+        (web().to_hosts(&["ghost"]), "not registered"),
     ];
-    for (spec, needle) in cases {
-        match f.rollout("r-x", spec.clone()) {
+    for (rollout, needle) in cases {
+        match f.try_start("r-x", rollout.clone()) {
             Err(Rejection::Invalid(msg)) => {
                 assert!(msg.contains(needle), "{msg:?} should mention {needle:?}")
             }
-            other => panic!("{spec:?} gave {other:?}"),
+            other => panic!("{rollout:?} gave {other:?}"),
         }
     }
     assert!(f.state.rollouts.is_empty(), "nothing was created");
     let err = f
-        .rollout(
-            "r-x",
-            Fleet::spec("rel-9", "canary", None, "0", "pause", 60, tags(&["web"])),
-        )
+        .try_start("r-x", Rollout::of("rel-9").canary().to_tags(&["web"]))
         .unwrap_err();
     assert!(matches!(err, Rejection::NotFound(_)));
 }
@@ -519,20 +290,17 @@ fn the_plan_keeps_only_active_machines_of_the_release_in_a_seeded_order() {
         machine: m("web-00"),
         to: Lifecycle::Maintenance,
     });
-    let hosts: Vec<(String, u32)> = (1..20).map(|i| (format!("web-{i:02}"), 2)).collect();
-    let hosts_ref: Vec<(&str, u32)> = hosts.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    let hosts: Vec<(String, u64)> = (1..20).map(|i| (format!("web-{i:02}"), 2)).collect();
+    let hosts_ref: Vec<(&str, u64)> = hosts.iter().map(|(h, n)| (h.as_str(), *n)).collect();
     f.release("rel-2", &hosts_ref[..18]);
-    let spec = Fleet::spec(
-        "rel-2",
-        "staged",
-        Some(&["1", "25%", "100%"]),
-        "0",
-        "pause",
-        60,
-        tags(&["web"]),
-    );
+    let spec = Rollout::of("rel-2")
+        .staged(&["1", "25%", "100%"])
+        .to_tags(&["web"])
+        .spec();
+
     let a = nixfleet_core::plan::plan_rollout(&f.state, &spec, 9).unwrap();
     let b = nixfleet_core::plan::plan_rollout(&f.state, &spec, 9).unwrap();
+
     assert_eq!(a, b, "same seed, same plan");
     let lens: Vec<usize> = a.batches.iter().map(Vec::len).collect();
     assert_eq!(
@@ -550,52 +318,24 @@ fn the_plan_keeps_only_active_machines_of_the_release_in_a_seeded_order() {
 #[test]
 fn a_machine_that_rolled_back_is_quarantined_for_that_path_until_resume() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            hosts(&["web-01"]),
-        ),
-    )
-    .unwrap();
-    let ev = f.report_full(
-        "web-01",
-        ReportInput {
-            generation: Some(path("web-01", 1)),
-            success: false,
-            message: "rolled back: health checks failed".into(),
-            tags: vec![],
-            health: None,
-            agent_version: "t".into(),
-            uptime_secs: 3,
-            dry_run: false,
-            rolled_back_from: Some(path("web-01", 2)),
-        },
-    );
-    assert_eq!(
-        Fleet::kinds(&ev),
-        [
-            "ReportReceived",
-            "MachineQuarantined",
-            "BatchFailed",
-            "RolloutPaused"
-        ]
-    );
+    f.start("r-1", Rollout::of("rel-2").to_hosts(&["web-01"]));
+
+    let rolled_back = Report::on(1)
+        .failed()
+        .message("rolled back: health checks failed")
+        .rolled_back_from(2);
+    f.report("web-01", rolled_back).assert_kinds(&[
+        "ReportReceived",
+        "MachineQuarantined",
+        "BatchFailed",
+        "RolloutPaused",
+    ]);
     assert!(f.state.machines[&m("web-01")]
         .quarantined
         .contains_key(&path("web-01", 2)));
-    let ev = f.ok(Command::ResumeRollout {
-        rollout: RolloutId::parse("r-1").unwrap(),
-    });
-    assert_eq!(
-        Fleet::kinds(&ev),
-        ["RolloutResumed", "QuarantineCleared", "BatchStarted"]
-    );
+
+    f.resume("r-1")
+        .assert_kinds(&["RolloutResumed", "QuarantineCleared", "BatchStarted"]);
     assert!(f.state.machines[&m("web-01")].quarantined.is_empty());
 }
 
@@ -644,85 +384,51 @@ fn a_revoked_key_no_longer_resolves() {
 fn lifecycle_changes_follow_the_graph() {
     let mut f = Fleet::default();
     f.register("db-01", &[]);
-    let err = f
-        .run(
-            admin(),
-            Command::SetLifecycle {
-                machine: m("db-01"),
-                to: Lifecycle::Pending,
-            },
-        )
-        .unwrap_err();
+    let to = |to| Command::SetLifecycle {
+        machine: m("db-01"),
+        to,
+    };
+    let err = f.run(admin(), to(Lifecycle::Pending)).unwrap_err();
     assert_eq!(
         err,
         Rejection::Conflict("invalid transition: active -> pending".into())
     );
-    f.ok(Command::SetLifecycle {
-        machine: m("db-01"),
-        to: Lifecycle::Decommissioned,
-    });
-    assert!(f
-        .run(
-            admin(),
-            Command::SetLifecycle {
-                machine: m("db-01"),
-                to: Lifecycle::Active
-            }
-        )
-        .is_err());
+    f.ok(to(Lifecycle::Decommissioned));
+    assert!(f.run(admin(), to(Lifecycle::Active)).is_err());
 }
 
 #[test]
 fn declared_tags_replace_stored_ones_but_an_agent_declaring_none_keeps_them() {
     let mut f = Fleet::default();
     f.register("web-01", &["web"]);
-    let mut r = ReportInput {
-        generation: None,
-        success: true,
-        message: "up-to-date".into(),
-        tags: vec![tag("web"), tag("canary"), tag("eu-west")],
-        health: None,
-        agent_version: "t".into(),
-        uptime_secs: 1,
-        dry_run: false,
-        rolled_back_from: None,
-    };
-    f.report_full("web-01", r.clone());
+
+    f.report(
+        "web-01",
+        Report::without_generation().tags(&["web", "canary", "eu-west"]),
+    );
     let got: Vec<String> = f.state.machines[&m("web-01")]
         .tags
         .iter()
         .map(|t| t.to_string())
         .collect();
     assert_eq!(got, ["canary", "eu-west", "web"]);
-    r.tags.clear();
-    f.report_full("web-01", r);
+
+    f.report("web-01", Report::without_generation());
     assert_eq!(f.state.machines[&m("web-01")].tags.len(), 3);
 }
 
 #[test]
 fn an_unknown_agent_registers_itself_as_active_on_its_first_report() {
     let mut f = Fleet::default();
-    let ev = f.report("web-09", None, true, None);
-    assert_eq!(Fleet::kinds(&ev), ["MachineRegistered", "ReportReceived"]);
+    f.report("web-09", Report::without_generation())
+        .assert_kinds(&["MachineRegistered", "ReportReceived"]);
     assert_eq!(f.state.machines[&m("web-09")].lifecycle, Lifecycle::Active);
 }
 
 #[test]
 fn a_release_in_use_cannot_be_deleted() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "0",
-            "pause",
-            60,
-            tags(&["web"]),
-        ),
-    )
-    .unwrap();
+    f.start("r-1", rel2_to_all_web_machines());
     let err = f
         .run(
             admin(),
@@ -749,53 +455,19 @@ fn a_release_in_use_cannot_be_deleted() {
 #[test]
 fn incremental_state_equals_replay_after_a_full_story() {
     let mut f = two_web_machines();
-    f.rollout(
-        "r-1",
-        Fleet::spec("rel-2", "canary", None, "0", "pause", 60, tags(&["web"])),
-    )
-    .unwrap();
+    f.start("r-1", Rollout::of("rel-2").canary().to_tags(&["web"]));
     f.advance(61);
-    f.ok(Command::ResumeRollout {
-        rollout: RolloutId::parse("r-1").unwrap(),
-    });
-    healthy_on(&mut f, "web-01", 2);
-    healthy_on(&mut f, "web-02", 2);
+    f.resume("r-1");
+    f.report("web-01", Report::on(2).healthy());
+    f.report("web-02", Report::on(2).healthy());
     assert_eq!(f.replayed(), f.state);
 }
 
 // Issue 18, hole 3: health evidence must be measured after the batch started.
 
 /// An all-at-once rollout of `release` to web-01 alone (threshold 0, pause, 60 s health timeout).
-fn to_web01_alone(release: &str) -> RolloutSpec {
-    Fleet::spec(
-        release,
-        "all_at_once",
-        None,
-        "0",
-        "pause",
-        60,
-        hosts(&["web-01"]),
-    )
-}
-
-/// The operator creates rollout `id` of `spec` with these options.
-fn create_rollout_with(
-    f: &mut Fleet,
-    id: &str,
-    spec: RolloutSpec,
-    seed: u64,
-    options: RolloutOptions,
-) -> Vec<Event> {
-    f.run(
-        admin(),
-        Command::CreateRolloutWithOptions {
-            rollout: RolloutId::parse(id).unwrap(),
-            spec,
-            seed,
-            options,
-        },
-    )
-    .unwrap()
+fn to_web01_alone(release: &str) -> Rollout {
+    Rollout::of(release).all_at_once().to_hosts(&["web-01"])
 }
 
 /// Rollout options that activate with `nixos-rebuild boot`, failed units not allowed.
@@ -814,57 +486,40 @@ fn switch_allowing_failed_units() -> RolloutOptions {
     }
 }
 
-/// The reports of `web-01`, already running the release path (`rel-2` = generation 2), each with
-/// one check that passed (or failed), measured `age_secs` before the report was sent.
-fn measured_report(
-    f: &mut Fleet,
-    passed: bool,
-    age_secs: u64,
-    clock_ahead_secs: u64,
-) -> Vec<Event> {
-    let sent = f.now.plus_secs(clock_ahead_secs);
-    let health_timestamp = Timestamp(sent.0 - age_secs * 1000);
-    f.run(
-        Actor::Machine(m("web-01")),
-        Command::ReportMeasured {
-            machine: m("web-01"),
-            // A poll's report: the failure, if any, is only in the health results.
-            report: report_input(
-                Some(path("web-01", 2)),
-                true,
-                "up-to-date",
-                Some(one_check(passed)),
-            ),
-            auto_register: true,
-            health_timestamp,
-            report_timestamp: Some(sent),
-        },
-    )
-    .expect("report accepted")
+/// web-01's poll report on the release path (generation 2): the failure, if any, is only in the
+/// health results, measured `age_secs` before the report was sent by a clock `clock_ahead_secs`
+/// ahead.
+fn measured(passed: bool, age_secs: u64, clock_ahead_secs: u64) -> Report {
+    let report = Report::on(2).measured(age_secs, clock_ahead_secs);
+    if passed {
+        report.healthy()
+    } else {
+        report.unhealthy()
+    }
 }
 
 /// Given web-01 already running the release path, healthy, and a rollout of it started 10 s ago.
 fn web01_on_the_release_path_in_a_started_batch() -> Fleet {
     let mut f = two_web_machines();
-    f.report("web-01", Some(path("web-01", 2)), true, Some(true));
-    f.rollout("r-1", to_web01_alone("rel-2")).unwrap();
+    f.report("web-01", Report::on(2).healthy());
+    f.start("r-1", to_web01_alone("rel-2"));
     f.advance(10);
     f
 }
 
 fn health_of_web01(f: &Fleet) -> MachineHealth {
-    f.state.rollouts[&RolloutId::parse("r-1").unwrap()].batches[0].health[&m("web-01")].clone()
+    f.health("r-1", 0, "web-01")
 }
 
 #[test]
 fn a_pass_measured_before_the_batch_started_does_not_count() {
     let mut f = web01_on_the_release_path_in_a_started_batch();
     // A cached result, measured 30 s ago (20 s before the batch started), sent again now.
-    let ev = measured_report(&mut f, true, 30, 0);
-    assert_eq!(
-        Fleet::kinds(&ev),
-        ["ReportReceived", "HealthMeasured", "HealthReported"]
-    );
+    f.report("web-01", measured(true, 30, 0)).assert_kinds(&[
+        "ReportReceived",
+        "HealthMeasured",
+        "HealthReported",
+    ]);
     assert_eq!(health_of_web01(&f), MachineHealth::Pending);
     assert_eq!(f.status("r-1"), RolloutStatus::Running);
     assert_eq!(f.replayed(), f.state);
@@ -873,12 +528,9 @@ fn a_pass_measured_before_the_batch_started_does_not_count() {
 #[test]
 fn a_pass_measured_after_the_batch_started_counts() {
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    measured_report(&mut f, true, 30, 0);
-    let ev = measured_report(&mut f, true, 5, 0);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
-        "{ev:?}"
-    );
+    f.report("web-01", measured(true, 30, 0));
+    f.report("web-01", measured(true, 5, 0))
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
     assert_eq!(f.replayed(), f.state);
 }
 
@@ -886,18 +538,12 @@ fn a_pass_measured_after_the_batch_started_counts() {
 fn a_failure_counts_at_once_however_old_its_measurement() {
     // Fresh: measured 5 s ago, after the batch started.
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    let ev = measured_report(&mut f, false, 5, 0);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
-        "{ev:?}"
-    );
+    f.report("web-01", measured(false, 5, 0))
+        .assert_ends_with(&["BatchFailed", "RolloutPaused"]);
     // Stale: measured before the batch started still counts (failures err on the safe side).
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    let ev = measured_report(&mut f, false, 30, 0);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
-        "{ev:?}"
-    );
+    f.report("web-01", measured(false, 30, 0))
+        .assert_ends_with(&["BatchFailed", "RolloutPaused"]);
 }
 
 #[test]
@@ -905,35 +551,25 @@ fn a_report_without_measurement_time_counts_as_measured_when_appended() {
     // Old logs hold HealthReported without HealthMeasured, and agents that send no time give the
     // same: such a pass is judged as before, as measured when it was appended.
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    let ev = healthy_on(&mut f, "web-01", 2);
-    assert!(!Fleet::kinds(&ev).contains(&"HealthMeasured"));
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
-        "{ev:?}"
-    );
+    let ev = f.report("web-01", Report::on(2).healthy());
+    ev.assert_lacks("HealthMeasured");
+    ev.assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
 }
 
 #[test]
 fn a_measurement_time_in_the_future_is_taken_as_the_append_time() {
     let mut f = web01_on_the_release_path_in_a_started_batch();
     let now = f.now;
-    let ev = f
-        .run(
-            Actor::Machine(m("web-01")),
-            Command::ReportMeasured {
-                machine: m("web-01"),
-                report: report_input(
-                    Some(path("web-01", 2)),
-                    true,
-                    "up-to-date",
-                    Some((vec![], true)),
-                ),
-                auto_register: true,
-                health_timestamp: now.plus_secs(3600),
-                report_timestamp: None,
-            },
-        )
-        .unwrap();
+    let ev = f.run_as_machine(
+        "web-01",
+        Command::ReportMeasured {
+            machine: m("web-01"),
+            report: Report::on(2).health((vec![], true)).input("web-01"),
+            auto_register: true,
+            health_timestamp: now.plus_secs(3600),
+            report_timestamp: None,
+        },
+    );
     assert_eq!(
         ev[1],
         Event::HealthMeasured {
@@ -948,35 +584,30 @@ fn an_agent_clock_ahead_does_not_make_an_old_pass_look_fresh() {
     // The agent's clock is an hour ahead: its stamp of a result measured 30 s ago lies after the
     // batch start, but the result's age by its own clock (30 s) does not.
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    let ev = measured_report(&mut f, true, 30, 3600);
+    let ev = f.report("web-01", measured(true, 30, 3600));
     let Event::HealthMeasured { measured_at, .. } = &ev[1] else {
         panic!("{ev:?}")
     };
     assert_eq!(*measured_at, Timestamp(f.now.0 - 30_000));
     assert_eq!(health_of_web01(&f), MachineHealth::Pending);
     // A result measured 5 s ago, still by that clock, counts.
-    let ev = measured_report(&mut f, true, 5, 3600);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
-        "{ev:?}"
-    );
+    f.report("web-01", measured(true, 5, 3600))
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
 }
 
 #[test]
 fn after_a_resume_a_pass_measured_before_the_resume_does_not_count() {
     let mut f = web01_on_the_release_path_in_a_started_batch();
-    let ev = measured_report(&mut f, false, 1, 0);
-    assert!(Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]));
+    f.report("web-01", measured(false, 1, 0))
+        .assert_ends_with(&["BatchFailed", "RolloutPaused"]);
     f.advance(20);
     // Fixed and measured passing 15 s ago, i.e. before the operator resumes now.
-    f.ok(Command::ResumeRollout {
-        rollout: RolloutId::parse("r-1").unwrap(),
-    });
+    f.resume("r-1");
     f.advance(1);
-    measured_report(&mut f, true, 16, 0);
+    f.report("web-01", measured(true, 16, 0));
     assert_eq!(health_of_web01(&f), MachineHealth::Pending);
-    let ev = measured_report(&mut f, true, 0, 0);
-    assert!(Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]));
+    f.report("web-01", measured(true, 0, 0))
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
 }
 
 // Issue 18, hole 4: a failed switch must not count as a success.
@@ -988,19 +619,17 @@ fn switch_report(
     activation: Activation,
     outcome: SwitchOutcome,
     exit_code: i32,
-) -> Vec<Event> {
+) -> Outcome {
     let running = if activation == Activation::Boot { 1 } else { 2 };
-    f.run(
-        Actor::Machine(m("web-01")),
+    f.run_as_machine(
+        "web-01",
         Command::ReportActivation {
             report: Box::new(Command::Report {
                 machine: m("web-01"),
-                report: report_input(
-                    Some(path("web-01", running)),
-                    true,
-                    "deployed",
-                    Some(one_check(true)),
-                ),
+                report: Report::on(running)
+                    .message("deployed")
+                    .healthy()
+                    .input("web-01"),
                 auto_register: true,
             }),
             machine: m("web-01"),
@@ -1014,31 +643,25 @@ fn switch_report(
             reboot_needed: vec![],
         },
     )
-    .expect("report accepted")
 }
 
 /// Given web-01 on generation 1 and a rollout of generation 2 to it alone, with these options.
-fn web01_rollout_with(options: RolloutOptions) -> (Fleet, Vec<Event>) {
+fn web01_rollout_with(options: RolloutOptions) -> (Fleet, Outcome) {
     let mut f = two_web_machines();
-    let ev = create_rollout_with(&mut f, "r-1", to_web01_alone("rel-2"), 42, options);
+    let ev = f.start("r-1", to_web01_alone("rel-2").with_options(options));
     (f, ev)
 }
 
 #[test]
 fn a_switch_with_failed_units_fails_the_gate_by_default_even_with_passing_health_checks() {
     let (mut f, ev) = web01_rollout_with(RolloutOptions::default());
-    assert_eq!(
-        Fleet::kinds(&ev),
-        ["RolloutCreated", "BatchStarted", "DesiredGenerationSet"],
-        "default options add no event"
-    );
+    // Default options add no event.
+    ev.assert_kinds(&["RolloutCreated", "BatchStarted", "DesiredGenerationSet"]);
+
     let ev = switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
-    assert!(Fleet::kinds(&ev).contains(&"SwitchReported"), "{ev:?}");
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]),
-        "{:?}",
-        Fleet::kinds(&ev)
-    );
+
+    ev.assert_has("SwitchReported");
+    ev.assert_ends_with(&["BatchFailed", "RolloutPaused"]);
     let MachineHealth::Unhealthy(_, why) = health_of_web01(&f) else {
         panic!("not unhealthy: {:?}", health_of_web01(&f));
     };
@@ -1049,21 +672,15 @@ fn a_switch_with_failed_units_fails_the_gate_by_default_even_with_passing_health
 #[test]
 fn a_switch_with_failed_units_passes_the_gate_when_the_rollout_allows_failed_units() {
     let (mut f, ev) = web01_rollout_with(switch_allowing_failed_units());
-    assert_eq!(
-        Fleet::kinds(&ev),
-        [
-            "RolloutCreated",
-            "RolloutOptionsSet",
-            "BatchStarted",
-            "DesiredGenerationSet"
-        ]
-    );
-    let ev = switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
-        "{:?}",
-        Fleet::kinds(&ev)
-    );
+    ev.assert_kinds(&[
+        "RolloutCreated",
+        "RolloutOptionsSet",
+        "BatchStarted",
+        "DesiredGenerationSet",
+    ]);
+
+    switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4)
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
     assert_eq!(f.replayed(), f.state);
 }
 
@@ -1071,23 +688,14 @@ fn a_switch_with_failed_units_passes_the_gate_when_the_rollout_allows_failed_uni
 fn later_passing_health_checks_do_not_undo_a_failed_switch_in_the_same_batch() {
     // A threshold of 1 keeps the batch open after web-01's failed switch.
     let mut f = two_web_machines();
-    create_rollout_with(
-        &mut f,
-        "r-1",
-        Fleet::spec(
-            "rel-2",
-            "all_at_once",
-            None,
-            "1",
-            "pause",
-            60,
-            tags(&["web"]),
-        ),
-        42,
-        RolloutOptions::default(),
-    );
+    let rollout = rel2_to_all_web_machines()
+        .failure_threshold("1")
+        .with_options(RolloutOptions::default());
+    f.start("r-1", rollout);
+
     switch_report(&mut f, Activation::Switch, SwitchOutcome::FailedUnits, 4);
-    healthy_on(&mut f, "web-01", 2);
+    f.report("web-01", Report::on(2).healthy());
+
     assert!(
         matches!(health_of_web01(&f), MachineHealth::Unhealthy(..)),
         "{:?}",
@@ -1098,27 +706,22 @@ fn later_passing_health_checks_do_not_undo_a_failed_switch_in_the_same_batch() {
 #[test]
 fn a_switch_that_exited_with_another_error_fails_the_gate_even_when_failed_units_are_allowed() {
     let (mut f, _) = web01_rollout_with(switch_allowing_failed_units());
-    let ev = switch_report(
+    switch_report(
         &mut f,
         Activation::Switch,
         SwitchOutcome::SwitchedWithErrors,
         2,
-    );
-    assert!(Fleet::kinds(&ev).ends_with(&["BatchFailed", "RolloutPaused"]));
+    )
+    .assert_ends_with(&["BatchFailed", "RolloutPaused"]);
 }
 
 #[test]
 fn a_boot_rollout_counts_a_machine_healthy_once_it_reports_the_release_pending_reboot() {
     let (mut f, _) = web01_rollout_with(boot_activation());
     // Its health checks ran on generation 1 (still running): they say nothing about the release.
-    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["BatchSucceeded", "RolloutCompleted"]),
-        "{:?}",
-        Fleet::kinds(&ev)
-    );
-    let r = &f.state.rollouts[&RolloutId::parse("r-1").unwrap()];
-    assert_eq!(r.options.activation, Activation::Boot);
+    switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0)
+        .assert_ends_with(&["BatchSucceeded", "RolloutCompleted"]);
+    assert_eq!(f.rollout("r-1").options.activation, Activation::Boot);
     let last = f.state.machines[&m("web-01")].last_switch.clone().unwrap();
     assert_eq!(last.outcome, SwitchOutcome::PendingReboot);
 }
@@ -1129,27 +732,23 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
     let report = |parts: &[&str]| Command::ReportActivation {
         report: Box::new(Command::Report {
             machine: m("web-01"),
-            report: report_input(Some(path("web-01", 1)), true, "up-to-date", None),
+            report: Report::on(1).input("web-01"),
             auto_register: true,
         }),
         machine: m("web-01"),
         switch: None,
         reboot_needed: parts.iter().map(|s| s.to_string()).collect(),
     };
-    let ev = f
-        .run(Actor::Machine(m("web-01")), report(&["kernel", "initrd"]))
-        .unwrap();
-    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "RebootNeededSet"]);
+    f.run_as_machine("web-01", report(&["kernel", "initrd"]))
+        .assert_kinds(&["ReportReceived", "RebootNeededSet"]);
     assert_eq!(
         f.state.machines[&m("web-01")].reboot_needed,
         ["kernel", "initrd"]
     );
-    let ev = f
-        .run(Actor::Machine(m("web-01")), report(&["kernel", "initrd"]))
-        .unwrap();
-    assert_eq!(Fleet::kinds(&ev), ["ReportReceived"]);
-    let ev = f.run(Actor::Machine(m("web-01")), report(&[])).unwrap();
-    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "RebootNeededSet"]);
+    f.run_as_machine("web-01", report(&["kernel", "initrd"]))
+        .assert_kinds(&["ReportReceived"]);
+    f.run_as_machine("web-01", report(&[]))
+        .assert_kinds(&["ReportReceived", "RebootNeededSet"]);
     assert!(f.state.machines[&m("web-01")].reboot_needed.is_empty());
     let too_many = vec!["x"; 9];
     assert!(matches!(
@@ -1162,36 +761,21 @@ fn reboot_needed_is_kept_in_the_machine_projection_and_logged_only_when_it_chang
 #[test]
 fn a_repeated_switch_report_is_logged_once_per_batch_start() {
     let (mut f, _) = web01_rollout_with(boot_activation());
-    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
-    assert!(Fleet::kinds(&ev).contains(&"SwitchReported"));
+    switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0)
+        .assert_has("SwitchReported");
     // Every later poll says "pending reboot" again: nothing new for the log.
-    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
-    assert_eq!(Fleet::kinds(&ev), ["ReportReceived", "HealthReported"]);
+    switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0)
+        .assert_kinds(&["ReportReceived", "HealthReported"]);
     // A new rollout of the same path starts a batch: the same fact is evidence again.
-    f.ok(Command::CreateRelease {
-        release: ReleaseId::parse("rel-2b").unwrap(),
-        flake_ref: None,
-        flake_rev: None,
-        cache_url: None,
-        entries: vec![ReleaseEntry {
-            machine: m("web-01"),
-            path: path("web-01", 2),
-            platform: "x86_64-linux".into(),
-            tags: vec![],
-        }],
-    });
-    create_rollout_with(
-        &mut f,
-        "r-2",
-        to_web01_alone("rel-2b"),
-        1,
-        boot_activation(),
-    );
-    let ev = switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0);
-    assert!(
-        Fleet::kinds(&ev).ends_with(&["SwitchReported", "BatchSucceeded", "RolloutCompleted"]),
-        "{:?}",
-        Fleet::kinds(&ev)
-    );
+    f.release("rel-2b", &[("web-01", 2)]);
+    let again = to_web01_alone("rel-2b")
+        .seed(1)
+        .with_options(boot_activation());
+    f.start("r-2", again);
+    switch_report(&mut f, Activation::Boot, SwitchOutcome::PendingReboot, 0).assert_ends_with(&[
+        "SwitchReported",
+        "BatchSucceeded",
+        "RolloutCompleted",
+    ]);
     assert_eq!(f.replayed(), f.state);
 }
