@@ -15,7 +15,6 @@ mod process;
 mod replay;
 mod settings;
 mod ssh;
-mod store_path;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,7 +1,7 @@
 //! Calling `nix` and reading its answers: host discovery, flake references, host names, globs.
 
 pub use crate::process::{run, CommandFailed};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use std::process::Command;
 
 /// Nix flags every `nix` call gets: flakes on (Nix 2.8 needs them spelled out).
@@ -92,7 +92,7 @@ pub fn parse_build_json(out: &str) -> Result<StorePath, String> {
         .and_then(|o| o.get("out"))
         .and_then(|p| p.as_str())
         .ok_or_else(|| format!("nix build --json did not name an out path: {}", out.trim()))?;
-    StorePath::try_from(path)
+    StorePath::try_from(path).map_err(|e| e.to_string())
 }
 
 /// Shell-style glob on host names: `*` any run, `?` one character.

@@ -15,7 +15,7 @@
 //! splits `NIX_SSHOPTS`, and are handed to both `ssh` and `nix-copy-closure`.
 
 use crate::process::{self, CommandFailed};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use std::fmt;
 use std::process::Command;
 

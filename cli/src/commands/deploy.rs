@@ -20,7 +20,7 @@ use crate::ssh::{
     Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshTarget, Step, StepError,
     TargetState,
 };
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use clap::Args;
 use nixfleet_proto::api::v1::Release;
 use serde::Serialize;

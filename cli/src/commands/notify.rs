@@ -4,7 +4,7 @@
 
 use crate::client::Client;
 use crate::settings::Settings;
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::NotifyDeployRequest;
 
 /// Whether a control plane is configured for notifications (an API key is known).

@@ -12,7 +12,7 @@ use crate::nix;
 use crate::output::{self, or_dash, Table};
 use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use clap::{Args, Subcommand};
 use nixfleet_proto::api::v1::{
     CreateReleaseRequest, CreateReleaseResponse, Release, ReleaseDiff, ReleaseEntry,
@@ -136,7 +136,7 @@ fn build_host(
             verbose,
         )
         .map_err(|e| e.to_string())?;
-        StorePath::try_from(out.trim())?
+        StorePath::try_from(out.trim()).map_err(|e| e.to_string())?
     } else {
         nix::build_toplevel(flake, host, verbose).map_err(|e| e.to_string())?
     };

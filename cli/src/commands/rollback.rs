@@ -12,7 +12,7 @@ use crate::nix;
 use crate::output;
 use crate::settings::Settings;
 use crate::ssh::{previous_generation, Activation, Remote, SshTarget, StepError};
-use crate::store_path::StorePath;
+use nixfleet_ids::StorePath;
 use clap::Args;
 
 /// `nixfleet rollback`.
