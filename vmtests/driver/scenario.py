@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import log, units
+from . import harmonia, log, units
 from .machine import Machine, MachineError, python_name
 from .net import Network
 
@@ -225,21 +225,16 @@ def write_layer(layer: Path, host: str, node: dict, network: Network, keys: Keys
         if agent.get("enable", True) and agent.get("autoStart", True):
             _enable(layer, "nixfleet-agent.service")
     if "cacheServer" in node:
+        # harmonia, with the units nixpkgs writes (vmtests/driver/harmonia.py).
         cs = node["cacheServer"]
-        _write(etc / "systemd/system/nixfleet-cache-server.service", "\n".join([
-            "[Unit]",
-            "Description=nixfleet cache server (vmtests stand-in for harmonia: serves this host's store, signed)",
-            "After=network.target",
-            "[Service]",
-            f"ExecStart=/usr/bin/python3 /opt/nixfleet/vmtests/cache-server.py --port {int(cs['port'])} "
-            f"--signing-key-file {cs['signingKeyFile']}",
-            "Restart=always",
-            "RestartSec=1",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]))
-        _enable(layer, "nixfleet-cache-server.service")
+        for unit, text in harmonia.units(cs).items():
+            _write(etc / "systemd/system" / unit, text)
+        _write(layer / harmonia.CONFIG_IN_CONTAINER.lstrip("/"), harmonia.config_toml(int(cs["port"])))
+        _enable(layer, "harmonia.socket", target="sockets.target")
+        _enable(layer, "harmonia.service")
+        alias = etc / "systemd/system/nixfleet-cache-server.service"
+        if not alias.is_symlink():
+            alias.symlink_to("/etc/systemd/system/harmonia.service")
     for path, content in node.get("extraFiles", {}).items():
         _write(layer / path.lstrip("/"), content)
     env = dict(os.environ, ROOT=str(layer), NODE=host, OPEN_TCP_PORTS=" ".join(map(str, open_ports(node))))
@@ -259,6 +254,11 @@ class Run:
         self.machines: dict[str, Machine] = {}
         binds = [(str(LIB), "/opt/nixfleet/vmtests", True)]
         binds.append((str(bin_dir) if bin_dir.is_dir() else str(self.dir / "no-binaries"), "/opt/nixfleet/bin", True))
+        if any("cacheServer" in n for n in spec["nodes"].values()):
+            try:
+                binds.append((str(harmonia.binary()), harmonia.BINARY_IN_CONTAINER, True))
+            except harmonia.HarmoniaError as e:
+                raise ScenarioError(str(e)) from e
         for i, (host, node) in enumerate(spec["nodes"].items()):
             mdir = self.dir / host
             layer = mdir / "layer"
@@ -305,7 +305,7 @@ class Run:
             if "agent" in node:
                 units_of_interest += ["nixfleet-agent.service", "nixfleet-switch.service", "fake-app.service"]
             if "cacheServer" in node:
-                units_of_interest.append("nixfleet-cache-server.service")
+                units_of_interest.append("harmonia.service")
             out.append(f"===== {host}: journal of {', '.join(units_of_interest)} =====")
             out.append(m.journal(units_of_interest, lines=150) if m.is_up() else "(machine not running)")
             if m.is_up():

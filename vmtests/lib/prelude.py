@@ -11,6 +11,12 @@ import time
 
 CERT_PREFIX = "cp"
 API = "https://localhost:8080"
+# What differs between a Debian container and a NixOS VM; the NixOS test driver sets these
+# again after the prelude (vmtests/nix/helpers.nix testPrelude). The cache server is harmonia
+# on both sides, with the alias nixfleet-cache-server.service.
+ON_NIXOS = False
+SSH_UNIT = "ssh.service"
+CACHE_UNIT = "harmonia.service"
 TLS_DIR = "/etc/nixfleet-tls"
 CA = f"{TLS_DIR}/ca.pem"
 
@@ -305,3 +311,51 @@ def wait_healthy(node, machine_ids, timeout=30):
         status = {m["machine_id"]: m for m in list_machines(node)}
         return all(status.get(i, {}).get("health") == "healthy" for i in machine_ids)
     wait_for(ok, timeout=timeout, what=f"{', '.join(machine_ids)} to report healthy")
+
+
+# The cache server (harmonia on both sides) -------------------------------------------------
+
+# harmonia's NAR URL: nar/<nar hash, nix base32>.nar?hash=<store path hash>
+# (harmonia-cache/src/main.rs nar_route; harmonia-store-nar-info build_narinfo).
+NAR_URL_RE = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar\?hash=([0-9a-df-np-sv-z]{32})$")
+NAR_ROUTE = "/nar/{narhash:[0123456789abcdfghijklmnpqrsvwxyz]{52}}.nar"
+
+
+def narinfo(node, path, cache="http://cache:5000"):
+    """The narinfo the cache serves for store path `path`, as a dict (Sig and References as lists)."""
+    text = node.succeed(f"curl -sf {cache}/{os.path.basename(path)[:32]}.narinfo")
+    fields = {"Sig": [], "References": []}
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == "Sig":
+            fields["Sig"].append(value)
+        elif key == "References":
+            fields["References"] = value.split()
+        else:
+            fields[key] = value
+    return fields
+
+
+def assert_served_by_harmonia(client, cache_node, path, cache="http://cache:5000"):
+    """What harmonia serves for `path`, checked against the cache host's own database: the narinfo
+    fields, the signature by the test cache key, and the NAR at its URL, whose hash is NarHash."""
+    info = narinfo(client, path, cache)
+    assert info["StorePath"] == path, info
+    url = NAR_URL_RE.match(info.get("URL", ""))
+    assert url and url.group(2) == os.path.basename(path)[:32], f"not harmonia's NAR URL form: {info}"
+    assert info["NarHash"] == cache_node.succeed(f"nix-store -q --hash {path}").strip() == f"sha256:{url.group(1)}", info
+    assert info["NarSize"] == cache_node.succeed(f"nix-store -q --size {path}").strip(), info
+    refs = sorted(os.path.basename(r) for r in cache_node.succeed(f"nix-store -q --references {path}").split())
+    assert sorted(info["References"]) == refs, (info, refs)
+    assert info["Compression"] == "none", info
+    assert [s.split(":")[0] for s in info["Sig"]] == ["nixfleet-test-cache-1"], info
+    served = client.succeed(f"curl -sf '{cache}/{info['URL']}' | sha256sum | cut -d' ' -f1").strip()
+    assert client.succeed(f"nix-hash --type sha256 --to-base32 {served}").strip() == url.group(1), served
+    return info
+
+
+def cache_requests(node, route=NAR_ROUTE, status="200", cache="http://localhost:5000"):
+    """How many GETs of `route` harmonia answered with `status` (its /metrics counter)."""
+    metrics = node.succeed(f"curl -sf {cache}/metrics")
+    want = f'harmonia_http_requests_total{{method="GET",path="{route}",status="{status}"}} '
+    return sum(int(line[len(want):]) for line in metrics.splitlines() if line.startswith(want))

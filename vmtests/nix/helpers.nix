@@ -67,8 +67,8 @@ let
   # The Python that comes before every test.py: the shared prelude, plus
   # overrides when a scenario talks to the API from another node.
   # ON_NIXOS, SSH_UNIT and CACHE_UNIT let a script name what differs between
-  # a NixOS VM and a Debian container (the local driver's values: False,
-  # "ssh.service", "nixfleet-cache-server.service").
+  # a NixOS VM and a Debian container (the prelude's own values: False,
+  # "ssh.service", "harmonia.service").
   testPrelude =
     {
       certPrefix ? "cp",
@@ -368,9 +368,9 @@ let
           enable = true;
           openFirewall = true;
         } // plan.cacheServer;
-        # test.py waits for the local stand-in's unit name, and reads the
-        # requests it served from the journal. Newer nixpkgs socket-activates
-        # harmonia; the tests want it running from boot, as the seed's did.
+        # test.py waits for nixfleet-cache-server.service, the alias the local
+        # harness gives its harmonia too. nixpkgs socket-activates harmonia; the
+        # tests want it running from boot, as the seed's did.
         systemd.services.harmonia = {
           aliases = [ "nixfleet-cache-server.service" ];
           wantedBy = [ "multi-user.target" ];

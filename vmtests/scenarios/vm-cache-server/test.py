@@ -5,6 +5,7 @@ cache.wait_for_open_port(5000)
 with subtest("The cache answers nix-cache-info"):
     info = client.wait_until_succeeds("curl -sf http://cache:5000/nix-cache-info", timeout=30)
     assert "StoreDir: /nix/store" in info, info
+    assert "Priority: 50" in info, info  # nixpkgs' harmonia module's mkDefault priority
 
 # A new generation for `client`, built in the cache host's own store only.
 gen2 = cache.succeed(
@@ -17,10 +18,14 @@ with subtest("The closure is registered on the cache host and not on the client"
     client.fail(f"test -e {gen2}")
 
 with subtest("A narinfo is signed with the cache key and a missing path is a 404"):
-    narinfo = client.succeed(f"curl -sf http://cache:5000/$(basename {gen2} | cut -c1-32).narinfo")
-    assert f"StorePath: {gen2}" in narinfo, narinfo
-    assert "Sig: nixfleet-test-cache-1:" in narinfo, narinfo
+    assert_served_by_harmonia(client, cache, gen2)
     client.fail("curl -sf http://cache:5000/" + "0" * 32 + ".narinfo")
+
+with subtest("harmonia signs on the fly a path the cache host's database holds unsigned"):
+    added = cache.succeed("echo unsigned > /tmp/unsigned.txt && nix-store --add /tmp/unsigned.txt").strip()
+    local = cache.succeed(f"nix --extra-experimental-features nix-command path-info --sigs {added}")
+    assert "nixfleet-test-cache-1:" not in local, local
+    assert_served_by_harmonia(client, cache, added)
 
 with subtest("A client that does not trust the key refuses the closure"):
     client.succeed("nix-store --generate-binary-cache-key other-1 /tmp/other.sec /tmp/other.pub")
@@ -31,7 +36,9 @@ with subtest("A client that does not trust the key refuses the closure"):
     client.fail(f"nix-store -q --references {gen2}")
 
 with subtest("The client fetches it over HTTP and registers it in its own database"):
+    nars_before = cache_requests(cache)
     client.succeed(f"nix-store -r {gen2}")
+    assert cache_requests(cache) > nars_before, "harmonia served no NAR"
     client.succeed(f"nix-store -q --references {gen2}")
 
 with subtest("switch-to-configuration switches the running demo service"):
