@@ -13,6 +13,14 @@ with subtest("the firewall is active with an input chain"):
     # Negative control: a port nobody opened is dropped for other hosts, not just unused.
     assert "policy drop" in ruleset, ruleset
 
+if ON_NIXOS:
+    with subtest("NetworkManager runs and leaves the test network's static addresses alone"):
+        # The core scope turns NetworkManager on; the test nodes mark ethernet devices unmanaged
+        # (networking.networkmanager.unmanaged, rendered as [keyfile] unmanaged-devices).
+        machine.wait_for_unit("NetworkManager.service")
+        machine.succeed("grep -q '^unmanaged-devices=type:ethernet' /etc/NetworkManager/NetworkManager.conf")
+        machine.succeed("nmcli -t -f DEVICE,STATE device | grep -q '^eth1:unmanaged'")
+
 with subtest("the test user exists and is in wheel"):
     groups = machine.succeed("id -nG testuser").split()
     assert "wheel" in groups, groups
