@@ -1,7 +1,8 @@
 {
   description = "nixfleet: event-sourced rollouts of NixOS generations to fleets of machines";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  # A release branch, locked in flake.lock (docs/nixos.md says how to create and update it).
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.11";
 
   outputs =
     { self, nixpkgs }:
@@ -65,6 +66,45 @@
               '';
         };
 
+      # tests/nix evaluates the modules with nixpkgs' lib and the NixOS options they touch
+      # declared in tests/nix/nixos-options.nix (this machine has no nixpkgs). This check holds
+      # those declarations against nixpkgs' own (same option, same type description, also
+      # one level into submodules) and evaluates the local tests' full host
+      # (tests/nix/full-host.nix) inside a real NixOS system, assertions included.
+      nixosOptionTypes =
+        pkgs:
+        let
+          system = pkgs.stdenv.hostPlatform.system;
+          real = lib.nixosSystem {
+            inherit system;
+            modules = [
+              self.nixosModules.default
+              ./tests/nix/full-host.nix
+              {
+                boot.loader.grub.enable = false;
+                fileSystems."/".device = "none";
+                system.stateVersion = lib.trivial.release;
+              }
+            ];
+          };
+          # virtualisation.memorySize (the test nodes set it) comes from the VM module.
+          realOptions =
+            (real.extendModules { modules = [ "${nixpkgs}/nixos/modules/virtualisation/qemu-vm.nix" ]; }).options;
+          result = import ./tests/nix/option-types.nix {
+            inherit lib;
+            localOptions = (import ./tests/nix/eval.nix { inherit lib; }).options;
+            otherOptions = realOptions;
+          };
+          inherit (result) mismatches;
+          toplevel = builtins.unsafeDiscardStringContext real.config.system.build.toplevel.drvPath;
+        in
+        if mismatches != [ ] then
+          throw "tests/nix/nixos-options.nix differs from nixpkgs:\n${lib.concatStringsSep "\n" mismatches}"
+        else
+          pkgs.runCommand "nixfleet-nixos-option-types" { } ''
+            echo "${toString result.count} NixOS options declared as nixpkgs declares them; full host: ${toplevel}" > $out
+          '';
+
       # Every directory of vmtests/scenarios becomes a vm-* check (x86_64-linux
       # only: the NixOS test driver runs QEMU with KVM).
       vmChecks =
@@ -100,7 +140,9 @@
         vmtestScenarios = (import ./vmtests/nix/discover.nix) ./vmtests/scenarios;
       };
 
-      checks = forAllSystems (pkgs: rustChecks pkgs // vmChecks pkgs);
+      checks = forAllSystems (
+        pkgs: rustChecks pkgs // vmChecks pkgs // { nixos-option-types = nixosOptionTypes pkgs; }
+      );
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {

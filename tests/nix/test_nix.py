@@ -606,8 +606,8 @@ in self
 def test_the_flake_checks_are_the_rust_checks_plus_one_vm_check_per_scenario():
     checks = nix_eval(f"builtins.mapAttrs (_: builtins.attrNames) ({flake_outputs()}).checks")
     vm = sorted(check_name(d) for d in scenario_dirs())
-    assert sorted(checks["x86_64-linux"]) == sorted(["cargo-test", "cargo-clippy", "cargo-fmt"] + vm)
-    assert sorted(checks["aarch64-linux"]) == ["cargo-clippy", "cargo-fmt", "cargo-test"]
+    assert sorted(checks["x86_64-linux"]) == sorted(["cargo-test", "cargo-clippy", "cargo-fmt", "nixos-option-types"] + vm)
+    assert sorted(checks["aarch64-linux"]) == ["cargo-clippy", "cargo-fmt", "cargo-test", "nixos-option-types"]
 
 
 def test_the_flake_exposes_packages_modules_overlay_shell_formatter_and_validate():
@@ -1059,36 +1059,20 @@ def test_each_assertion_fires_for_the_combination_it_guards_and_only_that_one(va
 
 
 def test_the_modules_declare_assertions_only_these_cases_cover():
-    declared = nix_eval(f"map (a: a.message) {evaluation(f'[ {json_module(FULL_HOST)} ]')}.config.assertions")
+    declared = nix_eval(f"map (a: a.message) {evaluation(f'[ {FULL_HOST_NIX} ]')}.config.assertions")
     covered = [m for _, m in ASSERTION_CASES]
     assert len(declared) == len(covered), declared
     for message in declared:
         assert any(message.startswith(c) for c in covered), f"no test makes this assertion fire: {message}"
 
 
-# Every module on, every scope by a role or by hand.
-FULL_HOST = {
-    "services": {
-        "nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080", "metricsPort": 9101,
-                           "metricsOpenFirewall": True, "tls": {"caCert": "/etc/ca.pem", "clientCert": "/etc/c.pem",
-                                                                "clientKey": "/etc/k.pem"},
-                           "healthChecks": {"http": [{"url": "http://localhost/"}], "systemd": [{"units": ["a"]}],
-                                            "command": [{"name": "c", "command": "true"}]}},
-        "nixfleet-control-plane": {"enable": True, "openFirewall": True, "settings": {"executor": {"tick_ms": 500}},
-                                   "tls": {"cert": "/etc/c.pem", "key": "/etc/k.pem", "clientCa": "/etc/ca.pem"}},
-        "nixfleet-cache-server": {"enable": True, "openFirewall": True, "signingKeyFile": "/etc/cache.sec"},
-        "nixfleet-cache": {"enable": True, "cacheUrl": "http://cache:5000", "publicKey": "k-1:AAAA"},
-    },
-    "nixfleet": {"role": "workstation", "core": {"userName": "alice"},
-                 "monitoring": {"nodeExporter": {"enable": True, "openFirewall": True}},
-                 "backup": {"enable": True, "backend": "restic",
-                            "restic": {"repository": "/r", "passwordFile": "/p"}}},
-}
+# Every module on, every scope (tests/nix/full-host.nix; the flake's nixos-option-types check uses it too).
+FULL_HOST_NIX = f"(import {REPO}/tests/nix/full-host.nix)"
 
 
 def test_every_module_evaluates_together_with_every_value_type_checked(capsys):
-    stats = nix_eval(f"{evaluation(f'[ {json_module(FULL_HOST)} ]')}.stats")
-    result = eval_module("nixos/default.nix", FULL_HOST)
+    stats = nix_eval(f"{evaluation(f'[ {FULL_HOST_NIX} ]')}.stats")
+    result = nix_eval(f"{evaluation(f'[ {FULL_HOST_NIX} ]')}.view")
     assert result["assertions"] and all(a["assertion"] for a in result["assertions"])
     assert result["users"]["users"]["alice"]["extraGroups"] == ["wheel", "networkmanager", "video", "audio"]
     assert sorted(result["networking"]["firewall"]["allowedTCPPorts"]) == [5000, 8080, 9101]
@@ -1098,3 +1082,16 @@ def test_every_module_evaluates_together_with_every_value_type_checked(capsys):
     with capsys.disabled():
         print(f"\nreal module system: {stats['options']} options ({stats['nixfleetOptions']} of nixfleet's) "
               f"type-checked, {stats['definitions']} definitions merged")
+
+
+def test_the_flake_check_holds_the_local_declarations_against_another_evaluations_options():
+    # The flake's nixos-option-types check runs tests/nix/option-types.nix against a real NixOS system;
+    # here against our own declarations (nothing differs) and the older harmonia layout (something does).
+    same = nix_eval(f"import {REPO}/tests/nix/option-types.nix {{ lib = {lib_expr()}; "
+                    f"localOptions = {evaluation()}.options; otherOptions = {evaluation()}.options; }}")
+    assert same["mismatches"] == [] and same["count"] >= 40, same
+    flat = nix_eval(f"(import {REPO}/tests/nix/option-types.nix {{ lib = {lib_expr()}; "
+                    f"localOptions = {evaluation()}.options; "
+                    f"otherOptions = {evaluation(harmonia_layout='flat')}.options; }}).mismatches")
+    assert "services.harmonia.cache.enable: nixpkgs declares no such option" in flat, flat
+    assert "flake.nix" and "tests/nix/option-types.nix" in (REPO / "flake.nix").read_text()
