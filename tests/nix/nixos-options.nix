@@ -74,16 +74,18 @@ let
 
   # nixos/lib/systemd-unit-options.nix: the options of a service unit we use.
   serviceOptions = {
-    options = {
+    options = lib.genAttrs [
+      "wantedBy"
+      "requiredBy"
+      "wants"
+      "requires"
+      "after"
+      "before"
+      "aliases"
+    ] (_: unitNames)
+    // {
       enable = opt types.bool true;
       description = opt types.singleLineStr "";
-      wantedBy = unitNames;
-      requiredBy = unitNames;
-      wants = unitNames;
-      requires = unitNames;
-      after = unitNames;
-      before = unitNames;
-      aliases = unitNames;
       unitConfig = unitConfigOption;
       startLimitIntervalSec = mkOption { type = types.int; };
       environment = opt (types.attrsOf (
