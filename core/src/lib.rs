@@ -11,6 +11,7 @@ pub mod event;
 pub mod executor;
 pub mod ids;
 pub mod plan;
+pub mod rejection;
 pub mod state;
 
 pub use decide::{decide, Command, Rejection, ReportInput};

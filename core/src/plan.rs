@@ -3,9 +3,9 @@
 //! Nothing here is coerced: a bad value is a [`Rejection`] saying what is wrong.
 //! The machine order is a seeded shuffle, so a plan is reproducible from its recorded seed.
 
-use crate::decide::Rejection;
 use crate::event::*;
 use crate::ids::*;
+use crate::rejection::Rejection;
 use crate::state::State;
 
 /// Longest health timeout accepted (one day).
@@ -133,39 +133,7 @@ pub fn plan_rollout(
             Strategy::choices()
         ))
     })?;
-    let given: Option<Vec<Amount>> = match &spec.batch_sizes {
-        Some(v) if !v.is_empty() => {
-            if v.len() > BATCH_SIZES_MAX {
-                return Err(Rejection::Invalid(format!(
-                    "batch_sizes has {} entries; at most {BATCH_SIZES_MAX}",
-                    v.len()
-                )));
-            }
-            Some(
-                v.iter()
-                    .map(|s| parse_batch_size(s))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        _ => None,
-    };
-    let fixed = match strategy {
-        Strategy::Canary => Some(vec![Amount::Count(1), Amount::Percent(100)]),
-        Strategy::AllAtOnce => Some(vec![Amount::Percent(100)]),
-        Strategy::Staged => None,
-    };
-    let batch_sizes = match (fixed, given) {
-        (Some(f), None) => f,
-        (Some(f), Some(g)) if f == g => f,
-        (Some(f), Some(_)) => {
-            return Err(Rejection::Invalid(format!(
-                "batch_sizes cannot be chosen with strategy {strategy} (it always uses {}); use strategy staged",
-                f.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
-            )))
-        }
-        (None, Some(g)) => g,
-        (None, None) => return Err(Rejection::Invalid("strategy staged needs batch_sizes, e.g. [\"1\",\"25%\",\"100%\"]".into())),
-    };
+    let batch_sizes = batch_sizes_of(strategy, spec.batch_sizes.as_deref())?;
     let failure_threshold = match &spec.failure_threshold {
         Some(s) => parse_threshold(s)?,
         None => Amount::Count(0),
@@ -194,9 +162,85 @@ pub fn plan_rollout(
         .releases
         .get(&spec.release)
         .ok_or_else(|| Rejection::NotFound(format!("release {} not found", spec.release)))?;
+    let candidates = active_machines_of(state, &spec.target)?;
+    let in_release: Vec<(MachineId, StorePath)> = candidates
+        .iter()
+        .filter_map(|m| release.entries.get(m).map(|e| (m.clone(), e.path.clone())))
+        .collect();
+    if in_release.is_empty() {
+        return Err(Rejection::Invalid(format!(
+            "none of the {} targeted machines is in release {}",
+            candidates.len(),
+            release.id
+        )));
+    }
+    for (m, _) in &in_release {
+        if let Some(other) = state.active_rollout_of.get(m) {
+            return Err(Rejection::Conflict(format!(
+                "machine {m} is in active rollout {other}"
+            )));
+        }
+    }
+    let ordered = seeded_order(in_release, seed);
+    let mut batches = Vec::new();
+    let mut it = ordered.into_iter();
+    for len in batch_lengths(it.len(), &batch_sizes) {
+        batches.push(it.by_ref().take(len).collect::<Vec<_>>());
+    }
+    Ok(RolloutPlan {
+        release: release.id.clone(),
+        strategy,
+        batch_sizes,
+        failure_threshold,
+        on_failure,
+        health_timeout_secs,
+        target: spec.target.clone(),
+        cache_url: spec.cache_url.clone().or_else(|| release.cache_url.clone()),
+        seed,
+        batches,
+    })
+}
 
-    // Resolve the target to active machines.
-    let candidates: Vec<MachineId> = match &spec.target {
+/// The batch sizes of `strategy`: canary and all_at_once have fixed ones (`given` may only repeat
+/// them), staged needs `given`.
+fn batch_sizes_of(strategy: Strategy, given: Option<&[String]>) -> Result<Vec<Amount>, Rejection> {
+    let given: Option<Vec<Amount>> = match given {
+        Some(v) if !v.is_empty() => {
+            if v.len() > BATCH_SIZES_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "batch_sizes has {} entries; at most {BATCH_SIZES_MAX}",
+                    v.len()
+                )));
+            }
+            Some(
+                v.iter()
+                    .map(|s| parse_batch_size(s))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        _ => None,
+    };
+    let fixed = match strategy {
+        Strategy::Canary => Some(vec![Amount::Count(1), Amount::Percent(100)]),
+        Strategy::AllAtOnce => Some(vec![Amount::Percent(100)]),
+        Strategy::Staged => None,
+    };
+    match (fixed, given) {
+        (Some(f), None) => Ok(f),
+        (Some(f), Some(g)) if f == g => Ok(f),
+        (Some(f), Some(_)) => Err(Rejection::Invalid(format!(
+            "batch_sizes cannot be chosen with strategy {strategy} (it always uses {}); use strategy staged",
+            f.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+        ))),
+        (None, Some(g)) => Ok(g),
+        (None, None) => Err(Rejection::Invalid("strategy staged needs batch_sizes, e.g. [\"1\",\"25%\",\"100%\"]".into())),
+    }
+}
+
+/// The active machines `target` names: tags (AND) or hosts, each of which must be registered and
+/// active. Not empty.
+fn active_machines_of(state: &State, target: &Target) -> Result<Vec<MachineId>, Rejection> {
+    let candidates: Vec<MachineId> = match target {
         Target::Tags(tags) => {
             if tags.is_empty() {
                 return Err(Rejection::Invalid(
@@ -238,42 +282,7 @@ pub fn plan_rollout(
             "no active machines match the target".into(),
         ));
     }
-    let in_release: Vec<(MachineId, StorePath)> = candidates
-        .iter()
-        .filter_map(|m| release.entries.get(m).map(|e| (m.clone(), e.path.clone())))
-        .collect();
-    if in_release.is_empty() {
-        return Err(Rejection::Invalid(format!(
-            "none of the {} targeted machines is in release {}",
-            candidates.len(),
-            release.id
-        )));
-    }
-    for (m, _) in &in_release {
-        if let Some(other) = state.active_rollout_of.get(m) {
-            return Err(Rejection::Conflict(format!(
-                "machine {m} is in active rollout {other}"
-            )));
-        }
-    }
-    let ordered = seeded_order(in_release, seed);
-    let mut batches = Vec::new();
-    let mut it = ordered.into_iter();
-    for len in batch_lengths(it.len(), &batch_sizes) {
-        batches.push(it.by_ref().take(len).collect::<Vec<_>>());
-    }
-    Ok(RolloutPlan {
-        release: release.id.clone(),
-        strategy,
-        batch_sizes,
-        failure_threshold,
-        on_failure,
-        health_timeout_secs,
-        target: spec.target.clone(),
-        cache_url: spec.cache_url.clone().or_else(|| release.cache_url.clone()),
-        seed,
-        batches,
-    })
+    Ok(candidates)
 }
 
 /// A cache URL must be http(s), file or ssh, without whitespace or shell characters.
