@@ -1,22 +1,8 @@
 //! Entry point of `nixfleet`: parse the command line, run it, turn the outcome into an exit code.
-
-// Doc comments of clap arguments are the CLI's help text, written for a terminal: `[default: …]`
-// and `<host>` there are not rustdoc links or HTML.
-#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
-
-mod cli;
-mod client;
-mod commands;
-mod error;
-mod nix;
-mod oplog;
-mod output;
-mod process;
-mod replay;
-mod settings;
-mod ssh;
+//! The modules are the library's: declare new ones in `lib.rs`, not here.
 
 use clap::Parser;
+use nixfleet_cli::{cli, error};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

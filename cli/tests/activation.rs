@@ -137,13 +137,7 @@ fn failed_units_pause_a_rollout_by_default_and_pass_one_that_allows_them() {
 
     let r1 = write_flake(&s, "v1", 4, &parts);
     let out = create(&s, &r1, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
     let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
     let id = last
         .split_whitespace()
@@ -161,13 +155,7 @@ fn failed_units_pause_a_rollout_by_default_and_pass_one_that_allows_them() {
 
     let r2 = write_flake(&s, "v2", 4, &parts);
     let out = create(&s, &r2, &["--allow-failed-units"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let id = json(&s, &["rollout", "list"])[0]["id"]
         .as_str()
         .expect("id")
@@ -196,13 +184,7 @@ fn a_boot_rollout_completes_pending_reboot_and_status_shows_reboot_needed_after_
 
     let r1 = write_flake(&s, "v1", 0, &parts1);
     let out = create(&s, &r1, &["--activation", "boot"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let fleet = nf_ok(&s, &["status"]);
     assert!(fleet.contains("ok; pending reboot"), "{fleet}");
     let host = s.join("web-01");

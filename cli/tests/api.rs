@@ -322,13 +322,7 @@ fn a_rollout_to_real_agents_completes_with_exit_0_and_a_failing_health_check_pau
             "120",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(stdout(&out).contains("completed"), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("2/2 healthy"),
@@ -359,13 +353,7 @@ fn a_rollout_to_real_agents_completes_with_exit_0_and_a_failing_health_check_pau
             "120",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
     let err = stderr(&out);
     let last = err.lines().last().unwrap_or_default();
     assert!(

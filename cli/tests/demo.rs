@@ -4,26 +4,14 @@
 //! (or NIXFLEET_CP_BIN, whose directory must also hold nixfleet-agent).
 
 mod common;
+use common::agent::agent_bin;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The directory of the control plane and agent binaries.
 fn bin_dir() -> PathBuf {
-    let cp = match std::env::var_os("NIXFLEET_CP_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-            .join("debug/nixfleet-control-plane"),
-    };
-    for bin in [cp.clone(), cp.with_file_name("nixfleet-agent")] {
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo build -p nixfleet-engine -p nixfleet-agent` first",
-            bin.display()
-        );
-    }
-    cp.parent().expect("a directory").to_path_buf()
+    agent_bin().parent().expect("a directory").to_path_buf()
 }
 
 /// Processes whose command line names `dir` (the demo's children all do).
@@ -42,14 +30,21 @@ fn processes_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The demo with `--dir dir`, from the scratch directory; `path` replaces PATH when given.
-fn demo(s: &Scratch, dir: &Path, path: Option<&Path>) -> (std::process::Output, Duration) {
+/// `nixfleet demo --dir dir --bin-dir <the built binaries>`, from the scratch directory.
+fn demo_cmd(s: &Scratch, dir: &Path) -> std::process::Command {
     let mut cmd = nixfleet(s, &s.path);
     cmd.arg("demo")
         .arg("--dir")
         .arg(dir)
         .arg("--bin-dir")
         .arg(bin_dir());
+    cmd
+}
+
+/// The demo with `--dir dir`, which must succeed within a minute; `path` replaces PATH when
+/// given.
+fn demo(s: &Scratch, dir: &Path, path: Option<&Path>) -> (std::process::Output, Duration) {
+    let mut cmd = demo_cmd(s, dir);
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
@@ -337,13 +332,7 @@ fn a_failing_nix_build_is_one_line_naming_its_log_and_dry_run_still_works_there(
     let s = Scratch::new("demo-nobuild");
     let dir = s.join("demo");
     // A store nix-build cannot reach (no daemon listens), as for a user who may not build.
-    let out = run(nixfleet(&s, &s.path)
-        .env("NIX_REMOTE", "daemon")
-        .arg("demo")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--bin-dir")
-        .arg(bin_dir()));
+    let out = run(demo_cmd(&s, &dir).env("NIX_REMOTE", "daemon"));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -355,12 +344,9 @@ fn a_failing_nix_build_is_one_line_naming_its_log_and_dry_run_still_works_there(
     );
     assert!(processes_under(&s.path).is_empty());
 
-    let out = run(nixfleet(&s, &s.path)
+    let out = run(demo_cmd(&s, &dir)
         .env("NIX_REMOTE", "daemon")
-        .args(["demo", "--dry-run", "--dir"])
-        .arg(&dir)
-        .arg("--bin-dir")
-        .arg(bin_dir()));
+        .arg("--dry-run"));
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let first = text.lines().next().unwrap_or("");
@@ -398,12 +384,7 @@ fn a_directory_that_holds_something_else_is_refused_and_left_alone() {
     let dir = s.join("mine");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("notes.txt"), "keep me").expect("write");
-    let out = run(nixfleet(&s, &s.path)
-        .arg("demo")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--bin-dir")
-        .arg(bin_dir()));
+    let out = run(&mut demo_cmd(&s, &dir));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("does not hold a previous demo"),

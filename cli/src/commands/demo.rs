@@ -22,28 +22,37 @@
 //! themselves up to date, run their checks (db-01's asks a port where nothing listens) and
 //! report them for that path, as a machine that had switched would.
 //!
-//! Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL after
-//! [`STOP_GRACE`]) at the end, on an error and on Ctrl-C; the directory stays for a look.
+//! Every child runs under a [`Supervisor`]: in its own process group, stopped at the end, on
+//! an error and on Ctrl-C; the directory stays for a look. The command lines of the children
+//! are [`crate::launch`]'s, the events long-poll is [`crate::events_client`]; [`dir`] prepares
+//! the directory and [`story`] words the events.
 
+mod dir;
 mod generations;
+mod story;
 
-use crate::client::{query, Client, Method};
+use crate::client::Client;
 use crate::commands::{bootstrap, machines, pki, release, rollout};
 use crate::error::{CliError, Result};
+use crate::events_client::Events;
+use crate::launch::{AgentLaunch, ControlPlaneLaunch};
 use crate::output;
 use crate::settings::{write_private, CacheHook, DeployDefaults, Settings};
+use crate::supervise::{StopOnDrop, Supervisor};
 use clap::Args;
+use dir::{prepare_dir, Binaries};
 use nixfleet_proto::api::v1::{
-    CommandCheck, CreateReleaseRequest, EventRecord, HealthChecksConfig, HttpCheck, MachineHealth,
-    MachineStatus, Readiness, ReleaseEntry, RolloutDetail,
+    CommandCheck, CreateReleaseRequest, HealthChecksConfig, HttpCheck, MachineStatus, Readiness,
+    ReleaseEntry, RolloutDetail,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use story::{
+    batch_decision, batch_machines, end_word, health_summary, num_at, str_at, unhealthy_reasons,
+};
 
 /// `nixfleet demo`.
 #[derive(Debug, Args)]
@@ -65,8 +74,6 @@ pub struct DemoArgs {
     pub dry_run: bool,
 }
 
-/// Marks a directory as the demo's, so a second run may remove it.
-const MARKER: &str = ".nixfleet-demo";
 /// The demo's machines and their tags.
 const MACHINES: [(&str, &str); 4] = [
     ("web-01", "web"),
@@ -82,12 +89,8 @@ const HEALTH_TIMEOUT_SECS: u64 = 30;
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(HEALTH_TIMEOUT_SECS + 20);
 /// How long the control plane and the agents may take to come up.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// Between SIGTERM and SIGKILL when stopping the children.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Seconds one events long-poll may wait (the client's own timeout is 30 s).
 const EVENTS_WAIT_SECS: u64 = 2;
-/// Page size of the events API.
-const EVENTS_LIMIT: usize = 1000;
 
 /// Runs `nixfleet demo`.
 pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
@@ -100,15 +103,23 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
     let bins = Binaries::find(args.bin_dir.as_deref())?;
     let shown = args.dir.display().to_string();
     let (dir, removed) = prepare_dir(&args.dir)?;
-    let fleet = Arc::new(Fleet::default());
+    let fleet = Arc::new(Supervisor::default());
     let keep_running = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    stop_on_signal(
-        fleet.clone(),
-        keep_running.clone(),
-        interrupted.clone(),
-        shown.clone(),
-    )?;
+    // On SIGINT or SIGTERM: say where the files are, exit 0 when `--keep-running` was waiting
+    // for exactly that, else 130.
+    let (asked, files) = (keep_running.clone(), shown.clone());
+    fleet.stop_on_signal(move |n| {
+        let asked = asked.load(Ordering::SeqCst);
+        eprintln!(
+            "{}: stopped {n} processes; the demo's files are in {files}",
+            if asked { "Stopping" } else { "Interrupted" }
+        );
+        if asked {
+            0
+        } else {
+            130
+        }
+    })?;
     let _stop = StopOnDrop(&fleet);
     let dry = if args.dry_run {
         Some("--dry-run was given".to_string())
@@ -126,7 +137,7 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
         gens: None,
     };
     let result = demo.run(&args, removed, &keep_running);
-    if interrupted.load(Ordering::SeqCst) {
+    if fleet.interrupted() {
         // The signal thread is stopping the children, which is why we failed: let it finish
         // and exit, rather than report the failures it caused.
         loop {
@@ -146,251 +157,6 @@ pub fn run(verbose: u8, json: bool, args: DemoArgs) -> Result<()> {
     }
 }
 
-/// The two executables the demo starts.
-struct Binaries {
-    cp: PathBuf,
-    agent: PathBuf,
-}
-
-impl Binaries {
-    fn find(bin_dir: Option<&Path>) -> Result<Binaries> {
-        let dir = match bin_dir {
-            Some(d) => d.to_path_buf(),
-            None => std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(Path::to_path_buf))
-                .ok_or_else(|| {
-                    CliError::usage(
-                        "cannot tell where this nixfleet executable is; pass --bin-dir DIR",
-                    )
-                })?,
-        };
-        let (cp, agent) = (
-            dir.join("nixfleet-control-plane"),
-            dir.join("nixfleet-agent"),
-        );
-        let missing: Vec<&str> = [(&cp, "nixfleet-control-plane"), (&agent, "nixfleet-agent")]
-            .iter()
-            .filter(|(p, _)| !p.is_file())
-            .map(|(_, n)| *n)
-            .collect();
-        if !missing.is_empty() {
-            return Err(CliError::usage(format!(
-                "{} not found in {}; build them with `cargo build -p nixfleet-engine -p nixfleet-agent`, or pass --bin-dir DIR",
-                missing.join(" and "),
-                dir.display()
-            )));
-        }
-        Ok(Binaries { cp, agent })
-    }
-}
-
-/// Creates the demo directory, removing a previous demo's; returns its absolute path and
-/// whether a previous demo was removed.
-fn prepare_dir(dir: &Path) -> Result<(PathBuf, bool)> {
-    let mut removed = false;
-    match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CliError::usage(format!(
-                "--dir {}: {e}; pass a directory",
-                dir.display()
-            )))
-        }
-        Ok(mut entries) => {
-            if dir.join(MARKER).is_file() {
-                let abs = std::fs::canonicalize(dir)
-                    .map_err(|e| CliError::usage(format!("--dir {}: {e}", dir.display())))?;
-                if let Some((pid, what)) = user_of(&abs) {
-                    return Err(CliError::usage(format!(
-                        "{} holds a previous demo that is still in use (pid {pid}: {what}); stop that process first, or pass another --dir",
-                        dir.display()
-                    )));
-                }
-                std::fs::remove_dir_all(dir).map_err(|e| {
-                    CliError::failed(format!(
-                        "cannot remove the previous demo in {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-                removed = true;
-            } else if entries.next().is_some() {
-                return Err(CliError::usage(format!(
-                    "{} exists and does not hold a previous demo (no {MARKER} in it); pass another --dir, or remove it",
-                    dir.display()
-                )));
-            }
-        }
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
-    let abs = std::fs::canonicalize(dir)
-        .map_err(|e| CliError::usage(format!("--dir {}: {e}", dir.display())))?;
-    std::fs::write(
-        abs.join(MARKER),
-        format!("nixfleet demo, pid {}\n", std::process::id()),
-    )
-    .map_err(|e| CliError::usage(format!("cannot write in {}: {e}", dir.display())))?;
-    Ok((abs, removed))
-}
-
-/// A process other than this one whose command line names `dir` or whose pid the marker holds
-/// (a demo still running there, or a child a killed demo left behind).
-fn user_of(dir: &Path) -> Option<(u32, String)> {
-    let marker_pid: Option<u32> = std::fs::read_to_string(dir.join(MARKER))
-        .ok()
-        .and_then(|t| t.trim().rsplit(' ').next().and_then(|p| p.parse().ok()));
-    let needle = format!("{}/", dir.display());
-    let me = std::process::id();
-    let procs = std::fs::read_dir("/proc").ok()?;
-    procs
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .find_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let ours = Some(pid) == marker_pid && cmdline.contains("demo");
-            (ours || cmdline.contains(&needle)).then(|| (pid, cmdline.trim().to_string()))
-        })
-}
-
-/// The children: the control plane first, then the agents.
-#[derive(Default)]
-struct Fleet {
-    procs: Mutex<Vec<Proc>>,
-}
-
-struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Fleet {
-    fn lock(&self) -> MutexGuard<'_, Vec<Proc>> {
-        // A panic elsewhere must not stop us from stopping the children.
-        self.procs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts `cmd` in its own process group, stdout and stderr into `log`, without the
-    /// caller's NIXFLEET_* variables (they would override the demo's flags' defaults).
-    fn spawn(&self, name: &str, mut cmd: Command, log: &Path) -> Result<()> {
-        let file = std::fs::File::create(log)
-            .map_err(|e| CliError::failed(format!("cannot create {}: {e}", log.display())))?;
-        let err_file = file
-            .try_clone()
-            .map_err(|e| CliError::failed(format!("cannot reopen {}: {e}", log.display())))?;
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("NIXFLEET_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err_file)
-            .process_group(0);
-        let child = cmd.spawn().map_err(|e| {
-            CliError::failed(format!(
-                "cannot start {}: {e}",
-                cmd.get_program().to_string_lossy()
-            ))
-        })?;
-        self.lock().push(Proc {
-            name: name.to_string(),
-            log: log.to_path_buf(),
-            child,
-        });
-        Ok(())
-    }
-
-    /// Fails if a child has exited.
-    fn check_alive(&self) -> Result<()> {
-        for p in self.lock().iter_mut() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(CliError::failed(format!(
-                    "{} exited ({status}); see {}",
-                    p.name,
-                    p.log.display()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops every child and its process group; returns how many there were.
-    fn stop(&self) -> usize {
-        let mut procs = std::mem::take(&mut *self.lock());
-        // Agents first, so they do not spend their last moments retrying a stopped control plane.
-        procs.reverse();
-        for p in procs.iter_mut() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                signal_group(&p.child, rustix::process::Signal::TERM);
-            }
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for p in procs.iter_mut() {
-            loop {
-                match p.child.try_wait() {
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        signal_group(&p.child, rustix::process::Signal::KILL);
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    Ok(Some(_)) | Err(_) => break,
-                }
-            }
-        }
-        procs.len()
-    }
-}
-
-/// Stops the fleet when dropped, so that an early return or a panic leaves no process behind
-/// (the signal thread holds the fleet too, so the fleet itself is never dropped).
-struct StopOnDrop<'a>(&'a Fleet);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
-}
-
-fn signal_group(child: &Child, signal: rustix::process::Signal) {
-    // The child leads its own group (process_group(0)), so its pid is the group id.
-    let _ = rustix::process::kill_process_group(rustix::process::Pid::from_child(child), signal);
-}
-
-/// On SIGINT or SIGTERM: stop the children, say where the files are, exit (0 when
-/// `--keep-running` was waiting for exactly that, else 130).
-fn stop_on_signal(
-    fleet: Arc<Fleet>,
-    keep_running: Arc<AtomicBool>,
-    interrupted: Arc<AtomicBool>,
-    shown: String,
-) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| CliError::failed(format!("cannot install signal handlers: {e}")))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                interrupted.store(true, Ordering::SeqCst);
-                let n = fleet.stop();
-                let asked = keep_running.load(Ordering::SeqCst);
-                eprintln!(
-                    "{}: stopped {n} processes; the demo's files are in {shown}",
-                    if asked { "Stopping" } else { "Interrupted" }
-                );
-                std::process::exit(if asked { 0 } else { 130 });
-            }
-        })
-        .map_err(|e| CliError::failed(format!("cannot start the signal thread: {e}")))?;
-    Ok(())
-}
-
 /// One run of the demo.
 struct Demo<'a> {
     started: Instant,
@@ -400,7 +166,7 @@ struct Demo<'a> {
     shown: String,
     bins: Binaries,
     verbose: u8,
-    fleet: &'a Fleet,
+    fleet: &'a Supervisor,
     /// Why the demo runs dry; `None`: it deploys real generations.
     dry: Option<String>,
     /// The generations, once built (real runs).
@@ -530,7 +296,8 @@ impl Demo<'_> {
             self.build_generations()?;
         }
         self.mint_pki()?;
-        let [cp_port, dead_port] = free_ports()?;
+        // One for the control plane, one where nothing will listen.
+        let [cp_port, dead_port] = crate::launch::free_ports()?;
         let mut settings = self.start_control_plane(cp_port)?;
         let key = bootstrap::mint(&Client::new(&settings)?, "demo-admin")?;
         write_private(&self.path("api-key"), &format!("{}\n", key.key))?;
@@ -656,18 +423,14 @@ impl Demo<'_> {
         std::fs::create_dir_all(self.path("logs"))
             .map_err(|e| CliError::failed(format!("cannot create {}/logs: {e}", self.shown)))?;
         let pki = self.path("pki");
-        let mut cmd = Command::new(&self.bins.cp);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(self.path("cp"))
-            .arg("--tls-cert")
-            .arg(pki.join("cp-cert.pem"))
-            .arg("--tls-key")
-            .arg(pki.join("cp-key.pem"))
-            .arg("--client-ca")
-            .arg(pki.join(pki::CA_CERT))
-            .args(["--log-format", "human"]);
+        let mut cmd = ControlPlaneLaunch {
+            bin: &self.bins.cp,
+            port,
+            data_dir: self.path("cp"),
+            pki: &pki,
+        }
+        .command();
+        cmd.args(["--log-format", "human"]);
         self.fleet.spawn(
             "the control plane",
             cmd,
@@ -725,6 +488,45 @@ impl Demo<'_> {
             .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
     }
 
+    /// A machine's health checks: on a real run, that its running generation holds a `healthy`
+    /// file (after booting it into its G1); dry, `true` on web and a dead port on db.
+    fn health_checks(
+        &self,
+        id: &str,
+        tag: &str,
+        dir: &std::path::Path,
+        dead_port: u16,
+    ) -> Result<HealthChecksConfig> {
+        let current = dir.join("current-system");
+        let command = |command: String| HealthChecksConfig {
+            command: vec![CommandCheck {
+                name: "app".into(),
+                command,
+                interval: None,
+                timeout: 5,
+            }],
+            ..HealthChecksConfig::default()
+        };
+        Ok(if let Some(gens) = &self.gens {
+            // The machine boots into its G1; its check passes when the running generation
+            // holds a `healthy` file.
+            generations::boot(&dir.join("system-profile"), &current, &gens.of(id).g1)?;
+            command(format!("test -e '{}/healthy'", current.display()))
+        } else if tag == "web" {
+            command("true".into())
+        } else {
+            HealthChecksConfig {
+                http: vec![HttpCheck {
+                    url: format!("http://127.0.0.1:{dead_port}/health"),
+                    interval: None,
+                    timeout: 1,
+                    expected_status: 200,
+                }],
+                ..HealthChecksConfig::default()
+            }
+        })
+    }
+
     fn start_agents(&self, cp_port: u16, dead_port: u16) -> Result<()> {
         let pki = self.path("pki");
         for (id, tag) in MACHINES {
@@ -732,40 +534,7 @@ impl Demo<'_> {
             std::fs::create_dir_all(dir.join("state"))
                 .map_err(|e| CliError::failed(format!("cannot create {}: {e}", dir.display())))?;
             let current = dir.join("current-system");
-            let checks = if let Some(gens) = &self.gens {
-                // The machine boots into its G1; its check passes when the running generation
-                // holds a `healthy` file.
-                generations::boot(&dir.join("system-profile"), &current, &gens.of(id).g1)?;
-                HealthChecksConfig {
-                    command: vec![CommandCheck {
-                        name: "app".into(),
-                        command: format!("test -e '{}/healthy'", current.display()),
-                        interval: None,
-                        timeout: 5,
-                    }],
-                    ..HealthChecksConfig::default()
-                }
-            } else if tag == "web" {
-                HealthChecksConfig {
-                    command: vec![CommandCheck {
-                        name: "app".into(),
-                        command: "true".into(),
-                        interval: None,
-                        timeout: 5,
-                    }],
-                    ..HealthChecksConfig::default()
-                }
-            } else {
-                HealthChecksConfig {
-                    http: vec![HttpCheck {
-                        url: format!("http://127.0.0.1:{dead_port}/health"),
-                        interval: None,
-                        timeout: 1,
-                        expected_status: 200,
-                    }],
-                    ..HealthChecksConfig::default()
-                }
-            };
+            let checks = self.health_checks(id, tag, &dir, dead_port)?;
             if self.gens.is_none() {
                 // The machine "runs" its release path already: see the module documentation.
                 std::os::unix::fs::symlink(release_path(id), &current).map_err(|e| {
@@ -778,41 +547,20 @@ impl Demo<'_> {
                 serde_json::to_string_pretty(&checks).expect("health config serializes"),
             )
             .map_err(|e| CliError::failed(format!("cannot write {}: {e}", health.display())))?;
-            let mut cmd = Command::new(&self.bins.agent);
-            cmd.arg("--control-plane-url")
-                .arg(format!("https://127.0.0.1:{cp_port}"))
-                .args(["--machine-id", id, "--tags", tag])
-                .arg("--ca-cert")
-                .arg(pki.join(pki::CA_CERT))
-                .arg("--client-cert")
-                .arg(pki.join(format!("{id}-cert.pem")))
-                .arg("--client-key")
-                .arg(pki.join(format!("{id}-key.pem")))
-                .arg("--state-dir")
-                .arg(dir.join("state"))
-                .arg("--profile")
-                .arg(dir.join("system-profile"))
-                .arg("--current-system")
-                .arg(dir.join("current-system"))
-                .arg("--health-config")
-                .arg(&health)
-                .args(if self.gens.is_some() {
-                    &[][..]
-                } else {
-                    &["--dry-run"][..]
-                })
-                .args([
-                    "--switch-mode",
-                    "direct",
-                    "--poll-interval",
-                    "1",
-                    "--retry-interval",
-                    "1",
-                    "--health-interval",
-                    "1",
-                    "--log-format",
-                    "human",
-                ]);
+            let mut cmd = AgentLaunch {
+                bin: &self.bins.agent,
+                cp_port,
+                machine_id: id,
+                tags: tag,
+                pki: &pki,
+                state_dir: dir.join("state"),
+                profile: dir.join("system-profile"),
+                current_system: current.clone(),
+                health_config: health.clone(),
+                dry_run: self.gens.is_none(),
+            }
+            .command();
+            cmd.args(["--log-format", "human"]);
             self.fleet.spawn(
                 &format!("the agent of {id}"),
                 cmd,
@@ -981,19 +729,6 @@ impl Demo<'_> {
     }
 }
 
-/// Two free loopback ports: one for the control plane, one where nothing will listen.
-fn free_ports() -> Result<[u16; 2]> {
-    let bind = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| Ok((l.local_addr()?.port(), l)))
-            .map_err(|e| CliError::failed(format!("cannot find a free port on 127.0.0.1: {e}")))
-    };
-    // Both are held at once, so they differ; both are closed before the children start.
-    let (a, _la) = bind()?;
-    let (b, _lb) = bind()?;
-    Ok([a, b])
-}
-
 /// A made-up system store path for a machine: valid syntax, never built.
 fn release_path(host: &str) -> String {
     const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
@@ -1036,148 +771,6 @@ fn rollout_args(release: &str, strategy: &str, tag: &str) -> rollout::CreateArgs
     }
 }
 
-/// A cursor over `GET /api/v1/events`.
-struct Events<'a> {
-    client: &'a Client,
-    after: u64,
-}
-
-impl<'a> Events<'a> {
-    fn new(client: &'a Client) -> Self {
-        Events { client, after: 0 }
-    }
-
-    /// Events after the cursor, waiting up to `wait_secs` for the first; moves the cursor.
-    fn poll(&mut self, wait_secs: u64) -> Result<Vec<EventRecord>> {
-        let records = read_events(
-            self.client,
-            &[
-                ("after", self.after.to_string()),
-                ("wait", wait_secs.to_string()),
-                ("limit", EVENTS_LIMIT.to_string()),
-            ],
-        )?;
-        if let Some(last) = records.last() {
-            self.after = last.seq;
-        }
-        Ok(records)
-    }
-
-    /// Moves the cursor to the end of the log.
-    fn skip_to_end(&mut self) -> Result<()> {
-        while self.poll(0)?.len() == EVENTS_LIMIT {}
-        Ok(())
-    }
-}
-
-/// `GET /api/v1/events` with these query pairs, one JSON record per line.
-fn read_events(client: &Client, pairs: &[(&str, String)]) -> Result<Vec<EventRecord>> {
-    let path = format!("/api/v1/events{}", query(pairs));
-    let (_, text) = client.send(Method::Get, &path, None)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| {
-                CliError::Server(format!("unexpected line from {path}: {e}; is the control plane the same version as this CLI?"))
-            })
-        })
-        .collect()
-}
-
-fn str_at(data: &serde_json::Value, key: &str) -> String {
-    data.get(key)
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn num_at(data: &serde_json::Value, key: &str) -> u64 {
-    data.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
-}
-
-/// The machines of a BatchStarted event (its `previous` pairs).
-fn batch_machines(data: &serde_json::Value) -> Vec<String> {
-    data.get("previous")
-        .and_then(|p| p.as_array())
-        .map(|pairs| {
-            pairs
-                .iter()
-                .filter_map(|pair| pair.get(0)?.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// "batch 0 succeeded: 1 healthy, 0 unhealthy, threshold 0".
-fn batch_decision(r: &EventRecord) -> String {
-    let reason = match r.data.get("reason").and_then(|v| v.as_str()) {
-        Some(why) => format!(" ({})", why.to_lowercase()),
-        None => String::new(),
-    };
-    format!(
-        "batch {} {}{reason}: {} healthy, {} unhealthy, threshold {}",
-        num_at(&r.data, "batch_index"),
-        if r.kind == "BatchSucceeded" {
-            "succeeded"
-        } else {
-            "FAILED"
-        },
-        num_at(&r.data, "healthy"),
-        num_at(&r.data, "unhealthy"),
-        num_at(&r.data, "threshold")
-    )
-}
-
-fn end_word(kind: &str) -> &'static str {
-    match kind {
-        "RolloutCompleted" => "completed",
-        "RolloutCancelled" => "cancelled",
-        "RolloutPaused" => "PAUSED",
-        "RolloutFailed" => "FAILED",
-        "RolloutReverted" => "REVERTED",
-        _ => "ended",
-    }
-}
-
-/// "health passed (app)" or "health FAILED: http://…: GET … failed: …".
-fn health_summary(data: &serde_json::Value) -> String {
-    let results = data
-        .get("results")
-        .and_then(|r| r.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let passed = |r: &serde_json::Value| r.get("passed").and_then(|p| p.as_bool()) == Some(true);
-    if data.get("all_passed").and_then(|a| a.as_bool()) == Some(true) {
-        let names: Vec<String> = results.iter().map(|r| str_at(r, "name")).collect();
-        format!("health passed ({})", names.join(", "))
-    } else {
-        let failed: Vec<String> = results
-            .iter()
-            .filter(|r| !passed(r))
-            .map(|r| format!("{}: {}", str_at(r, "name"), str_at(r, "message")))
-            .collect();
-        format!("health FAILED: {}", failed.join("; "))
-    }
-}
-
-/// " (db-01: health checks failed: …)" for each unhealthy machine of the rollout.
-fn unhealthy_reasons(d: &RolloutDetail) -> String {
-    let why: Vec<String> = d
-        .batches
-        .iter()
-        .flat_map(|b| b.machine_health.iter())
-        .filter_map(|(m, h)| match h {
-            MachineHealth::Unhealthy(why) => Some(format!("{m}: {why}")),
-            _ => None,
-        })
-        .collect();
-    if why.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", why.join("; "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1193,30 +786,5 @@ mod tests {
         assert_eq!(name, "-nixos-system-web-01-demo");
         assert_ne!(release_path("web-01"), release_path("web-02"));
         assert_eq!(release_path("db-01"), release_path("db-01"));
-    }
-
-    #[test]
-    fn a_directory_that_is_not_a_demo_is_refused_and_a_previous_demo_is_removed() {
-        let base = std::env::temp_dir().join(format!("nfdemo-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).expect("mkdir");
-        std::fs::write(base.join("precious"), "x").expect("write");
-        let err = prepare_dir(&base).expect_err("refused");
-        assert!(
-            err.to_string().contains("does not hold a previous demo"),
-            "{err}"
-        );
-        assert!(base.join("precious").exists());
-
-        std::fs::remove_file(base.join("precious")).expect("rm");
-        let (abs, removed) = prepare_dir(&base).expect("empty dir is fine");
-        assert!(!removed);
-        std::fs::write(abs.join("old-log"), "x").expect("write");
-        // The marker names a process that is not a demo: the directory is a finished demo's.
-        std::fs::write(abs.join(MARKER), "nixfleet demo, pid 1\n").expect("write");
-        let (_, removed) = prepare_dir(&base).expect("previous demo");
-        assert!(removed);
-        assert!(!abs.join("old-log").exists());
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

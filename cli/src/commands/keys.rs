@@ -1,10 +1,10 @@
 //! `nixfleet keys`: API keys of the control plane (create, list, revoke) and the local key store.
 
 use crate::client::{path_id, Client};
-use crate::commands::time;
 use crate::error::{CliError, Result};
 use crate::output::{self, or_dash, Table};
 use crate::settings::Settings;
+use crate::time;
 use clap::Subcommand;
 use nixfleet_proto::api::v1::{ApiKeyCreated, ApiKeyInfo, CreateKeyRequest};
 

@@ -1,12 +1,12 @@
 //! `nixfleet machines` and `nixfleet status`: the fleet as the control plane sees it.
 
 use crate::client::{path_id, query, Client};
-use crate::commands::time;
 use crate::error::{CliError, Result};
 use crate::output::{self, or_dash, short_path, Table};
 use crate::settings::Settings;
-use nixfleet_ids::StorePath;
+use crate::time;
 use clap::{Args, Subcommand};
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::{
     LifecycleRequest, MachineStatus, NotifyDeployRequest, RegisterRequest, RegisterResponse,
 };
@@ -160,7 +160,8 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
         }
         MachinesCmd::NotifyDeploy { id, store_path } => {
             let id = path_id("machine id", &id)?;
-            let path = StorePath::try_from(store_path.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+            let path = StorePath::try_from(store_path.as_str())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             client.post_unit(
                 &format!("/api/v1/machines/{id}/notify-deploy"),
                 Some(&NotifyDeployRequest {

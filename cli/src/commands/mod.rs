@@ -10,4 +10,7 @@ pub mod pki;
 pub mod release;
 pub mod rollback;
 pub mod rollout;
-pub mod time;
+
+// The time helpers moved to `crate::time` (they are no command); kept here until the last
+// command importing them from here switches over.
+pub use crate::time;

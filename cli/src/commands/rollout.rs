@@ -5,10 +5,10 @@
 //! the exit code: completed or cancelled → 0, paused, failed or reverted → 1.
 
 use crate::client::{path_id, query, Client};
-use crate::commands::time;
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 use crate::settings::Settings;
+use crate::time;
 use clap::{Args, Subcommand};
 use nixfleet_proto::api::v1::{
     CreateRolloutRequest, CreateRolloutResponse, MachineHealth, RolloutDetail, RolloutTarget,

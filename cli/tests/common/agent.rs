@@ -2,24 +2,19 @@
 //! own profile and current-system link under `<scratch>/<host>`, a health check that passes when
 //! the running system has `healthy`; stopped on drop.
 //!
+//! Its command line is the demo's ([`nixfleet_cli::launch`]), and it runs as the demo's do,
+//! under a [`Supervisor`] (its own process group, stopped on drop).
+//!
 //! Needs the agent binary next to the control plane's: `cargo build -p nixfleet-agent`.
 
 use super::cp::{cp_bin, ok, ControlPlane};
 use super::{nixfleet, Scratch};
+use nixfleet_cli::launch::AgentLaunch;
+use nixfleet_cli::supervise::Supervisor;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
-/// A running agent; killed on drop.
-pub struct Agent {
-    pub child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A running agent; stopped on drop.
+pub struct Agent(Supervisor);
 
 /// The agent binary, next to the control plane binary.
 pub fn agent_bin() -> PathBuf {
@@ -67,45 +62,24 @@ pub fn prepare_agent(s: &Scratch, host: &str) -> PathBuf {
 pub fn spawn_agent(s: &Scratch, cp: &ControlPlane, host: &str) -> Agent {
     let pki = s.join("pki");
     let dir = s.join(host);
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = Command::new(agent_bin())
-        .args([
-            "--control-plane-url",
-            &format!("https://127.0.0.1:{}", cp.port),
-            "--machine-id",
-            host,
-        ])
-        .arg("--ca-cert")
-        .arg(pki.join("ca.pem"))
-        .arg("--client-cert")
-        .arg(pki.join(format!("{host}-cert.pem")))
-        .arg("--client-key")
-        .arg(pki.join(format!("{host}-key.pem")))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--profile")
-        .arg(dir.join("profiles/system"))
-        .arg("--current-system")
-        .arg(dir.join("current-system"))
-        .arg("--health-config")
-        .arg(dir.join("health.json"))
-        .args([
-            "--switch-mode",
-            "direct",
-            "--poll-interval",
-            "1",
-            "--retry-interval",
-            "1",
-            "--health-interval",
-            "1",
-            "--tags",
-            "web",
-        ])
-        .env("NIX_CONFIG", super::sshd::NIX_CONFIG)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
+    let bin = agent_bin();
+    let mut cmd = AgentLaunch {
+        bin: &bin,
+        cp_port: cp.port,
+        machine_id: host,
+        tags: "web",
+        pki: &pki,
+        state_dir: dir.join("state"),
+        profile: dir.join("profiles/system"),
+        current_system: dir.join("current-system"),
+        health_config: dir.join("health.json"),
+        dry_run: false,
+    }
+    .command();
+    cmd.env("NIX_CONFIG", super::sshd::NIX_CONFIG);
+    let agent = Supervisor::default();
+    agent
+        .spawn(&format!("the agent of {host}"), cmd, &dir.join("agent.log"))
         .expect("start agent");
-    Agent { child }
+    Agent(agent)
 }

@@ -1,25 +1,23 @@
 //! The real control plane binary on loopback, with mutual TLS: a PKI from `nixfleet pki`, a
 //! `.nixfleet.toml` in the scratch dir pointing at it, and the process stopped on drop.
 //!
+//! Its command line is the demo's ([`nixfleet_cli::launch`]), and it runs as the demo's does,
+//! under a [`Supervisor`] (its own process group, stopped on drop).
+//!
 //! Needs the control plane binary: `cargo build -p nixfleet-engine` (or NIXFLEET_CP_BIN).
 
 use super::{nixfleet, Scratch};
-use std::net::{TcpListener, TcpStream};
+use nixfleet_cli::launch::{free_ports, ControlPlaneLaunch};
+use nixfleet_cli::supervise::Supervisor;
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// A running control plane; killed on drop.
+/// A running control plane; stopped on drop.
 pub struct ControlPlane {
-    pub child: Child,
+    procs: Supervisor,
     pub port: u16,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The control plane binary: NIXFLEET_CP_BIN, else target/debug.
@@ -83,11 +81,7 @@ pub fn operator_pki(s: &Scratch) -> PathBuf {
 /// The same, inside network namespace `ns` (on its loopback) when given.
 pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
     let pki = operator_pki(s);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let [port] = free_ports().expect("free port");
     std::fs::write(
         s.join(".nixfleet.toml"),
         format!(
@@ -95,32 +89,26 @@ pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
         ),
     )
     .expect("write settings");
-    let log = std::fs::File::create(s.join("cp.log")).expect("log");
-    let mut cmd = match ns {
+    let bin = cp_bin();
+    let launch = ControlPlaneLaunch {
+        bin: &bin,
+        port,
+        data_dir: s.join("cp-data"),
+        pki: &pki,
+    };
+    let cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(cp_bin());
+            c.args(["netns", "exec", ns]).arg(&bin).args(launch.args());
             c
         }
-        None => Command::new(cp_bin()),
+        None => launch.command(),
     };
-    let child = cmd
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(s.join("cp-data"))
-        .arg("--tls-cert")
-        .arg(pki.join("cp-cert.pem"))
-        .arg("--tls-key")
-        .arg(pki.join("cp-key.pem"))
-        .arg("--client-ca")
-        .arg(pki.join("ca.pem"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
+    let procs = Supervisor::default();
+    procs
+        .spawn("the control plane", cmd, &s.join("cp.log"))
         .expect("start control plane");
-    let mut cp = ControlPlane { child, port };
+    let cp = ControlPlane { procs, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     let listening = |port: u16| match ns {
         Some(ns) => Command::new("ip")
@@ -137,9 +125,9 @@ pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
         None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
     };
     while !listening(cp.port) {
-        if let Ok(Some(status)) = cp.child.try_wait() {
+        if let Err(e) = cp.procs.check_alive() {
             panic!(
-                "control plane exited with {status}: {}",
+                "{e}: {}",
                 std::fs::read_to_string(s.join("cp.log")).unwrap_or_default()
             );
         }

@@ -83,6 +83,17 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that `out` exited with `code`, showing its stdout and stderr otherwise.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 /// `nixfleet <args>` in the scratch dir.
 pub fn nf(s: &Scratch, args: &[&str]) -> Output {
     run(nixfleet(s, &s.path).args(args))
