@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod decide;
+pub mod describe;
 pub mod event;
 pub mod executor;
 pub mod ids;

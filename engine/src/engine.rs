@@ -9,7 +9,6 @@
 //! thus loses only events nobody was told about, and their consequences.
 
 use crate::log::{Checkpoint, EventLog, LogError, LogOptions, MemoryLog, SledLog};
-use nixfleet_core::event::BatchFailReason;
 use nixfleet_core::{
     decide, executor, Actor, Command, Event, ExecutorInput, Rejection, Seq, State, Timestamp,
 };
@@ -375,46 +374,17 @@ impl Engine {
     }
 }
 
+/// Logs an executor decision: the v0.1 message (`describe::log_line`), the rollout, and the
+/// event in words.
 fn log_decision(e: &Event) {
-    match e {
-        Event::BatchFailed {
-            rollout,
-            batch_index,
-            unhealthy,
-            threshold,
-            reason: BatchFailReason::Timeout,
-            ..
-        } => {
-            tracing::warn!(%rollout, batch_index, unhealthy, threshold, "Health timeout elapsed, treating pending machines as unhealthy");
+    use nixfleet_core::describe::{self, Level};
+    match describe::log_line(e) {
+        Some((Level::Warn, rollout, message)) => {
+            tracing::warn!(%rollout, detail = %describe::line(e), "{message}")
         }
-        Event::BatchFailed {
-            rollout,
-            batch_index,
-            unhealthy,
-            threshold,
-            ..
-        } => {
-            tracing::warn!(%rollout, batch_index, unhealthy, threshold, "batch failed");
+        Some((Level::Info, rollout, message)) => {
+            tracing::info!(%rollout, detail = %describe::line(e), "{message}")
         }
-        Event::BatchSucceeded {
-            rollout,
-            batch_index,
-            healthy,
-            ..
-        } => tracing::info!(%rollout, batch_index, healthy, "batch succeeded"),
-        Event::BatchStarted {
-            rollout,
-            batch_index,
-            attempt,
-            ..
-        } => tracing::info!(%rollout, batch_index, attempt, "batch started"),
-        Event::RolloutPaused { rollout, reason } => {
-            tracing::warn!(%rollout, %reason, "rollout paused")
-        }
-        Event::RolloutCompleted { rollout } => tracing::info!(%rollout, "rollout completed"),
-        Event::RolloutReverted { rollout, restored } => {
-            tracing::warn!(%rollout, machines = restored.len(), "rollout reverted")
-        }
-        _ => {}
+        None => {}
     }
 }

@@ -10,7 +10,7 @@ use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
 use nixfleet_core::plan::{batch_lengths, seeded_order, RolloutSpec};
 use nixfleet_core::state::{MachineHealth, State};
-use nixfleet_core::{decide, executor, Command};
+use nixfleet_core::{decide, describe, executor, Command};
 use std::path::Path;
 
 /// Copies `data_dir/log` (or `data_dir` itself if it is the log) to a temporary directory (the
@@ -266,84 +266,63 @@ pub fn timeline(records: &[Record], rollout: &RolloutId) -> Result<Vec<StoryLine
         if !mine {
             continue;
         }
-        let mut evidence = Vec::new();
-        let text = match &r.event {
-            Event::RolloutCreated { plan, .. } => format!(
-                "created: release {}, strategy {}, {} batch{} ({}), threshold {}, on failure {}, health timeout {}s, seed {}",
-                plan.release,
-                plan.strategy,
-                plan.batches.len(),
-                if plan.batches.len() == 1 { "" } else { "es" },
-                plan.batches.iter().map(|b| b.len().to_string()).collect::<Vec<_>>().join("+"),
-                plan.failure_threshold,
-                plan.on_failure,
-                plan.health_timeout_secs,
-                plan.seed
-            ),
-            Event::BatchStarted { batch_index, attempt, previous, .. } => format!(
-                "batch {batch_index} started (attempt {attempt}): {}",
-                previous
-                    .iter()
-                    .map(|(m, p)| format!("{m} (was {})", p.as_ref().map(short).unwrap_or_else(|| "never reported".into())))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Event::DesiredGenerationSet { machine, path, cause, .. } => match cause {
-                DesiredCause::Revert { .. } => format!("  {machine} sent back to {}", short(path)),
-                _ => format!("  {machine} asked to run {}", short(path)),
-            },
-            Event::DesiredGenerationCleared { machine, .. } => format!("  {machine} desired generation cleared (it never reported one)"),
-            Event::BatchSucceeded { batch_index, healthy, unhealthy, threshold, .. }
-            | Event::BatchFailed { batch_index, healthy, unhealthy, threshold, .. } => {
-                let ok = matches!(r.event, Event::BatchSucceeded { .. });
-                if let Some(b) = state.rollouts.get(rollout).and_then(|ro| ro.batches.get(*batch_index as usize)) {
-                    for (m, _) in &b.machines {
-                        let h = b.health.get(m).cloned().unwrap_or(MachineHealth::Pending);
-                        let (verdict, seq, detail) = match &h {
-                            MachineHealth::Healthy(s) => ("healthy", Some(*s), "passing health report on the release path".to_string()),
-                            MachineHealth::Unhealthy(Some(s), why) => ("unhealthy", Some(*s), why.clone()),
-                            MachineHealth::Unhealthy(None, why) => ("silent", None, why.clone()),
-                            MachineHealth::Pending => ("pending", None, String::new()),
-                        };
-                        let at = seq.and_then(|s| records.get(s.0 as usize - 1)).map(|x| x.at);
-                        evidence.push(Evidence { machine: m.clone(), verdict: verdict.into(), seq, at, detail });
-                    }
-                }
-                let reason = match &r.event {
-                    Event::BatchFailed { reason, .. } => format!(" ({reason})"),
-                    _ => String::new(),
-                };
-                format!(
-                    "batch {batch_index} {}{reason}: {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}",
-                    if ok { "succeeded" } else { "FAILED" }
-                )
+        let evidence = match &r.event {
+            Event::BatchSucceeded { batch_index, .. } | Event::BatchFailed { batch_index, .. } => {
+                batch_evidence(&state, records, rollout, *batch_index)
             }
-            Event::RolloutPaused { reason, .. } => format!("paused: {reason}"),
-            Event::RolloutResumed { .. } => "resumed".into(),
-            Event::RolloutCancelled { .. } => "cancelled".into(),
-            Event::RolloutCompleted { .. } => "completed".into(),
-            Event::RolloutFailed { reason, .. } => format!("failed: {reason}"),
-            Event::RolloutReverted { restored, .. } => format!("reverted {} machines", restored.len()),
-            Event::RolloutDeleted { .. } => "deleted".into(),
-            other => other.kind().to_string(),
+            _ => Vec::new(),
         };
         out.push(StoryLine {
             seq: r.seq,
             at: r.at,
             actor: r.actor.to_string(),
-            text,
+            text: describe::story(&r.event),
             evidence,
         });
     }
     Ok(out)
 }
 
-fn short(p: &StorePath) -> String {
-    let s = p.as_str().trim_start_matches("/nix/store/");
-    match s.split_once('-') {
-        Some((h, name)) => format!("{}…-{name}", &h[..7.min(h.len())]),
-        None => s.to_string(),
-    }
+/// For a batch decision: the report per machine that decided it.
+fn batch_evidence(
+    state: &State,
+    records: &[Record],
+    rollout: &RolloutId,
+    batch_index: u32,
+) -> Vec<Evidence> {
+    let Some(b) = state
+        .rollouts
+        .get(rollout)
+        .and_then(|ro| ro.batches.get(batch_index as usize))
+    else {
+        return Vec::new();
+    };
+    b.machines
+        .iter()
+        .map(|(m, _)| {
+            let h = b.health.get(m).cloned().unwrap_or(MachineHealth::Pending);
+            let (verdict, seq, detail) = match &h {
+                MachineHealth::Healthy(s) => (
+                    "healthy",
+                    Some(*s),
+                    "passing health report on the release path".to_string(),
+                ),
+                MachineHealth::Unhealthy(Some(s), why) => ("unhealthy", Some(*s), why.clone()),
+                MachineHealth::Unhealthy(None, why) => ("silent", None, why.clone()),
+                MachineHealth::Pending => ("pending", None, String::new()),
+            };
+            let at = seq
+                .and_then(|s| records.get(s.0 as usize - 1))
+                .map(|x| x.at);
+            Evidence {
+                machine: m.clone(),
+                verdict: verdict.into(),
+                seq,
+                at,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// Other parameters for a what-if run.
@@ -380,51 +359,6 @@ pub struct WhatIfOutcome {
     pub recorded_status: String,
     /// Final status with the other parameters.
     pub simulated_status: String,
-}
-
-fn decision_text(e: &Event) -> Option<String> {
-    Some(match e {
-        Event::BatchStarted {
-            batch_index,
-            attempt,
-            previous,
-            ..
-        } => {
-            format!(
-                "batch {batch_index} started (attempt {attempt}, {} machine{})",
-                previous.len(),
-                if previous.len() == 1 { "" } else { "s" }
-            )
-        }
-        Event::BatchSucceeded {
-            batch_index,
-            healthy,
-            unhealthy,
-            threshold,
-            ..
-        } => {
-            format!("batch {batch_index} succeeded: {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}")
-        }
-        Event::BatchFailed {
-            batch_index,
-            healthy,
-            unhealthy,
-            threshold,
-            reason,
-            ..
-        } => {
-            format!("batch {batch_index} failed ({reason}): {healthy} healthy, {unhealthy} unhealthy, threshold {threshold}")
-        }
-        Event::RolloutPaused { .. } => "rollout paused".into(),
-        Event::RolloutCompleted { .. } => "rollout completed".into(),
-        Event::RolloutFailed { .. } => "rollout failed".into(),
-        Event::RolloutReverted { restored, .. } => {
-            format!("rollout reverted ({} machines)", restored.len())
-        }
-        Event::RolloutResumed { .. } => "rollout resumed (operator)".into(),
-        Event::RolloutCancelled { .. } => "rollout cancelled (operator)".into(),
-        _ => return None,
-    })
 }
 
 /// Re-runs the recorded reports of a rollout through the rules with other parameters.
@@ -487,7 +421,7 @@ pub fn what_if(
     let recorded: Vec<Decision> = records[created..]
         .iter()
         .filter(|r| r.stream == format!("rollout:{rollout}"))
-        .filter_map(|r| decision_text(&r.event).map(|text| Decision { at: r.at, text }))
+        .filter_map(|r| describe::decision(&r.event).map(|text| Decision { at: r.at, text }))
         .collect();
     let recorded_status = replay_until(records, None)
         .rollouts
@@ -509,7 +443,7 @@ pub fn what_if(
                     out: &mut Vec<Decision>| {
         for e in events {
             seq += 1;
-            if let Some(text) = decision_text(&e).filter(|_| e.stream() == ours) {
+            if let Some(text) = describe::decision(&e).filter(|_| e.stream() == ours) {
                 out.push(Decision { at, text });
             }
             state.apply(&Envelope {

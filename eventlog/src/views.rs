@@ -12,8 +12,7 @@ use serde_json::json;
 
 /// RFC 3339 with milliseconds.
 pub fn rfc3339(t: Timestamp) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0))
-        .to_string()
+    nixfleet_core::describe::rfc3339(t)
 }
 
 /// A machine row.

@@ -4,16 +4,16 @@
 //! here, so both sources filter alike. `--json` prints the API's own objects, one per line.
 
 use super::source::Source;
-use super::text::{describe, parse_time, utc};
+use super::text::{parse_time, utc};
 use super::SourceArgs;
 use crate::error::{CliError, Result};
 use crate::output;
 use clap::Args;
 use nixfleet_core::event::{Actor, Event};
 use nixfleet_core::ids::Seq;
-use nixfleet_eventlog::views::event_record;
 use nixfleet_eventlog::log::Record;
 use nixfleet_eventlog::postmortem::Filter;
+use nixfleet_eventlog::views::event_record;
 
 /// `nixfleet events`.
 #[derive(Debug, Args)]
@@ -126,7 +126,7 @@ impl Columns {
             &r.actor.to_string(),
             &r.stream,
             r.event.kind(),
-            &describe(&r.event),
+            &nixfleet_core::describe::line(&r.event),
         )
     }
 

@@ -13,8 +13,8 @@ mod text;
 mod verify;
 mod whatif;
 
-use crate::settings::GlobalArgs;
 use crate::error::Result;
+use crate::settings::GlobalArgs;
 use crate::settings::Settings;
 use clap::{Args, Subcommand};
 use source::Source;

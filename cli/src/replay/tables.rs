@@ -10,9 +10,9 @@ use crate::output::{self, or_dash, short_path, Table};
 use clap::Args;
 use nixfleet_core::ids::{Seq, Timestamp};
 use nixfleet_core::state::{MachineHealth, State};
-use nixfleet_eventlog::views;
 use nixfleet_eventlog::log::Record;
 use nixfleet_eventlog::postmortem::{replay_until, Until};
+use nixfleet_eventlog::views;
 use nixfleet_proto::api::v1 as wire;
 
 /// `nixfleet replay`.
