@@ -11,9 +11,13 @@
 use nixfleet_core::decide::{Command, ReportInput};
 use nixfleet_core::event::*;
 use nixfleet_core::ids::*;
-use nixfleet_core::plan::{RolloutSpec, SplitMix64};
-use nixfleet_core::state::State;
+use nixfleet_core::plan::SplitMix64;
 use nixfleet_engine::engine::{Engine, ManualClock};
+use nixfleet_testkit::OnFailure::{Pause, Revert};
+use nixfleet_testkit::{
+    check_decided_once, check_invariants, create_release, one_check, path, replay, report_input,
+    Rollout,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -38,62 +42,14 @@ struct Agent {
     silent_until: u64,
 }
 
-fn path(host: &str, n: u64) -> StorePath {
-    StorePath::parse(&format!("/nix/store/{:032}-nixos-system-{host}-{n}", n)).unwrap()
-}
-
-fn check_invariants(s: &State) {
-    let mut seen = BTreeMap::new();
-    for r in s.rollouts.values().filter(|r| r.status.is_active()) {
-        for (m, _) in r.plan.batches.iter().flatten() {
-            assert!(
-                seen.insert(m.clone(), r.id.clone()).is_none(),
-                "machine {m} in two active rollouts"
-            );
-        }
-    }
-    assert_eq!(seen, s.active_rollout_of, "active_rollout_of out of step");
-}
-
+/// Checks the whole log: no batch attempt decided twice, and replaying it from zero gives the
+/// live state.
 fn check_log(engine: &Engine) {
     let records = engine.log().read_after(Seq(0), usize::MAX).unwrap();
-    let mut decided = BTreeSet::new();
-    let mut attempts = BTreeMap::new();
-    for r in &records {
-        match &r.event {
-            Event::BatchStarted {
-                rollout,
-                batch_index,
-                attempt,
-                ..
-            } => {
-                attempts.insert((rollout.clone(), *batch_index), *attempt);
-            }
-            Event::BatchSucceeded {
-                rollout,
-                batch_index,
-                ..
-            }
-            | Event::BatchFailed {
-                rollout,
-                batch_index,
-                ..
-            } => {
-                let a = attempts[&(rollout.clone(), *batch_index)];
-                assert!(
-                    decided.insert((rollout.clone(), *batch_index, a)),
-                    "batch {batch_index} of {rollout} attempt {a} decided twice"
-                );
-            }
-            _ => {}
-        }
-    }
-    let mut replayed = State::default();
-    for r in records {
-        replayed.apply(&r.into_envelope());
-    }
+    check_decided_once(records.iter().map(|r| &r.event));
+    let log: Vec<Envelope> = records.into_iter().map(|r| r.into_envelope()).collect();
     assert_eq!(
-        replayed,
+        replay(&log),
         engine.read(|s| s.clone()),
         "replayed state differs from live state"
     );
@@ -145,21 +101,21 @@ fn run(seed: u64) {
                     .get(&a.id)
                     .and_then(|m| m.desired.as_ref().map(|d| d.path.clone()))
             });
+            let role = if a.id.as_str() < "host-40" {
+                "web"
+            } else {
+                "db"
+            };
             let mut report = ReportInput {
-                generation: Some(a.current.clone()),
-                success: true,
-                message: "up-to-date".into(),
-                tags: vec![Tag::parse(if a.id.as_str() < "host-40" {
-                    "web"
-                } else {
-                    "db"
-                })
-                .unwrap()],
-                health: Some((vec![], true)),
+                tags: vec![Tag::parse(role).unwrap()],
                 agent_version: "sim".into(),
                 uptime_secs: step,
-                dry_run: false,
-                rolled_back_from: None,
+                ..report_input(
+                    Some(a.current.clone()),
+                    true,
+                    "up-to-date",
+                    Some((vec![], true)),
+                )
             };
             match (&desired, &a.applying) {
                 (Some(d), None) if *d != a.current && !a.quarantined.contains(d) => {
@@ -183,15 +139,7 @@ fn run(seed: u64) {
                         report.success = false;
                         report.message = "rolled back: health checks failed".into();
                         report.rolled_back_from = Some(target.clone());
-                        report.health = Some((
-                            vec![CheckResult {
-                                name: "app".into(),
-                                passed: false,
-                                duration_ms: 1,
-                                message: "down".into(),
-                            }],
-                            false,
-                        ));
+                        report.health = Some(one_check(false));
                         a.quarantined.insert(target);
                     } else {
                         a.current = target;
@@ -218,50 +166,26 @@ fn run(seed: u64) {
         // Operators.
         if step % 60 == 5 {
             release_n += 1;
+            let release = format!("rel-{release_n}");
             let entries = agents
                 .iter()
-                .map(|a| ReleaseEntry {
-                    machine: a.id.clone(),
-                    path: path(a.id.as_str(), release_n),
-                    platform: "x86_64-linux".into(),
-                    tags: vec![],
-                })
-                .collect();
+                .map(|a| (a.id.clone(), path(a.id.as_str(), release_n)));
             engine
-                .submit(
-                    admin.clone(),
-                    &Command::CreateRelease {
-                        release: ReleaseId::parse(&format!("rel-{release_n}")).unwrap(),
-                        flake_ref: None,
-                        flake_rev: None,
-                        cache_url: None,
-                        entries,
-                    },
-                )
+                .submit(admin.clone(), &create_release(&release, entries))
                 .unwrap();
             for tag in ["web", "db"] {
                 rollout_n += 1;
-                let strategy = ["canary", "staged", "all_at_once"][rng.below(3)];
-                let spec = RolloutSpec {
-                    release: ReleaseId::parse(&format!("rel-{release_n}")).unwrap(),
-                    strategy: strategy.into(),
-                    batch_sizes: (strategy == "staged")
-                        .then(|| vec!["2".into(), "25%".into(), "100%".into()]),
-                    failure_threshold: Some(["0", "1", "10%"][rng.below(3)].into()),
-                    on_failure: Some(["pause", "revert"][rng.below(2)].into()),
-                    health_timeout_secs: Some(20 + rng.below(40) as u64),
-                    target: Target::Tags(vec![Tag::parse(tag).unwrap()]),
-                    cache_url: None,
-                };
+                let rollout = match ["canary", "staged", "all_at_once"][rng.below(3)] {
+                    "staged" => Rollout::of(&release).staged(&["2", "25%", "100%"]),
+                    strategy => Rollout::of(&release).strategy(strategy),
+                }
+                .failure_threshold(["0", "1", "10%"][rng.below(3)])
+                .on_failure([Pause, Revert][rng.below(2)])
+                .health_timeout(20 + rng.below(40) as u64)
+                .to_tags(&[tag])
+                .seed(rng.next_u64());
                 // Conflicts (machines still in an active rollout) are expected and refused.
-                let _ = engine.submit(
-                    admin.clone(),
-                    &Command::CreateRollout {
-                        rollout: RolloutId::parse(&format!("r-{rollout_n}")).unwrap(),
-                        spec,
-                        seed: rng.next_u64(),
-                    },
-                );
+                let _ = engine.submit(admin.clone(), &rollout.create(&format!("r-{rollout_n}")));
             }
         }
         if step % 17 == 0 {
