@@ -305,20 +305,25 @@ fn machine_or_404<'a>(
     state: &'a State,
     m: &MachineId,
 ) -> Result<&'a crate::state::Machine, Rejection> {
-    state
-        .machines
-        .get(m)
-        .ok_or_else(|| Rejection::NotFound(format!("machine {m} not found")))
+    found(&state.machines, "machine", m)
 }
 
 fn rollout_or_404<'a>(
     state: &'a State,
     r: &RolloutId,
 ) -> Result<&'a crate::state::Rollout, Rejection> {
-    state
-        .rollouts
-        .get(r)
-        .ok_or_else(|| Rejection::NotFound(format!("rollout {r} not found")))
+    found(&state.rollouts, "rollout", r)
+}
+
+/// The row of `key` in `table`, or "{what} {key} not found" (404).
+fn found<'a, K: Ord + std::fmt::Display, V>(
+    table: &'a std::collections::BTreeMap<K, V>,
+    what: &str,
+    key: &K,
+) -> Result<&'a V, Rejection> {
+    table
+        .get(key)
+        .ok_or_else(|| Rejection::NotFound(format!("{what} {key} not found")))
 }
 
 fn check_tags(tags: &[Tag]) -> Result<(), Rejection> {
