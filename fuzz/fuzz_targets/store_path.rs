@@ -1,12 +1,15 @@
-//! Store path and id validation: the core's `StorePath::parse` (what the control plane accepts) and
-//! the agent's `store_path::StorePath` (what the agent will hand to `nix` and run as root) never
-//! panic, accept only a single top-level store entry with no traversal and no shell
-//! metacharacters, and agree with each other. The id newtypes are held to the same rules.
+//! Store path and id validation: `nixfleet_ids::StorePath` is the one rule the control plane
+//! accepts, the agent acts on (an argument of `nix`, and an executable it runs as root) and the CLI
+//! sends to remote shells. It never panics, accepts only a single top-level store entry with no
+//! traversal and no shell metacharacters, and what it accepts round-trips (text, `TryFrom`,
+//! serde) and splits into a 32-character nix-base32 hash and a name of Nix's characters. The id
+//! newtypes are held to the same kind of rules.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nixfleet_agent::store_path::StorePath as AgentStorePath;
-use nixfleet_core::ids::{KeyName, MachineId, ReleaseId, RolloutId, StorePath, Tag};
+use nixfleet_ids::{
+    InvalidId, KeyName, MachineId, ReleaseId, RolloutId, StorePath, Tag, STORE_NAME_LEN_MAX,
+};
 
 /// Characters that mean something to a POSIX shell (besides `?`, which Nix allows in names and
 /// which matters only in an unquoted word: nothing here reaches a shell).
@@ -14,6 +17,9 @@ const SHELL_META: &[char] = &[
     ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '[', ']', '*', '!', '\'', '"', '\\',
     '#', '~', '^',
 ];
+
+/// Nix's base-32 alphabet (no e, o, u, t).
+const NIX_BASE32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
 
 fn no_shell_meta(what: &str, s: &str) {
     assert!(
@@ -25,37 +31,57 @@ fn no_shell_meta(what: &str, s: &str) {
 }
 
 fn check_store_path(s: &str) {
-    let core = StorePath::parse(s);
-    let agent = AgentStorePath::try_from(s);
-    for (who, ok) in [("core", core.is_ok()), ("agent", agent.is_ok())] {
-        if !ok {
-            continue;
+    let p = match StorePath::parse(s) {
+        Ok(p) => p,
+        Err(e) => {
+            // A refusal names the value and one of the three parts, on one line.
+            assert!(
+                [StorePath::NOT_IN_STORE, StorePath::BAD_HASH, StorePath::BAD_NAME]
+                    .contains(&e.why),
+                "{s:?}: unexpected reason {e}"
+            );
+            assert!(!e.to_string().contains('\n'), "{s:?}: {e}");
+            assert_eq!(StorePath::try_from(s).map_err(|e| e.why), Err(e.why));
+            return;
         }
-        let what = format!("{who} store path");
-        let rest = s
-            .strip_prefix("/nix/store/")
-            .unwrap_or_else(|| panic!("{what} {s:?} accepted outside /nix/store/"));
-        assert!(!rest.contains('/'), "{what} {s:?} accepted with a '/' after the hash-name part");
-        assert!(!rest.contains(".."), "{what} {s:?} accepted with '..'");
-        assert!(!rest.starts_with('.') && !rest.starts_with('-'), "{what} {s:?}");
-        no_shell_meta(&what, s);
-    }
-    assert_eq!(
-        core.is_ok(),
-        agent.is_ok(),
-        "the control plane and the agent disagree on {s:?}: core {core:?}, agent {agent:?}"
-    );
-    if let (Ok(c), Ok(a)) = (&core, &agent) {
-        assert_eq!(c.as_str(), a.as_str());
-        assert_eq!(a.hash_part().len(), 32);
-        assert!(!a.name().is_empty());
-    }
+    };
+    let what = "store path";
+    assert_eq!(p.as_str(), s, "accepted {s:?} but holds {p}");
+    let rest = s
+        .strip_prefix("/nix/store/")
+        .unwrap_or_else(|| panic!("{what} {s:?} accepted outside /nix/store/"));
+    assert!(!rest.contains('/'), "{what} {s:?} accepted with a '/' after the hash-name part");
+    assert!(!rest.contains(".."), "{what} {s:?} accepted with '..'");
+    assert!(!rest.starts_with('.') && !rest.starts_with('-'), "{what} {s:?}");
+    no_shell_meta(what, s);
+    // It splits into hash and name, and the two put back together are the path.
+    let (hash, name) = (p.hash_part(), p.name());
+    assert_eq!(hash.len(), 32, "{s:?}");
+    assert!(hash.chars().all(|c| NIX_BASE32.contains(c)), "{s:?}: hash {hash:?}");
+    assert!(!name.is_empty() && name.len() <= STORE_NAME_LEN_MAX, "{s:?}: name {name:?}");
+    assert!(!name.starts_with('.'), "{s:?}: name {name:?}");
+    assert_eq!(format!("/nix/store/{hash}-{name}"), s);
+    assert_eq!(p.as_path().to_str(), Some(s));
+    // Every way in agrees, and the serde form (a plain string, also inside bincode events) comes
+    // back as the same value.
+    assert_eq!(StorePath::try_from(s).as_ref(), Ok(&p));
+    assert_eq!(StorePath::try_from(s.to_owned()).as_ref(), Ok(&p));
+    assert_eq!(StorePath::parse(&p.to_string()).as_ref(), Ok(&p));
+    let json = serde_json::to_string(&p).expect("a store path serializes");
+    assert_eq!(serde_json::from_str::<String>(&json).expect("a string"), s);
+    assert_eq!(serde_json::from_str::<StorePath>(&json).expect("decodes"), p);
 }
 
-fn check_id<T>(what: &str, s: &str, parse: fn(&str) -> Result<T, nixfleet_core::ids::InvalidId>, slash_ok: bool) {
-    let Ok(_) = parse(s) else {
+fn check_id<T: ToString>(
+    what: &str,
+    s: &str,
+    parse: fn(&str) -> Result<T, InvalidId>,
+    slash_ok: bool,
+) {
+    let Ok(id) = parse(s) else {
         return;
     };
+    assert_eq!(id.to_string(), s, "{what} {s:?} does not round-trip");
     assert!(!s.is_empty() && s.len() <= 128, "{what} {s:?}: length");
     assert!(s != "." && s != "..", "{what} {s:?} is a path traversal");
     assert!(!s.starts_with('-'), "{what} {s:?} looks like a flag");
@@ -68,8 +94,10 @@ fn check_id<T>(what: &str, s: &str, parse: fn(&str) -> Result<T, nixfleet_core::
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
     check_store_path(&s);
-    // Most random strings fail the prefix at once; also try them as the part after it.
+    // Most random strings fail the prefix at once; also try them as the part after it, and
+    // after a valid hash.
     check_store_path(&format!("/nix/store/{s}"));
+    check_store_path(&format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{s}"));
     check_id("machine id", &s, MachineId::parse, false);
     check_id("release id", &s, ReleaseId::parse, false);
     check_id("rollout id", &s, RolloutId::parse, false);
