@@ -122,9 +122,15 @@ impl Fleet {
     /// Runs `cmd` as the operator; panics if it is rejected.
     #[track_caller]
     pub fn ok(&mut self, cmd: Command) -> Outcome {
+        accepted(self.run(admin(), cmd), format_args!("command"))
+    }
+
+    /// Runs `cmd` as the operator and returns why it was rejected; panics if it was accepted.
+    #[track_caller]
+    pub fn rejected(&mut self, cmd: Command) -> Rejection {
         match self.run(admin(), cmd) {
-            Ok(out) => out,
-            Err(why) => panic!("command rejected: {why:?}"),
+            Ok(out) => panic!("command accepted, expected a rejection: {:?}", out.kinds()),
+            Err(why) => why,
         }
     }
 
@@ -148,10 +154,7 @@ impl Fleet {
     /// Machine `id` reports (registering itself if it is new); panics if the report is rejected.
     #[track_caller]
     pub fn report(&mut self, id: &str, report: Report) -> Outcome {
-        match self.try_report(id, report) {
-            Ok(out) => out,
-            Err(why) => panic!("report of {id} rejected: {why:?}"),
-        }
+        accepted(self.try_report(id, report), format_args!("report of {id}"))
     }
 
     /// Machine `id` reports (registering itself if it is new); the report may be rejected.
@@ -193,10 +196,10 @@ impl Fleet {
     /// Machine `id` sends `cmd`; panics if it is rejected.
     #[track_caller]
     pub fn run_as_machine(&mut self, id: &str, cmd: Command) -> Outcome {
-        match self.run(Actor::Machine(m(id)), cmd) {
-            Ok(out) => out,
-            Err(why) => panic!("report of {id} rejected: {why:?}"),
-        }
+        accepted(
+            self.run(Actor::Machine(m(id)), cmd),
+            format_args!("report of {id}"),
+        )
     }
 
     /// The operator creates release `id`: each machine with its system generation.
@@ -210,10 +213,7 @@ impl Fleet {
     /// The operator creates rollout `id`; panics if it is rejected.
     #[track_caller]
     pub fn start(&mut self, id: &str, rollout: Rollout) -> Outcome {
-        match self.try_start(id, rollout) {
-            Ok(out) => out,
-            Err(why) => panic!("rollout {id} rejected: {why:?}"),
-        }
+        accepted(self.try_start(id, rollout), format_args!("rollout {id}"))
     }
 
     /// The operator creates rollout `id`, which may be rejected.
@@ -283,6 +283,15 @@ impl Fleet {
     /// Replays the whole log into a fresh state.
     pub fn replayed(&self) -> State {
         crate::checks::replay(&self.log)
+    }
+}
+
+/// The events of an accepted step; panics naming `what` if it was rejected.
+#[track_caller]
+fn accepted(result: Result<Outcome, Rejection>, what: std::fmt::Arguments<'_>) -> Outcome {
+    match result {
+        Ok(out) => out,
+        Err(why) => panic!("{what} rejected: {why:?}"),
     }
 }
 
