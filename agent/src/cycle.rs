@@ -24,9 +24,9 @@ use crate::health::HealthRunner;
 use crate::inflight::{InFlight, Journal, ATTEMPTS_MAX};
 use crate::nix::{self, FetchError, Fetched};
 use crate::quarantine::{Quarantine, Verdict};
-use nixfleet_ids::StorePath;
 use crate::switch::{self, Activation, Outcome as SwitchOutcome, Switched, Switcher};
 use crate::telemetry::{set_state, State};
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::{
     DesiredGeneration, HealthCheckResult, HealthReport, Report, SwitchReport,
 };

@@ -4,23 +4,17 @@
 
 mod common;
 
+use common::running::{agent_command, free_port, signal, wait_until, RunningAgent, AGENT};
 use nixfleet_proto::api::v1::{DesiredGeneration, Report};
+use rustix::process::Signal;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
 const RUNNING: &str = "/nix/store/0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8q-nixos-system-web-01";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Runs the agent with `args` and returns (exit code, stderr lines).
 fn refused(args: &[&str]) -> (i32, Vec<String>) {
@@ -288,6 +282,14 @@ impl StubCp {
         );
     }
 
+    /// Answers polls with `path`, not quarantined, with this poll hint.
+    fn desire(&self, path: &str, poll_hint: Option<u64>) {
+        *self.desired.lock().expect("lock") = Some(DesiredGeneration {
+            poll_hint,
+            ..common::desired(path, None)
+        });
+    }
+
     fn reports(&self) -> Vec<Report> {
         self.reports.lock().expect("lock").clone()
     }
@@ -297,120 +299,38 @@ impl StubCp {
     }
 }
 
-/// A running agent whose stderr (JSON logs) is collected line by line.
-struct RunningAgent {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+/// The agent as web-01 of the control plane at `url`, with its state, current-system link and
+/// health check file in `dir`.
+fn agent_in(dir: &Path, url: &str) -> Command {
+    agent_command(
+        url,
+        &dir.join("state"),
+        &dir.join("current-system"),
+        &dir.join("health-checks.json"),
+    )
 }
 
-impl RunningAgent {
-    fn start(port: u16, extra: &[&str], health_json: &str, env_path: Option<&str>) -> RunningAgent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let current = dir.path().join("current-system");
-        std::os::unix::fs::symlink(RUNNING, &current).expect("symlink");
-        let health = dir.path().join("health-checks.json");
-        std::fs::write(&health, health_json).expect("write health config");
-        let mut cmd = Command::new(AGENT);
-        cmd.args([
-            "--control-plane-url",
-            &format!("http://127.0.0.1:{port}"),
-            "--allow-insecure",
-        ])
-        .args([
-            "--machine-id",
-            "web-01",
-            "--tags",
-            "web,canary,eu-west",
-            "--retry-interval",
-            "1",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--current-system")
-        .arg(&current)
-        .arg("--health-config")
-        .arg(&health)
-        .args(["--switch-mode", "direct"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        match env_path {
-            Some(p) => cmd.env("PATH", p),
-            None => cmd.env_remove("PATH"),
-        };
-        let mut child = cmd.spawn().expect("spawn agent");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        RunningAgent {
-            child,
-            logs,
-            _dir: dir,
-        }
-    }
-
-    fn wait_for_log(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(l) = self
-                .logs
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; logs: {:#?}",
-                self.logs.lock().expect("lock")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(mut self) -> i32 {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                self.wait_for_log(
-                    "Received SIGTERM, exiting gracefully",
-                    Duration::from_secs(2),
-                );
-                return status.code().expect("exit code");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Starts an agent against the stand-in on `port` (plain HTTP), running [`RUNNING`], with these
+/// health checks, and `PATH` set to `env_path` (or unset).
+fn start_agent(
+    port: u16,
+    extra: &[&str],
+    health_json: &str,
+    env_path: Option<&str>,
+) -> RunningAgent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(RUNNING, dir.path().join("current-system")).expect("symlink");
+    std::fs::write(dir.path().join("health-checks.json"), health_json)
+        .expect("write health config");
+    let mut cmd = agent_in(dir.path(), &format!("http://127.0.0.1:{port}"));
+    cmd.arg("--allow-insecure")
+        .args(["--tags", "web,canary,eu-west", "--retry-interval", "1"])
+        .args(extra);
+    match env_path {
+        Some(p) => cmd.env("PATH", p),
+        None => cmd.env_remove("PATH"),
+    };
+    RunningAgent::spawn(cmd, Some(dir))
 }
 
 const PASSING_COMMAND_CHECK: &str = r#"{"command":[{"name":"app","command":"test -d /"}]}"#;
@@ -419,7 +339,7 @@ const PASSING_COMMAND_CHECK: &str = r#"{"command":[{"name":"app","command":"test
 fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_with_exactly_its_tags(
 ) {
     let port = free_port();
-    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
     let line = agent.wait_for_log(
         "Initial poll failed, scheduling retry",
         Duration::from_secs(10),
@@ -446,16 +366,9 @@ fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_wi
 #[test]
 fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() {
     let (cp, port) = StubCp::start();
-    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
-        hash: RUNNING.into(),
-        cache_url: None,
-        poll_hint: None,
-        quarantined: false,
-        decided_seq: None,
-        activation: None,
-    });
+    cp.desire(RUNNING, None);
     // No PATH at all, like a bare systemd unit: a relative "sh" would fail with ENOENT.
-    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, None);
+    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, None);
     wait_until("a report", Duration::from_secs(10), || {
         !cp.reports().is_empty()
     });
@@ -472,15 +385,8 @@ fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() 
 #[test]
 fn the_poll_hint_of_the_control_plane_shortens_polling() {
     let (cp, port) = StubCp::start();
-    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
-        hash: RUNNING.into(),
-        cache_url: None,
-        poll_hint: Some(1),
-        quarantined: false,
-        decided_seq: None,
-        activation: None,
-    });
-    let agent = RunningAgent::start(
+    cp.desire(RUNNING, Some(1));
+    let agent = start_agent(
         port,
         &["--poll-interval", "3600"],
         PASSING_COMMAND_CHECK,
@@ -501,7 +407,7 @@ fn the_poll_hint_of_the_control_plane_shortens_polling() {
 #[test]
 fn periodic_health_reports_follow_the_health_interval() {
     let (cp, port) = StubCp::start();
-    let agent = RunningAgent::start(
+    let agent = start_agent(
         port,
         &["--health-interval", "1", "--poll-interval", "3600"],
         PASSING_COMMAND_CHECK,
@@ -531,7 +437,7 @@ fn periodic_health_reports_follow_the_health_interval() {
 #[test]
 fn sigint_also_ends_the_agent_cleanly() {
     let (cp, port) = StubCp::start();
-    let mut agent = RunningAgent::start(
+    let mut agent = start_agent(
         port,
         &["--log-format", "human"],
         PASSING_COMMAND_CHECK,
@@ -540,8 +446,7 @@ fn sigint_also_ends_the_agent_cleanly() {
     wait_until("a report", Duration::from_secs(10), || {
         !cp.reports().is_empty()
     });
-    let pid = rustix::process::Pid::from_raw(agent.child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    signal(&agent.child, Signal::INT);
     let status = agent.child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
     agent.wait_for_log(
@@ -553,7 +458,7 @@ fn sigint_also_ends_the_agent_cleanly() {
 #[test]
 fn metrics_are_served_in_prometheus_format_on_the_metrics_port() {
     let (cp, port) = StubCp::start();
-    let agent = RunningAgent::start(
+    let agent = start_agent(
         port,
         &["--metrics-port", "0"],
         PASSING_COMMAND_CHECK,
@@ -715,40 +620,9 @@ fn serve_mtls(cp: &StubCp, pki: &Pki) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
 
 fn start_tls_agent(port: u16, tls_args: &[String]) -> RunningAgent {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(AGENT);
-    cmd.args(["--control-plane-url", &format!("https://localhost:{port}")])
-        .args([
-            "--machine-id",
-            "web-01",
-            "--retry-interval",
-            "1",
-            "--switch-mode",
-            "direct",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--current-system")
-        .arg(dir.path().join("no-current-system"))
-        .arg("--health-config")
-        .arg(dir.path().join("none.json"))
-        .args(tls_args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn agent");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let sink = logs.clone();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().expect("lock").push(line);
-        }
-    });
-    RunningAgent {
-        child,
-        logs,
-        _dir: dir,
-    }
+    let mut cmd = agent_in(dir.path(), &format!("https://localhost:{port}"));
+    cmd.args(["--retry-interval", "1"]).args(tls_args);
+    RunningAgent::spawn(cmd, Some(dir))
 }
 
 #[test]
@@ -827,15 +701,8 @@ fn a_control_plane_certificate_from_another_ca_is_not_trusted() {
 fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and_nothing_changes() {
     let (cp, port) = StubCp::start();
     let missing = "/nix/store/1zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-nixos-system-fabricated";
-    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
-        hash: missing.into(),
-        cache_url: None,
-        poll_hint: None,
-        quarantined: false,
-        decided_seq: None,
-        activation: None,
-    });
-    let agent = RunningAgent::start(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    cp.desire(missing, None);
+    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
     let line = agent.wait_for_log(
         "not found locally and no cache URL configured",
         Duration::from_secs(10),
@@ -869,27 +736,8 @@ fn a_broken_log_stream_does_not_stop_the_agent() {
     // when the journal stream breaks. tracing-subscriber's eprintln! fallback used to panic here.
     let (read_end, write_end) = std::io::pipe().expect("pipe");
     drop(read_end);
-    let mut agent = Command::new(AGENT)
-        .args([
-            "--control-plane-url",
-            &format!("http://127.0.0.1:{port}"),
-            "--allow-insecure",
-        ])
-        .args([
-            "--machine-id",
-            "web-01",
-            "--poll-interval",
-            "1",
-            "--switch-mode",
-            "direct",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--current-system")
-        .arg(dir.path().join("none"))
-        .arg("--health-config")
-        .arg(dir.path().join("none.json"))
-        .stdout(Stdio::null())
+    let mut agent = agent_in(dir.path(), &format!("http://127.0.0.1:{port}"))
+        .args(["--allow-insecure", "--poll-interval", "1"])
         .stderr(write_end)
         .spawn()
         .expect("spawn");
@@ -897,8 +745,7 @@ fn a_broken_log_stream_does_not_stop_the_agent() {
         cp.reports().len() >= 2
     });
     assert!(agent.try_wait().expect("wait").is_none(), "the agent died");
-    let pid = rustix::process::Pid::from_raw(agent.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    signal(&agent, Signal::TERM);
     assert_eq!(agent.wait().expect("wait").code(), Some(0));
 }
 
@@ -915,39 +762,12 @@ fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_roll
     );
     let bad = m.build_with_switch("nixos-system-web-01-slow-bad", false, &slow);
     let (cp, port) = StubCp::start();
-    *cp.desired.lock().expect("lock") = Some(DesiredGeneration {
-        hash: bad.to_string(),
-        cache_url: None,
-        poll_hint: None,
-        quarantined: false,
-        decided_seq: None,
-        activation: None,
-    });
+    cp.desire(bad.as_str(), None);
     let spawn = || {
-        Command::new(AGENT)
-            .args([
-                "--control-plane-url",
-                &format!("http://127.0.0.1:{port}"),
-                "--allow-insecure",
-            ])
-            .args([
-                "--machine-id",
-                "web-01",
-                "--poll-interval",
-                "1",
-                "--retry-interval",
-                "1",
-            ])
-            .args(["--switch-mode", "direct", "--switch-timeout", "30"])
-            .arg("--state-dir")
-            .arg(&m.state_dir)
-            .arg("--profile")
-            .arg(&m.profile)
-            .arg("--current-system")
-            .arg(&m.current)
-            .arg("--health-config")
-            .arg(&m.health_config)
-            .stdout(Stdio::null())
+        m.agent_command(&format!("http://127.0.0.1:{port}"))
+            .arg("--allow-insecure")
+            .args(["--poll-interval", "1", "--retry-interval", "1"])
+            .args(["--switch-timeout", "30"])
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn agent")
@@ -994,8 +814,7 @@ fn an_agent_killed_during_a_switch_finishes_the_deploy_after_its_restart_by_roll
         "{}",
         report.message
     );
-    let pid = rustix::process::Pid::from_raw(second.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    signal(&second, Signal::TERM);
     assert_eq!(second.wait().expect("wait").code(), Some(0));
 }
 
@@ -1045,7 +864,7 @@ fn a_desired_generation_built_to_traverse_or_reach_a_shell_is_refused_and_runs_n
         format!("{m}"),
         "--help".to_owned(),
     ];
-    let agent = RunningAgent::start(
+    let agent = start_agent(
         port,
         &["--poll-interval", "1"],
         r#"{}"#,

@@ -6,21 +6,17 @@
 
 mod common;
 
+use common::running::{self, free_port, RunningAgent};
 use common::Machine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
 
 fn cp_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NIXFLEET_CP_BIN") {
@@ -36,14 +32,6 @@ fn cp_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A fleet CA with certificates `cp` (server, localhost), `operator` and `web-01` (clients).
@@ -232,89 +220,30 @@ impl Drop for ControlPlane {
     }
 }
 
-struct Agent {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+/// An agent for `m`, as web-01 of the control plane on `port`, over mTLS with the fleet PKI in `dir`,
+/// polling every second.
+fn start_agent(dir: &Path, port: u16, m: &Machine) -> RunningAgent {
+    start_agent_polling(dir, port, m, "1")
 }
 
-impl Agent {
-    fn start(dir: &Path, port: u16, m: &Machine) -> Agent {
-        Self::start_polling(dir, port, m, "1")
-    }
-
-    /// An agent whose poll and retry intervals are `every` seconds.
-    fn start_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> Agent {
-        let pki = dir.join("pki");
-        let mut child = Command::new(AGENT)
-            .args(["--control-plane-url", &format!("https://localhost:{port}")])
-            .args(["--machine-id", "web-01", "--tags", "web,canary"])
-            .arg("--ca-cert")
-            .arg(pki.join("ca.pem"))
-            .arg("--client-cert")
-            .arg(pki.join("web-01-cert.pem"))
-            .arg("--client-key")
-            .arg(pki.join("web-01-key.pem"))
-            .arg("--state-dir")
-            .arg(&m.state_dir)
-            .arg("--profile")
-            .arg(&m.profile)
-            .arg("--current-system")
-            .arg(&m.current)
-            .arg("--health-config")
-            .arg(&m.health_config)
-            .args([
-                "--switch-mode",
-                "direct",
-                "--poll-interval",
-                every,
-                "--retry-interval",
-                every,
-                "--health-interval",
-                "2",
-            ])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        Agent { child, logs }
-    }
-
-    fn saw(&self, needle: &str) -> bool {
-        self.logs
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    fn dump(&self) -> String {
-        self.logs.lock().expect("lock").join("\n")
-    }
+/// An agent whose poll and retry intervals are `every` seconds.
+fn start_agent_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> RunningAgent {
+    let pki = dir.join("pki");
+    let mut cmd = m.agent_command(&format!("https://localhost:{port}"));
+    cmd.args(["--tags", "web,canary"])
+        .arg("--ca-cert")
+        .arg(pki.join("ca.pem"))
+        .arg("--client-cert")
+        .arg(pki.join("web-01-cert.pem"))
+        .arg("--client-key")
+        .arg(pki.join("web-01-key.pem"))
+        .args(["--poll-interval", every, "--retry-interval", every])
+        .args(["--health-interval", "2"]);
+    RunningAgent::spawn(cmd, None)
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, secs: u64, cond: impl FnMut() -> bool) {
+    running::wait_until(what, Duration::from_secs(secs), cond)
 }
 
 #[test]
@@ -325,7 +254,7 @@ fn an_agent_started_before_the_control_plane_retries_then_registers_with_exactly
     let dir = tempfile::tempdir().expect("tempdir");
     pki(&dir.path().join("pki"));
     let port = free_port();
-    let agent = Agent::start(dir.path(), port, &m);
+    let agent = start_agent(dir.path(), port, &m);
     wait_until("the retry line", 15, || {
         agent.saw("Initial poll failed, scheduling retry")
     });
@@ -358,7 +287,7 @@ fn a_release_is_deployed_then_an_unhealthy_one_is_rolled_back_quarantined_and_re
     let bad = m.build("nixos-system-web-01-bad", false);
     m.boot_into(&v1);
     let (dir, port, cp) = given_a_control_plane();
-    let agent = Agent::start(dir.path(), port, &m);
+    let agent = start_agent(dir.path(), port, &m);
     wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
 
     // A healthy release: the deploy report carries its health, so the gate passes at once.
@@ -425,7 +354,7 @@ fn a_resume_before_the_agent_saw_the_quarantine_still_retries_the_path() {
     m.boot_into(&v1);
     let (dir, port, cp) = given_a_control_plane();
     // Polls 4 s apart: the resume below comes well before the agent's next poll.
-    let agent = Agent::start_polling(dir.path(), port, &m, "4");
+    let agent = start_agent_polling(dir.path(), port, &m, "4");
     wait_until("web-01 to register", 20, || cp.machine("web-01").is_some());
     let failing = cp.roll_out(bad.as_str());
     cp.wait_rollout(&failing, "paused", 90);
@@ -479,7 +408,7 @@ fn results_cached_from_before_a_batch_started_do_not_pass_it_fresh_ones_do() {
     // The check runs once at start and then only every hour: every later report carries that result.
     check(3600);
     let (dir, port, cp) = given_a_control_plane();
-    let agent = Agent::start(dir.path(), port, &m);
+    let agent = start_agent(dir.path(), port, &m);
     wait_until("a passing health report", 20, || {
         cp.machine("web-01")
             .is_some_and(|mm| mm["health"] == "healthy")

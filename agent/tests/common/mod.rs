@@ -7,12 +7,14 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod running;
+
 use nixfleet_agent::cycle::{Agent, Settings};
 use nixfleet_agent::health::HealthRunner;
 use nixfleet_agent::inflight::Journal;
 use nixfleet_agent::quarantine::Quarantine;
-use nixfleet_ids::StorePath;
 use nixfleet_agent::switch::{SwitchMode, Switcher};
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::DesiredGeneration;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -286,6 +288,15 @@ impl Machine {
             verify_window: Duration::ZERO,
             gc_roots: self.state_dir.join("gcroots"),
         }
+    }
+
+    /// The agent binary for this machine (web-01 of the control plane at `url`): its state dir,
+    /// profile, current-system link and health check file; direct switches.
+    pub fn agent_command(&self, url: &str) -> Command {
+        let mut cmd =
+            running::agent_command(url, &self.state_dir, &self.current, &self.health_config);
+        cmd.arg("--profile").arg(&self.profile);
+        cmd
     }
 
     /// This machine's stand-in for /run/nixos/switch-to-configuration.lock.
