@@ -9,6 +9,12 @@ use crate::ids::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+// The reducer, one module a group of events; `State::apply` dispatches to them.
+mod keys;
+mod machines;
+mod reports;
+mod rollouts;
+
 /// Health results kept per machine (the log keeps every one).
 pub const HEALTH_HISTORY_MAX: usize = 32;
 /// Audit rows kept in memory (the log keeps every one; the replay tool reads older ones).
@@ -229,6 +235,12 @@ impl Batch {
     pub fn target_of(&self, m: &MachineId) -> Option<&StorePath> {
         self.machines.iter().find(|(id, _)| id == m).map(|(_, p)| p)
     }
+    /// Forgets the health of the previous attempt: `fresh` becomes the health map, counts zero.
+    fn reset_health(&mut self, fresh: BTreeMap<MachineId, MachineHealth>) {
+        self.health = fresh;
+        self.healthy = 0;
+        self.unhealthy = 0;
+    }
     fn set_health(&mut self, m: &MachineId, h: MachineHealth) {
         if let Some(old) = self.health.insert(m.clone(), h.clone()) {
             match old {
@@ -372,496 +384,36 @@ impl State {
             });
         }
         match &env.event {
-            Event::MachineRegistered {
-                machine,
-                lifecycle,
-                tags,
-                ..
-            } => {
-                self.machines.insert(
-                    machine.clone(),
-                    Machine {
-                        id: machine.clone(),
-                        lifecycle: *lifecycle,
-                        registered_at: at,
-                        tags: tags.iter().cloned().collect(),
-                        desired: None,
-                        last_report: None,
-                        quarantined: BTreeMap::new(),
-                        health: VecDeque::new(),
-                        last_switch: None,
-                        reboot_needed: Vec::new(),
-                        decided_seq: Seq(0),
-                    },
-                );
+            Event::MachineRegistered { .. }
+            | Event::LifecycleChanged { .. }
+            | Event::TagsSet { .. }
+            | Event::DesiredGenerationSet { .. }
+            | Event::DesiredGenerationCleared { .. }
+            | Event::MachineQuarantined { .. }
+            | Event::QuarantineCleared { .. }
+            | Event::RebootNeededSet { .. } => self.apply_machine_event(env),
+            Event::ReportReceived { .. }
+            | Event::HealthMeasured { .. }
+            | Event::HealthReported { .. }
+            | Event::SwitchReported { .. } => self.apply_report_event(env),
+            Event::ReleaseCreated { .. } | Event::ReleaseDeleted { .. } => {
+                self.apply_release_event(env)
             }
-            Event::LifecycleChanged { machine, to, .. } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.lifecycle = *to;
-                }
-            }
-            Event::TagsSet { machine, tags, .. } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.tags = tags.iter().cloned().collect();
-                }
-            }
-            Event::ReportReceived {
-                machine,
-                generation,
-                success,
-                message,
-                agent_version,
-                uptime_secs,
-                dry_run,
-                rolled_back_from,
-            } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.last_report = Some(LastReport {
-                        seq,
-                        at,
-                        generation: generation.clone(),
-                        success: *success,
-                        message: message.clone(),
-                        agent_version: agent_version.clone(),
-                        uptime_secs: *uptime_secs,
-                        dry_run: *dry_run,
-                    });
-                }
-                // A measurement time never outlives its group (see `health_measured`).
-                self.health_measured = None;
-                if !success {
-                    let reason = match rolled_back_from {
-                        Some(p) => format!("rolled back from {p}: {message}"),
-                        None => format!("report failed: {message}"),
-                    };
-                    self.judge(machine, seq, |_, _| {
-                        Some(MachineHealth::Unhealthy(Some(seq), reason.clone()))
-                    });
-                }
-            }
-            Event::HealthReported {
-                machine,
-                generation,
-                results,
-                all_passed,
-            } => {
-                // Old logs (and agents that send no time) have no `HealthMeasured`: such results
-                // count as measured when appended, as before.
-                let measured_at = self
-                    .health_measured
-                    .take()
-                    .filter(|(m, _)| m == machine)
-                    .map(|(_, t)| t);
-                if let Some(m) = self.machines.get_mut(machine) {
-                    if m.health.len() == HEALTH_HISTORY_MAX {
-                        m.health.pop_front();
-                    }
-                    m.health.push_back(HealthEntry {
-                        seq,
-                        at,
-                        generation: generation.clone(),
-                        results: results.clone(),
-                        all_passed: *all_passed,
-                    });
-                }
-                self.judge(machine, seq, |target, started_at| {
-                    if generation.as_ref() != Some(target) {
-                        // Health of the old generation says nothing about the release.
-                        return None;
-                    }
-                    if *all_passed {
-                        // A pass measured before the batch started (a cached result re-sent by
-                        // a machine already on the release path) is no evidence about the batch.
-                        if measured_at.zip(started_at).is_some_and(|(m, s)| m < s) {
-                            return None;
-                        }
-                        Some(MachineHealth::Healthy(seq))
-                    } else {
-                        let failed: Vec<&str> = results
-                            .iter()
-                            .filter(|r| !r.passed)
-                            .map(|r| r.name.as_str())
-                            .collect();
-                        Some(MachineHealth::Unhealthy(
-                            Some(seq),
-                            format!("health checks failed: {}", failed.join(", ")),
-                        ))
-                    }
-                });
-            }
-            Event::DesiredGenerationSet {
-                machine,
-                path,
-                cache_url,
-                cause,
-            } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    // A new desired path ends the quarantine of other paths: the operator moved on.
-                    m.quarantined.retain(|p, _| p == path);
-                    m.decided_seq = seq;
-                    m.desired = Some(Desired {
-                        path: path.clone(),
-                        cache_url: cache_url.clone(),
-                        cause: cause.clone(),
-                        set_at: at,
-                    });
-                }
-            }
-            Event::DesiredGenerationCleared { machine, .. } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.desired = None;
-                    m.quarantined.clear();
-                }
-            }
-            Event::ReleaseCreated {
-                release,
-                flake_ref,
-                flake_rev,
-                cache_url,
-                entries,
-            } => {
-                self.releases.insert(
-                    release.clone(),
-                    Release {
-                        id: release.clone(),
-                        flake_ref: flake_ref.clone(),
-                        flake_rev: flake_rev.clone(),
-                        cache_url: cache_url.clone(),
-                        entries: entries
-                            .iter()
-                            .map(|e| (e.machine.clone(), e.clone()))
-                            .collect(),
-                        created_at: at,
-                        created_by: env.actor.clone(),
-                    },
-                );
-            }
-            Event::ReleaseDeleted { release } => {
-                self.releases.remove(release);
-            }
-            Event::RolloutCreated { rollout, plan } => {
-                let batches = plan
-                    .batches
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ms)| Batch {
-                        index: i as u32,
-                        machines: ms.clone(),
-                        status: BatchStatus::Pending,
-                        attempt: 0,
-                        started_seq: None,
-                        started_at: None,
-                        completed_at: None,
-                        previous: BTreeMap::new(),
-                        health: BTreeMap::new(),
-                        healthy: 0,
-                        unhealthy: 0,
-                    })
-                    .collect();
-                for (m, _) in plan.batches.iter().flatten() {
-                    self.active_rollout_of.insert(m.clone(), rollout.clone());
-                }
-                self.rollouts.insert(
-                    rollout.clone(),
-                    Rollout {
-                        id: rollout.clone(),
-                        plan: plan.clone(),
-                        status: RolloutStatus::Running,
-                        batches,
-                        created_at: at,
-                        created_seq: seq,
-                        updated_at: at,
-                        created_by: env.actor.clone(),
-                        reason: None,
-                        options: RolloutOptions::default(),
-                    },
-                );
-            }
-            Event::BatchStarted {
-                rollout,
-                batch_index,
-                attempt,
-                previous,
-            } => {
-                if let Some(b) = self.batch_mut(rollout, *batch_index, at) {
-                    b.status = BatchStatus::Active;
-                    b.attempt = *attempt;
-                    b.started_seq = Some(seq);
-                    b.started_at = Some(at);
-                    b.completed_at = None;
-                    if b.previous.is_empty() {
-                        b.previous = previous.iter().cloned().collect();
-                    }
-                    b.health = b
-                        .machines
-                        .iter()
-                        .map(|(m, _)| (m.clone(), MachineHealth::Pending))
-                        .collect();
-                    b.healthy = 0;
-                    b.unhealthy = 0;
-                }
-            }
-            Event::BatchSucceeded {
-                rollout,
-                batch_index,
-                healthy,
-                unhealthy,
-                ..
-            }
-            | Event::BatchFailed {
-                rollout,
-                batch_index,
-                healthy,
-                unhealthy,
-                ..
-            } => {
-                let failed = matches!(env.event, Event::BatchFailed { .. });
-                if let Some(b) = self.batch_mut(rollout, *batch_index, at) {
-                    b.status = if failed {
-                        BatchStatus::Failed
-                    } else {
-                        BatchStatus::Succeeded
-                    };
-                    b.completed_at = Some(at);
-                    if *unhealthy > b.unhealthy {
-                        // The health timeout elapsed: silent machines count as unhealthy.
-                        let silent: Vec<MachineId> = b
-                            .health
-                            .iter()
-                            .filter(|(_, h)| **h == MachineHealth::Pending)
-                            .map(|(m, _)| m.clone())
-                            .collect();
-                        for m in silent {
-                            b.set_health(
-                                &m,
-                                MachineHealth::Unhealthy(
-                                    None,
-                                    "no passing health report before the health timeout".into(),
-                                ),
-                            );
-                        }
-                    }
-                    debug_assert_eq!(
-                        (b.healthy, b.unhealthy),
-                        (*healthy, *unhealthy),
-                        "batch counts drifted"
-                    );
-                }
-            }
-            Event::RolloutPaused { rollout, reason } => {
-                self.set_status(rollout, RolloutStatus::Paused, Some(reason.clone()), at)
-            }
-            Event::RolloutResumed { rollout } => {
-                if let Some(r) = self.rollouts.get_mut(rollout) {
-                    for b in r
-                        .batches
-                        .iter_mut()
-                        .filter(|b| b.status == BatchStatus::Failed)
-                    {
-                        b.status = BatchStatus::Pending;
-                        b.health.clear();
-                        b.healthy = 0;
-                        b.unhealthy = 0;
-                    }
-                }
-                self.set_status(rollout, RolloutStatus::Running, None, at);
-            }
-            Event::RolloutCancelled { rollout } => {
-                self.set_status(rollout, RolloutStatus::Cancelled, None, at)
-            }
-            Event::RolloutCompleted { rollout } => {
-                self.set_status(rollout, RolloutStatus::Completed, None, at)
-            }
-            Event::RolloutFailed { rollout, reason } => {
-                self.set_status(rollout, RolloutStatus::Failed, Some(reason.clone()), at)
-            }
-            Event::RolloutReverted { rollout, .. } => {
-                let reason = self.rollouts.get(rollout).and_then(|r| r.reason.clone());
-                self.set_status(rollout, RolloutStatus::Reverted, reason, at)
-            }
-            Event::RolloutDeleted { rollout } => {
-                self.rollouts.remove(rollout);
-            }
-            Event::MachineQuarantined {
-                machine,
-                path,
-                reason,
-            } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.quarantined.insert(path.clone(), reason.clone());
-                }
-            }
-            Event::QuarantineCleared { machine, path } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.quarantined.remove(path);
-                    m.decided_seq = seq;
-                }
-            }
-            Event::ApiKeyCreated { name, role, hash } => {
-                self.key_by_hash.insert(*hash, name.clone());
-                self.api_keys.insert(
-                    name.clone(),
-                    ApiKey {
-                        name: name.clone(),
-                        role: *role,
-                        hash: *hash,
-                        created_at: at,
-                        created_by: env.actor.clone(),
-                        revoked_at: None,
-                    },
-                );
-            }
-            Event::ApiKeyRevoked { name } => {
-                if let Some(k) = self.api_keys.get_mut(name) {
-                    k.revoked_at = Some(at);
-                    self.key_by_hash.remove(&k.hash);
-                }
-            }
-            Event::BootstrapDone { .. } => self.bootstrapped = true,
-            Event::HealthMeasured {
-                machine,
-                measured_at,
-            } => self.health_measured = Some((machine.clone(), *measured_at)),
-            Event::RolloutOptionsSet {
-                rollout,
-                activation,
-                allow_failed_units,
-            } => {
-                if let Some(r) = self.rollouts.get_mut(rollout) {
-                    r.options = RolloutOptions {
-                        activation: *activation,
-                        allow_failed_units: *allow_failed_units,
-                    };
-                }
-            }
-            Event::SwitchReported {
-                machine,
-                path,
-                activation,
-                outcome,
-                exit_code,
-                failed_units,
-            } => {
-                let entry = SwitchEntry {
-                    seq,
-                    at,
-                    path: path.clone(),
-                    activation: *activation,
-                    outcome: *outcome,
-                    exit_code: *exit_code,
-                    failed_units: *failed_units,
-                };
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.last_switch = Some(entry.clone());
-                }
-                let options = self
-                    .active_rollout_of
-                    .get(machine)
-                    .and_then(|r| self.rollouts.get(r))
-                    .map(|r| r.options)
-                    .unwrap_or_default();
-                self.judge(machine, seq, |target, _| {
-                    if path != target {
-                        return None;
-                    }
-                    if let Some(why) = entry.failure(&options) {
-                        return Some(MachineHealth::Unhealthy(Some(seq), why));
-                    }
-                    // Boot activation: nothing runs the release before a reboot, so a set
-                    // profile and boot entry is all the evidence there can be.
-                    (entry.outcome == SwitchOutcome::PendingReboot)
-                        .then_some(MachineHealth::Healthy(seq))
-                });
-            }
-            Event::RebootNeededSet {
-                machine,
-                components,
-            } => {
-                if let Some(m) = self.machines.get_mut(machine) {
-                    m.reboot_needed = components.clone();
-                }
-            }
-        }
-    }
-
-    fn batch_mut(&mut self, rollout: &RolloutId, index: u32, at: Timestamp) -> Option<&mut Batch> {
-        let r = self.rollouts.get_mut(rollout)?;
-        r.updated_at = at;
-        r.batches.get_mut(index as usize)
-    }
-
-    fn set_status(
-        &mut self,
-        rollout: &RolloutId,
-        status: RolloutStatus,
-        reason: Option<String>,
-        at: Timestamp,
-    ) {
-        let Some(r) = self.rollouts.get_mut(rollout) else {
-            return;
-        };
-        let old = r.status;
-        r.status = status;
-        r.updated_at = at;
-        if reason.is_some() || status == RolloutStatus::Running {
-            r.reason = reason;
-        }
-        if old.is_active() && !status.is_active() {
-            for (m, _) in r.plan.batches.iter().flatten() {
-                if self.active_rollout_of.get(m) == Some(rollout) {
-                    self.active_rollout_of.remove(m);
-                }
-            }
-        }
-        if status != old && status != RolloutStatus::Running {
-            *self.rollouts_reached.entry(status).or_default() += 1;
-        }
-    }
-
-    /// Updates the health of `machine` in its active batch, if `seq` is after the batch started.
-    fn judge(
-        &mut self,
-        machine: &MachineId,
-        seq: Seq,
-        verdict: impl Fn(&StorePath, Option<Timestamp>) -> Option<MachineHealth>,
-    ) {
-        let last_switch = self
-            .machines
-            .get(machine)
-            .and_then(|m| m.last_switch.clone());
-        let Some(rid) = self.active_rollout_of.get(machine) else {
-            return;
-        };
-        let Some(r) = self.rollouts.get_mut(rid) else {
-            return;
-        };
-        if r.status != RolloutStatus::Running {
-            return;
-        }
-        let Some(b) = r
-            .batches
-            .iter_mut()
-            .find(|b| b.status == BatchStatus::Active && b.health.contains_key(machine))
-        else {
-            return;
-        };
-        if b.started_seq.is_none_or(|s| seq <= s) {
-            return;
-        }
-        let Some(target) = b.target_of(machine).cloned() else {
-            return;
-        };
-        if let Some(h) = verdict(&target, b.started_at) {
-            // A failed switch to the release in this attempt is not undone by later passing checks.
-            let failed_switch = matches!(h, MachineHealth::Healthy(_))
-                && last_switch.as_ref().is_some_and(|s| {
-                    s.path == target
-                        && b.started_seq.is_some_and(|st| s.seq > st)
-                        && s.failure(&r.options).is_some()
-                });
-            if !failed_switch {
-                b.set_health(machine, h);
-            }
+            Event::RolloutCreated { .. }
+            | Event::RolloutOptionsSet { .. }
+            | Event::RolloutPaused { .. }
+            | Event::RolloutResumed { .. }
+            | Event::RolloutCancelled { .. }
+            | Event::RolloutCompleted { .. }
+            | Event::RolloutFailed { .. }
+            | Event::RolloutReverted { .. }
+            | Event::RolloutDeleted { .. } => self.apply_rollout_event(env),
+            Event::BatchStarted { .. }
+            | Event::BatchSucceeded { .. }
+            | Event::BatchFailed { .. } => self.apply_batch_event(env),
+            Event::ApiKeyCreated { .. }
+            | Event::ApiKeyRevoked { .. }
+            | Event::BootstrapDone { .. } => self.apply_key_event(env),
         }
     }
 
