@@ -26,6 +26,7 @@
 //! chain walk as sled's when the log is replayed or verified. The index is checked against its hash
 //! before it is decoded.
 
+use super::packed::{self, Compacted};
 use super::{hash_bytes, LogError, RECORD_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,9 +35,11 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NXFSEG01";
-const INDEX_MAGIC: &[u8; 8] = b"NXFSEGIX";
-/// Header: magic, first, last, prev_hash, last_hash.
+pub(super) const INDEX_MAGIC: &[u8; 8] = b"NXFSEGIX";
+/// Header: magic, first, last, prev_hash, last_hash (version 2 adds `compacted_at_ms`, u64 BE).
 pub const HEADER_LEN: u64 = 8 + 8 + 8 + 32 + 32;
+/// The version 2 header: [`HEADER_LEN`] and when retention compacted the segment.
+pub const HEADER_LEN_V2: u64 = HEADER_LEN + 8;
 /// Trailer: index offset, index length, index hash, magic.
 pub const TRAILER_LEN: u64 = 8 + 8 + 32 + 8;
 /// Every STRIDE-th record's offset is in the index; a read skips at most STRIDE - 1 records.
@@ -55,6 +58,10 @@ pub struct Segment {
     pub prev_hash: [u8; 32],
     /// Hash of record `last`.
     pub last_hash: [u8; 32],
+    /// Version 2 (compressed blocks); false for a version 1 segment (records stored plainly).
+    pub packed: bool,
+    /// When retention compacted it (ms since the epoch; 0: never).
+    pub compacted_at_ms: u64,
     path: PathBuf,
 }
 
@@ -196,6 +203,30 @@ impl Archive {
         self.segments.push(seg);
     }
 
+    /// The ranges retention compacted away, in order (each with the hash of its last record).
+    pub fn compacted(&self) -> Result<Vec<Compacted>, LogError> {
+        let mut out = Vec::new();
+        for seg in self.segments.iter().filter(|s| s.compacted_at_ms > 0) {
+            out.extend_from_slice(Reader::open(seg)?.compacted());
+        }
+        Ok(out)
+    }
+
+    /// The compacted range holding record `seq`, if retention removed it.
+    pub fn compacted_at(&self, seq: u64) -> Result<Option<Compacted>, LogError> {
+        let Some(i) = self.position(seq) else {
+            return Ok(None);
+        };
+        if self.segments[i].compacted_at_ms == 0 {
+            return Ok(None);
+        }
+        let r = Reader::open(&self.segments[i])?;
+        Ok(r.compacted()
+            .iter()
+            .find(|c| c.first <= seq && seq <= c.last)
+            .copied())
+    }
+
     fn position(&self, seq: u64) -> Option<usize> {
         let i = self.segments.partition_point(|s| s.last < seq);
         (i < self.segments.len() && self.segments[i].first <= seq).then_some(i)
@@ -217,13 +248,8 @@ impl Archive {
         let mut n = 0;
         while i < self.segments.len() && n < limit && seq <= upto {
             let seg = &self.segments[i];
-            let mut f = SegmentFile::open(seg)?;
-            f.seek_to(seq)?;
-            while seq <= seg.last && seq <= upto && n < limit {
-                out(seq, f.next_record(seq)?);
-                seq += 1;
-                n += 1;
-            }
+            n += Reader::open(seg)?.read(seq, upto, limit - n, out)?;
+            seq = seg.last + 1;
             i += 1;
         }
         Ok(n)
@@ -251,16 +277,8 @@ impl Archive {
         let mut n = 0;
         while i < self.segments.len() && n < limit {
             let seg = &self.segments[i];
-            let mut f = SegmentFile::open(seg)?;
-            let ords = match f
-                .index
-                .streams
-                .binary_search_by(|(s, _)| s.as_str().cmp(stream))
-            {
-                Ok(k) => std::mem::take(&mut f.index.streams[k].1),
-                Err(_) => Vec::new(),
-            };
-            for ord in ords {
+            let mut f = Reader::open(seg)?;
+            for ord in f.take_stream(stream) {
                 let seq = seg.first + u64::from(ord);
                 if seq <= after || seq > seg.last {
                     continue;
@@ -268,13 +286,143 @@ impl Archive {
                 if n == limit {
                     break;
                 }
-                f.seek_to(seq)?;
-                out(seq, f.next_record(seq)?);
+                if f.read(seq, seq, 1, out)? == 0 {
+                    return Err(corrupt(seq, "the segment's index names a record it lacks"));
+                }
                 n += 1;
             }
             i += 1;
         }
         Ok(n)
+    }
+}
+
+/// A segment rewritten by retention, durable under a temporary name until
+/// [`Archive::install`] renames it over the original.
+#[derive(Debug)]
+pub struct Compaction {
+    index: usize,
+    seg: Segment,
+    tmp: PathBuf,
+    /// Records removed by this compaction.
+    pub removed: u64,
+}
+
+impl Archive {
+    /// The segments, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Writes segment `index` again without the records `removable` lets go (given each record
+    /// and the one after it), as a compacted segment stamped `now_ms`, under a temporary name.
+    /// Reads no lock: segments change only by [`Archive::install`], and one compaction runs at a
+    /// time. The segment's chain is checked first: a damaged segment is an error, never compacted.
+    pub fn prepare_compaction(
+        seg: &Segment,
+        index: usize,
+        now_ms: u64,
+        removable: &dyn Fn(&super::Record, Option<&super::Record>) -> bool,
+    ) -> Result<Compaction, LogError> {
+        let mut reader = Reader::open(seg)?;
+        let gaps = reader.compacted().to_vec();
+        let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+        reader.read(seg.first, seg.last, usize::MAX, &mut |s, b| {
+            stored.push((s, b))
+        })?;
+        let mut records = Vec::with_capacity(stored.len());
+        for (seq, bytes) in &stored {
+            let r = super::decode_record(bytes).map_err(|why| corrupt(*seq, why))?;
+            records.push(r);
+        }
+        // Walk the segment in order: records and the ranges compacted before.
+        let (mut seq, mut prev) = (seg.first, seg.prev_hash);
+        let (mut g, mut k) = (0, 0);
+        let mut entries: Vec<packed::Entry<'_>> = Vec::new();
+        let mut run: Option<(u64, [u8; 32])> = None;
+        let mut removed = 0;
+        while seq <= seg.last {
+            if let Some(c) = gaps.get(g).filter(|c| c.first == seq) {
+                let n = run.map_or(0, |r| r.0);
+                run = Some((n + c.last - c.first + 1, c.last_hash));
+                (seq, prev, g) = (c.last + 1, c.last_hash, g + 1);
+                continue;
+            }
+            let (Some((at, bytes)), Some(rec)) = (stored.get(k), records.get(k)) else {
+                return Err(corrupt(
+                    seq,
+                    format!("record {seq} is missing from its segment"),
+                ));
+            };
+            if *at != seq || rec.seq.0 != seq || rec.prev_hash != prev {
+                return Err(corrupt(
+                    seq,
+                    "hash chain broken: this record or the one before it was altered",
+                ));
+            }
+            prev = hash_bytes(bytes);
+            if removable(rec, records.get(k + 1)) {
+                let n = run.map_or(0, |r| r.0);
+                run = Some((n + 1, prev));
+                removed += 1;
+            } else {
+                if let Some((n, h)) = run.take() {
+                    entries.push(packed::Entry::Compacted(n, h));
+                }
+                entries.push(packed::Entry::Record(bytes, &rec.stream));
+            }
+            (seq, k) = (seq + 1, k + 1);
+        }
+        if let Some((n, h)) = run.take() {
+            entries.push(packed::Entry::Compacted(n, h));
+        }
+        if prev != seg.last_hash {
+            return Err(corrupt(
+                seg.last,
+                "hash chain broken: the segment's last record is not the one its header names",
+            ));
+        }
+        let stamp = now_ms.max(1);
+        let tmp = seg
+            .path
+            .with_file_name(format!("{}.tmp", file_name(seg.first, seg.last)));
+        let written = packed::write(&tmp, seg.first, seg.prev_hash, &entries, stamp);
+        match written {
+            Ok((last, h)) if last == seg.last && h == seg.last_hash => {}
+            Ok(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(corrupt(
+                    seg.first,
+                    "a compacted segment does not match its original",
+                ));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(&tmp, e));
+            }
+        }
+        Ok(Compaction {
+            index,
+            seg: Segment {
+                packed: true,
+                compacted_at_ms: stamp,
+                ..seg.clone()
+            },
+            tmp,
+            removed,
+        })
+    }
+
+    /// Renames a prepared compaction over its segment (the directory fsynced): readers see the
+    /// whole segment or the compacted one, never a mix. The caller holds the archive's write lock.
+    pub fn install(&mut self, c: Compaction) -> Result<(), LogError> {
+        let at = &self.segments[c.index];
+        debug_assert_eq!((at.first, at.last), (c.seg.first, c.seg.last));
+        std::fs::rename(&c.tmp, &c.seg.path)
+            .and_then(|_| File::open(&self.dir)?.sync_all())
+            .map_err(|e| io(&c.seg.path, e))?;
+        self.segments[c.index] = c.seg;
+        Ok(())
     }
 }
 
@@ -287,17 +435,31 @@ fn read_header(path: &Path, first: u64) -> Result<Segment, LogError> {
             format!("{}: the header is cut short", path.display()),
         )
     })?;
-    if &h[0..8] != MAGIC {
+    let packed = &h[0..8] == packed::MAGIC_V2;
+    if &h[0..8] != MAGIC && !packed {
         return Err(corrupt(
             first,
             format!("{}: not a nixfleet segment file", path.display()),
         ));
+    }
+    let mut compacted_at_ms = 0;
+    if packed {
+        let mut t = [0u8; 8];
+        f.read_exact(&mut t).map_err(|_| {
+            corrupt(
+                first,
+                format!("{}: the header is cut short", path.display()),
+            )
+        })?;
+        compacted_at_ms = u64::from_be_bytes(t);
     }
     Ok(Segment {
         first: be_u64(&h[8..16]),
         last: be_u64(&h[16..24]),
         prev_hash: h[24..56].try_into().expect("32 bytes"),
         last_hash: h[56..88].try_into().expect("32 bytes"),
+        packed,
+        compacted_at_ms,
         path: path.to_path_buf(),
     })
 }
@@ -313,38 +475,119 @@ struct SegmentFile<'a> {
     at_seq: u64,
 }
 
+/// An open segment of either version.
+enum Reader<'a> {
+    Plain(SegmentFile<'a>),
+    Packed(packed::PackedFile),
+}
+
+impl<'a> Reader<'a> {
+    fn open(seg: &'a Segment) -> Result<Reader<'a>, LogError> {
+        let (file, index_offset, raw) = read_index(seg)?;
+        if seg.packed {
+            packed::PackedFile::open(&seg.path, file, seg.first, seg.last, index_offset, &raw)
+                .map(Reader::Packed)
+        } else {
+            SegmentFile::open(seg, file, index_offset, &raw).map(Reader::Plain)
+        }
+    }
+
+    /// Hands the records `from ..= upto` it holds (at most `limit`) to `out`; returns how many.
+    fn read(
+        &mut self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+        out: &mut dyn FnMut(u64, Vec<u8>),
+    ) -> Result<usize, LogError> {
+        match self {
+            Reader::Packed(p) => p.read(from, upto, limit, out),
+            Reader::Plain(f) => {
+                let (mut seq, mut n) = (from, 0);
+                let last = upto.min(f.seg.last);
+                if seq > last || limit == 0 {
+                    return Ok(0);
+                }
+                f.seek_to(seq)?;
+                while seq <= last && n < limit {
+                    out(seq, f.next_record(seq)?);
+                    seq += 1;
+                    n += 1;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Takes the ordinals of `stream`'s records out of the index.
+    fn take_stream(&mut self, stream: &str) -> Vec<u32> {
+        let streams = match self {
+            Reader::Packed(p) => &mut p.index.streams,
+            Reader::Plain(f) => &mut f.index.streams,
+        };
+        match streams.binary_search_by(|(s, _)| s.as_str().cmp(stream)) {
+            Ok(k) => std::mem::take(&mut streams[k].1),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn compacted(&self) -> &[packed::Compacted] {
+        match self {
+            Reader::Packed(p) => &p.index.compacted,
+            Reader::Plain(_) => &[],
+        }
+    }
+}
+
+/// Opens a segment's file and reads its index section, checked against the trailer's hash.
+fn read_index(seg: &Segment) -> Result<(File, u64, Vec<u8>), LogError> {
+    let path = &seg.path;
+    let damaged = |why: &str| corrupt(seg.first, format!("{}: {why}", path.display()));
+    let header = if seg.packed {
+        HEADER_LEN_V2
+    } else {
+        HEADER_LEN
+    };
+    let mut file = File::open(path).map_err(|e| io(path, e))?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    if len < header + TRAILER_LEN {
+        return Err(damaged("the segment is cut short"));
+    }
+    let mut t = [0u8; TRAILER_LEN as usize];
+    file.seek(SeekFrom::Start(len - TRAILER_LEN))
+        .and_then(|_| file.read_exact(&mut t))
+        .map_err(|e| io(path, e))?;
+    if &t[48..56] != INDEX_MAGIC {
+        return Err(damaged("the segment's trailer is missing (cut short?)"));
+    }
+    let (index_offset, index_len) = (be_u64(&t[0..8]), be_u64(&t[8..16]));
+    if index_len > INDEX_BYTES_MAX
+        || index_offset < header
+        || index_offset.checked_add(index_len) != Some(len - TRAILER_LEN)
+    {
+        return Err(damaged("the segment's trailer is damaged"));
+    }
+    let mut raw = vec![0u8; index_len as usize];
+    file.seek(SeekFrom::Start(index_offset))
+        .and_then(|_| file.read_exact(&mut raw))
+        .map_err(|e| io(path, e))?;
+    if Sha256::digest(&raw)[..] != t[16..48] {
+        return Err(damaged("the segment's index was altered"));
+    }
+    Ok((file, index_offset, raw))
+}
+
 impl<'a> SegmentFile<'a> {
-    fn open(seg: &'a Segment) -> Result<SegmentFile<'a>, LogError> {
+    fn open(
+        seg: &'a Segment,
+        mut file: File,
+        index_offset: u64,
+        raw: &[u8],
+    ) -> Result<SegmentFile<'a>, LogError> {
         let path = &seg.path;
         let damaged = |why: &str| corrupt(seg.first, format!("{}: {why}", path.display()));
-        let mut file = File::open(path).map_err(|e| io(path, e))?;
-        let len = file.metadata().map_err(|e| io(path, e))?.len();
-        if len < HEADER_LEN + TRAILER_LEN {
-            return Err(damaged("the segment is cut short"));
-        }
-        let mut t = [0u8; TRAILER_LEN as usize];
-        file.seek(SeekFrom::Start(len - TRAILER_LEN))
-            .and_then(|_| file.read_exact(&mut t))
-            .map_err(|e| io(path, e))?;
-        if &t[48..56] != INDEX_MAGIC {
-            return Err(damaged("the segment's trailer is missing (cut short?)"));
-        }
-        let (index_offset, index_len) = (be_u64(&t[0..8]), be_u64(&t[8..16]));
-        if index_len > INDEX_BYTES_MAX
-            || index_offset < HEADER_LEN
-            || index_offset.checked_add(index_len) != Some(len - TRAILER_LEN)
-        {
-            return Err(damaged("the segment's trailer is damaged"));
-        }
-        let mut raw = vec![0u8; index_len as usize];
-        file.seek(SeekFrom::Start(index_offset))
-            .and_then(|_| file.read_exact(&mut raw))
-            .map_err(|e| io(path, e))?;
-        if Sha256::digest(&raw)[..] != t[16..48] {
-            return Err(damaged("the segment's index was altered"));
-        }
         let (index, _): (SegmentIndex, usize) =
-            bincode::serde::decode_from_slice(&raw, bincode::config::standard())
+            bincode::serde::decode_from_slice(raw, bincode::config::standard())
                 .map_err(|e| damaged(&format!("the segment's index does not decode: {e}")))?;
         let count = seg.last - seg.first + 1;
         if index.offsets.len() as u64 != count.div_ceil(STRIDE) {
@@ -417,9 +660,10 @@ impl<'a> SegmentFile<'a> {
     }
 }
 
-/// Writes records `first ..` (`records`: each record's stored bytes and its stream) as one segment
-/// in `dir`: to a temporary file, fsynced, renamed, and the directory fsynced. `prev_hash` is the
-/// hash of record `first - 1`. Returns the segment, to [`Archive::push`].
+/// Writes records `first ..` (`records`: each record's stored bytes and its stream) as one
+/// segment (version 2, compressed) in `dir`: to a temporary file, fsynced, renamed, and the
+/// directory fsynced. `prev_hash` is the hash of record `first - 1`. Returns the segment, to
+/// [`Archive::push`].
 pub fn write_segment(
     dir: &Path,
     first: u64,
@@ -427,7 +671,33 @@ pub fn write_segment(
     records: &[(&[u8], &str)],
 ) -> Result<Segment, LogError> {
     assert!(!records.is_empty(), "an empty segment");
+    let entries: Vec<packed::Entry<'_>> = records
+        .iter()
+        .map(|&(b, s)| packed::Entry::Record(b, s))
+        .collect();
     let last = first + records.len() as u64 - 1;
+    install(dir, first, last, |tmp| {
+        packed::write(tmp, first, prev_hash, &entries, 0).map(|_| ())
+    })?;
+    Ok(Segment {
+        first,
+        last,
+        prev_hash,
+        last_hash: hash_bytes(records.last().expect("not empty").0),
+        packed: true,
+        compacted_at_ms: 0,
+        path: dir.join(file_name(first, last)),
+    })
+}
+
+/// Makes `dir` (and its entry) durable, lets `write` fill a temporary file (fsynced), renames it
+/// to the segment `first..=last` (replacing the one there) and fsyncs the directory.
+fn install(
+    dir: &Path,
+    first: u64,
+    last: u64,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), LogError> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         // The archive directory's own entry must be durable before anything is moved into it.
@@ -438,11 +708,31 @@ pub fn write_segment(
     let name = file_name(first, last);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
+    let result = write(&tmp)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .and_then(|_| File::open(dir)?.sync_all());
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&path, e));
+    }
+    Ok(())
+}
+
+/// Writes a segment in the version 1 form (records stored plainly), as nixfleet did before
+/// issue 16: for the tests that prove such archives still read.
+pub fn write_segment_v1(
+    dir: &Path,
+    first: u64,
+    prev_hash: [u8; 32],
+    records: &[(&[u8], &str)],
+) -> Result<Segment, LogError> {
+    assert!(!records.is_empty(), "an empty segment");
+    let last = first + records.len() as u64 - 1;
     let last_hash = hash_bytes(records.last().expect("not empty").0);
-    let mut index = SegmentIndex::default();
-    let mut streams: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
-    let result = (|| -> std::io::Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    install(dir, first, last, |tmp| {
+        let mut index = SegmentIndex::default();
+        let mut streams: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
         w.write_all(MAGIC)?;
         w.write_all(&first.to_be_bytes())?;
         w.write_all(&last.to_be_bytes())?;
@@ -469,22 +759,16 @@ pub fn write_segment(
         w.write_all(&(raw.len() as u64).to_be_bytes())?;
         w.write_all(&Sha256::digest(&raw))?;
         w.write_all(INDEX_MAGIC)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&path, e));
-    }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })?;
     Ok(Segment {
         first,
         last,
         prev_hash,
         last_hash,
-        path,
+        packed: false,
+        compacted_at_ms: 0,
+        path: dir.join(file_name(first, last)),
     })
 }
 
@@ -501,14 +785,25 @@ mod tests {
 
     #[test]
     fn a_written_segment_reads_back_by_position_and_by_stream() {
+        reads_back(write_segment);
+    }
+
+    #[test]
+    fn a_version_1_segment_still_reads_back() {
+        reads_back(write_segment_v1);
+    }
+
+    type Writer = fn(&Path, u64, [u8; 32], &[(&[u8], &str)]) -> Result<Segment, LogError>;
+
+    fn reads_back(write_segment: Writer) {
         let dir = tempfile::tempdir().unwrap();
-        let recs = records(1000);
+        let recs = records(3000);
         let refs: Vec<(&[u8], &str)> = recs
             .iter()
             .map(|(b, s)| (b.as_slice(), s.as_str()))
             .collect();
         let seg = write_segment(dir.path(), 1, [0; 32], &refs[..600]).unwrap();
-        let seg2 = write_segment(dir.path(), 601, seg.last_hash, &refs[600..]).unwrap();
+        let seg2 = write_segment(dir.path(), 601, seg.last_hash, &refs[600..1000]).unwrap();
         let mut a = Archive::open(dir.path()).unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!(a.top(), (1000, seg2.last_hash));
@@ -524,7 +819,14 @@ mod tests {
         a.read_stream("s1", 590, 10, &mut |s, _| s1.push(s))
             .unwrap();
         assert_eq!(s1, vec![592, 595, 598, 601, 604, 607, 610, 613, 616, 619]);
-        a.push(write_segment(dir.path(), 1001, a.top().1, &refs[..1]).unwrap());
-        assert_eq!(a.top().0, 1001);
+        // A segment of several blocks, read from inside its second block.
+        a.push(write_segment(dir.path(), 1001, a.top().1, &refs[1000..]).unwrap());
+        assert_eq!(a.top().0, 3000);
+        let mut got = Vec::new();
+        a.read(2099, 2102, 10, &mut |s, b| got.push((s, b)))
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (2100, b"record 2100".to_vec()));
+        assert_eq!(a.get(3000).unwrap(), Some(b"record 3000".to_vec()));
     }
 }

@@ -24,6 +24,8 @@ pub mod archive;
 mod codec;
 pub mod durable;
 mod memory;
+pub mod packed;
+pub mod retention;
 mod sled_log;
 
 pub use codec::{
