@@ -318,13 +318,7 @@ impl Demo<'_> {
 
         self.say("Rollout 1: canary on tag web (1 machine, then the rest), gated on health")?;
         let canary = rollout::create(&settings, &rollout_args(&release, "canary", "web"))?;
-        let end = self.follow(&client, &mut events, &canary)?;
-        if end != "RolloutCompleted" {
-            return Err(CliError::failed(format!(
-                "the canary rollout {canary} ended with {end}, not RolloutCompleted; see {}/logs",
-                self.shown
-            )));
-        }
+        self.follow_to(&client, &mut events, "canary", &canary, "RolloutCompleted")?;
 
         if self.gens.is_some() {
             self.say(
@@ -336,13 +330,7 @@ impl Demo<'_> {
             ))?;
         }
         let gated = rollout::create(&settings, &rollout_args(&release, "all_at_once", "db"))?;
-        let end = self.follow(&client, &mut events, &gated)?;
-        if end != "RolloutPaused" {
-            return Err(CliError::failed(format!(
-                "the db rollout {gated} ended with {end}, not RolloutPaused; see {}/logs",
-                self.shown
-            )));
-        }
+        self.follow_to(&client, &mut events, "db", &gated, "RolloutPaused")?;
 
         output::line("")?;
         machines::status(&settings, status_args())?;
@@ -537,9 +525,9 @@ impl Demo<'_> {
             let checks = self.health_checks(id, tag, &dir, dead_port)?;
             if self.gens.is_none() {
                 // The machine "runs" its release path already: see the module documentation.
-                std::os::unix::fs::symlink(release_path(id), &current).map_err(|e| {
-                    CliError::failed(format!("cannot create {}: {e}", current.display()))
-                })?;
+                std::os::unix::fs::symlink(generations::release_path(id), &current).map_err(
+                    |e| CliError::failed(format!("cannot create {}: {e}", current.display())),
+                )?;
             }
             let health = dir.join("health-checks.json");
             std::fs::write(
@@ -614,7 +602,7 @@ impl Demo<'_> {
     fn target(&self, host: &str) -> String {
         match &self.gens {
             Some(gens) => gens.of(host).g2.clone(),
-            None => release_path(host),
+            None => generations::release_path(host),
         }
     }
 
@@ -640,6 +628,25 @@ impl Demo<'_> {
                 })
                 .collect(),
         }
+    }
+
+    /// [`Demo::follow`]s the `what` rollout, which must end with the event kind `expected`.
+    fn follow_to(
+        &self,
+        client: &Client,
+        events: &mut Events<'_>,
+        what: &str,
+        rollout: &str,
+        expected: &str,
+    ) -> Result<()> {
+        let end = self.follow(client, events, rollout)?;
+        if end != expected {
+            return Err(CliError::failed(format!(
+                "the {what} rollout {rollout} ended with {end}, not {expected}; see {}/logs",
+                self.shown
+            )));
+        }
+        Ok(())
     }
 
     /// Prints a line per batch transition of `rollout` (and each machine's first health report
@@ -729,21 +736,6 @@ impl Demo<'_> {
     }
 }
 
-/// A made-up system store path for a machine: valid syntax, never built.
-fn release_path(host: &str) -> String {
-    const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let hash: String = (0..32u8)
-        .map(|i| {
-            for b in host.bytes().chain([i]) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            NIX_BASE32[(h >> 59) as usize] as char
-        })
-        .collect();
-    format!("/nix/store/{hash}-nixos-system-{host}-demo")
-}
-
 fn status_args() -> machines::StatusArgs {
     machines::StatusArgs {
         stale_threshold: 600,
@@ -768,23 +760,5 @@ fn rollout_args(release: &str, strategy: &str, tag: &str) -> rollout::CreateArgs
         plan: false,
         wait: false,
         wait_timeout: 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn made_up_release_paths_look_like_store_paths() {
-        let p = release_path("web-01");
-        let rest = p.strip_prefix("/nix/store/").expect("prefix");
-        let (hash, name) = rest.split_at(32);
-        assert!(hash
-            .chars()
-            .all(|c| "0123456789abcdfghijklmnpqrsvwxyz".contains(c)));
-        assert_eq!(name, "-nixos-system-web-01-demo");
-        assert_ne!(release_path("web-01"), release_path("web-02"));
-        assert_eq!(release_path("db-01"), release_path("db-01"));
     }
 }

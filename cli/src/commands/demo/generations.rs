@@ -249,9 +249,37 @@ pub fn short(path: &str) -> String {
     }
 }
 
+/// A made-up system store path for a machine, for dry runs: valid syntax, never built.
+pub fn release_path(host: &str) -> String {
+    const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let hash: String = (0..32u8)
+        .map(|i| {
+            for b in host.bytes().chain([i]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            NIX_BASE32[(h >> 59) as usize] as char
+        })
+        .collect();
+    format!("/nix/store/{hash}-nixos-system-{host}-demo")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_release_paths_look_like_store_paths() {
+        let p = release_path("web-01");
+        let rest = p.strip_prefix("/nix/store/").expect("prefix");
+        let (hash, name) = rest.split_at(32);
+        assert!(hash
+            .chars()
+            .all(|c| "0123456789abcdfghijklmnpqrsvwxyz".contains(c)));
+        assert_eq!(name, "-nixos-system-web-01-demo");
+        assert_ne!(release_path("web-01"), release_path("web-02"));
+        assert_eq!(release_path("db-01"), release_path("db-01"));
+    }
 
     #[test]
     fn profile_generations_are_read_in_order_and_other_files_are_ignored() {
