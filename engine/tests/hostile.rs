@@ -686,3 +686,90 @@ fn a_certificate_whose_cn_is_hostile_or_names_no_machine_acts_for_nothing() {
     // And nothing was appended
     assert_eq!(event_count(&cp, &admin), before);
 }
+
+/// Each route of `docs/openapi.yaml` with a parameter in its path, as (METHOD, pattern, who may
+/// call it: `admin`, `deploy`, `readonly` or `agent`).
+fn documented_routes_with_path_ids() -> Vec<(String, String, &'static str)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+    let spec: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for (p, item) in spec["paths"].as_object().unwrap() {
+        for m in ["get", "post", "patch", "put", "delete"] {
+            let Some(summary) = item[m]["summary"].as_str() else {
+                continue;
+            };
+            let who = ["admin", "deploy", "readonly"]
+                .into_iter()
+                .find(|r| summary.contains(&format!("Role {r}.")))
+                .or(summary.starts_with("Agent route").then_some("agent"));
+            if p.contains('{') {
+                let who = who.unwrap_or_else(|| panic!("{m} {p}: who may call it? {summary}"));
+                out.push((m.to_uppercase(), p.clone(), who));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_caller_is_checked_before_a_malformed_path_id_on_every_route_that_takes_one() {
+    // Given a fleet with a key of each role below admin
+    let (_d, _p, cp, admin) = setup(&["web-01", "web-02"]);
+    let deploy = new_key(&cp, &admin, "ci", "deploy");
+    let readonly = new_key(&cp, &admin, "viewer", "readonly");
+    let routes = documented_routes_with_path_ids();
+    assert!(routes.len() >= 15, "{routes:?}");
+    let before = event_count(&cp, &admin);
+    let (mut tried, mut wrong) = (0, Vec::new());
+    for (m, pattern, who) in &routes {
+        // When a caller without the right to call the route uses a malformed id (over 128
+        // characters, or with a character no id may hold)
+        let callers: Vec<(&str, Client, u16)> = match *who {
+            "agent" => vec![("the CN of another machine", cp.client("web-02", None), 403)],
+            role => {
+                let mut c = vec![("no API key", cp.client("operator", None), 401)];
+                if role != "readonly" {
+                    c.push((
+                        "a readonly key",
+                        cp.client("operator", Some(&readonly)),
+                        403,
+                    ));
+                }
+                if role == "admin" {
+                    c.push(("a deploy key", cp.client("operator", Some(&deploy)), 403));
+                }
+                c
+            }
+        };
+        for bad in ["x".repeat(200), "bad%24id".to_owned()] {
+            let path = pattern
+                .replace("{id}", &bad)
+                .replace("{name}", &bad)
+                .replace("{a}", &bad)
+                .replace("{b}", &bad);
+            let body = body_for(m, pattern, &bad);
+            for (caller, c, want) in &callers {
+                let (s, t) = c.call(m, &path, body.as_deref());
+                if s != *want {
+                    wrong.push(format!(
+                        "{caller} on {m} {pattern}: {s} (not {want}) {t:.60}"
+                    ));
+                }
+                tried += 1;
+            }
+        }
+    }
+    // Then each is refused for who it is (401 or 403), not for the id (400)
+    assert!(
+        wrong.is_empty(),
+        "{} of {tried} calls:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // And nothing was appended
+    assert_eq!(
+        event_count(&cp, &admin),
+        before,
+        "{tried} refused calls appended events"
+    );
+}

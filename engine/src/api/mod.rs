@@ -1,9 +1,13 @@
 //! The HTTPS front end: hyper over rustls with mutual TLS, bounded in every dimension.
 //!
 //! Only this module knows HTTP. Each connection's client certificate CN becomes its
-//! [`routes::Principal`]; [`routes::handle`] does the rest.
+//! [`auth::Principal`]; [`routes::handle`] does the rest.
 
+pub mod auth;
 pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod input;
 pub mod metrics;
 pub mod routes;
 pub mod tls;
