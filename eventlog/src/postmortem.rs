@@ -134,19 +134,13 @@ pub fn verify_chain(records: &[Record]) -> Result<[u8; 32], LogError> {
 pub fn record_from_wire(w: &nixfleet_proto::api::v1::EventRecord) -> Result<Record, String> {
     let actor = Actor::parse(&w.actor)
         .ok_or_else(|| format!("record {}: unknown actor {:?}", w.seq, w.actor))?;
-    let event: Event =
-        serde_json::from_value(serde_json::json!({ w.kind.clone(): w.data.clone() }))
-            .map_err(|e| format!("record {}: unreadable {} event: {e}", w.seq, w.kind))?;
-    let mut prev_hash = [0u8; 32];
-    let hex = w.prev_hash.as_bytes();
-    if hex.len() != 64 {
-        return Err(format!("record {}: prev_hash is not 64 hex digits", w.seq));
-    }
-    for (i, b) in prev_hash.iter_mut().enumerate() {
-        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).unwrap_or("");
-        *b = u8::from_str_radix(pair, 16)
-            .map_err(|_| format!("record {}: prev_hash is not 64 hex digits", w.seq))?;
-    }
+    let mut data = w.data.clone();
+    crate::views::unhex_hash_fields(&w.kind, &mut data)
+        .map_err(|e| format!("record {}: {e}", w.seq))?;
+    let event: Event = serde_json::from_value(serde_json::json!({ w.kind.clone(): data }))
+        .map_err(|e| format!("record {}: unreadable {} event: {e}", w.seq, w.kind))?;
+    let prev_hash = crate::views::parse_hex32(&w.prev_hash)
+        .ok_or_else(|| format!("record {}: prev_hash is not 64 hex digits", w.seq))?;
     Ok(Record {
         seq: Seq(w.seq),
         at: Timestamp(w.at_ms),

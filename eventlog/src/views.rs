@@ -269,15 +269,26 @@ pub fn timeline_entry(rec: &Record) -> Option<wire::RolloutEvent> {
     })
 }
 
+/// The fields of event kinds that hold a SHA-256 (`[u8; 32]`): the events API shows them as
+/// 64 lowercase hex digits, not as the 32 numbers serde gives (the stored form is unchanged).
+pub const HASH_FIELDS: &[(&str, &str)] = &[("ApiKeyCreated", "hash")];
+
 /// One raw event for the events API.
 pub fn event_record(rec: &Record) -> wire::EventRecord {
-    let data = match serde_json::to_value(&rec.event) {
+    let mut data = match serde_json::to_value(&rec.event) {
         Ok(serde_json::Value::Object(mut o)) if o.len() == 1 => o
             .remove(rec.event.kind())
             .unwrap_or(serde_json::Value::Null),
         Ok(v) => v,
         Err(_) => serde_json::Value::Null,
     };
+    for field in hash_fields(rec.event.kind()) {
+        if let Some(v) = data.get_mut(field) {
+            if let Some(hex) = hex_of_bytes(v) {
+                *v = serde_json::Value::String(hex);
+            }
+        }
+    }
     wire::EventRecord {
         seq: rec.seq.0,
         at_ms: rec.at.0,
@@ -286,6 +297,54 @@ pub fn event_record(rec: &Record) -> wire::EventRecord {
         stream: rec.stream.clone(),
         kind: rec.event.kind().into(),
         data,
-        prev_hash: rec.prev_hash.iter().map(|b| format!("{b:02x}")).collect(),
+        prev_hash: crate::postmortem::hex(&rec.prev_hash),
     }
+}
+
+fn hash_fields(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
+    HASH_FIELDS
+        .iter()
+        .filter(move |(k, _)| *k == kind)
+        .map(|(_, f)| *f)
+}
+
+/// `[103, 106, …]` (32 numbers) as lowercase hex; `None` for anything else.
+fn hex_of_bytes(v: &serde_json::Value) -> Option<String> {
+    let bytes = v.as_array().filter(|a| a.len() == 32)?;
+    bytes
+        .iter()
+        .map(|b| b.as_u64().filter(|b| *b <= 255).map(|b| format!("{b:02x}")))
+        .collect()
+}
+
+/// The inverse of the events API's hash rendering: each hash field of `data` given as 64 hex
+/// digits becomes the 32 numbers the event's serde form has again (the array form of control
+/// planes before 0.2 is left as it is). An error names the field.
+pub fn unhex_hash_fields(kind: &str, data: &mut serde_json::Value) -> Result<(), String> {
+    for field in hash_fields(kind) {
+        let Some(v) = data.get_mut(field) else {
+            continue;
+        };
+        let Some(hex) = v.as_str() else {
+            continue;
+        };
+        let bytes =
+            parse_hex32(hex).ok_or_else(|| format!("{field} is not 64 hex digits: {hex:?}"))?;
+        *v = serde_json::Value::from(bytes.to_vec());
+    }
+    Ok(())
+}
+
+/// 64 hex digits as 32 bytes.
+pub fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?;
+        *b = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }

@@ -545,7 +545,8 @@ pub struct EventRecord {
     pub stream: String,
     /// Event kind, e.g. `BatchFailed`.
     pub kind: String,
-    /// The event's fields.
+    /// The event's fields; a SHA-256 among them (`ApiKeyCreated`'s `hash`) as 64 lowercase hex
+    /// digits (control planes before 0.2 sent 32 numbers).
     pub data: serde_json::Value,
     /// Hex SHA-256 of the previous record.
     pub prev_hash: String,
