@@ -10,16 +10,19 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 // Every module of the CLI is declared here, not in main.rs.
+mod build;
 pub mod cli;
 pub mod client;
 mod commands;
 pub mod error;
+mod eval;
 pub mod events_client;
 pub mod launch;
 mod nix;
 mod oplog;
 mod output;
 mod process;
+mod progress;
 mod replay;
 pub mod settings;
 mod ssh;

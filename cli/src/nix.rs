@@ -1,7 +1,6 @@
 //! Calling `nix` and reading its answers: host discovery, flake references, host names, globs.
 
 pub use crate::process::{run, CommandFailed};
-use nixfleet_ids::StorePath;
 use std::process::Command;
 
 /// Nix flags every `nix` call gets: flakes on (Nix 2.8 needs them spelled out).
@@ -62,39 +61,6 @@ pub fn toplevel_attr(flake: &str, host: &str) -> String {
     format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel")
 }
 
-/// `nix build <toplevel> --no-link --json` → the out path. (Nix 2.8 has no --print-out-paths.)
-pub fn build_toplevel(flake: &str, host: &str, verbose: u8) -> Result<StorePath, CommandFailed> {
-    let attr = toplevel_attr(flake, host);
-    let what = format!("nix build of {host}");
-    let out = run(
-        nix().args(["build", "--no-link", "--json", &attr]),
-        &what,
-        verbose,
-    )?;
-    parse_build_json(&out).map_err(|why| CommandFailed {
-        what,
-        code: Some(0),
-        stderr: why,
-    })
-}
-
-/// Reads the out path from `nix build --json`: `[{"drvPath":…,"outputs":{"out":"/nix/store/…"}}]`.
-pub fn parse_build_json(out: &str) -> Result<StorePath, String> {
-    let v: serde_json::Value = serde_json::from_str(out).map_err(|e| {
-        format!(
-            "unexpected output of nix build --json ({e}): {}",
-            out.trim()
-        )
-    })?;
-    let path = v
-        .get(0)
-        .and_then(|b| b.get("outputs"))
-        .and_then(|o| o.get("out"))
-        .and_then(|p| p.as_str())
-        .ok_or_else(|| format!("nix build --json did not name an out path: {}", out.trim()))?;
-    StorePath::try_from(path).map_err(|e| e.to_string())
-}
-
 /// Shell-style glob on host names: `*` any run, `?` one character.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     fn go(p: &[char], n: &[char]) -> bool {
@@ -141,16 +107,6 @@ mod tests {
             filter_hosts(&hosts, "db-*, web-02"),
             vec!["web-02", "db-01"]
         );
-    }
-
-    #[test]
-    fn the_out_path_is_read_from_nix_build_json() {
-        let out = r#"[{"drvPath":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv","outputs":{"out":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"}}]"#;
-        assert_eq!(
-            parse_build_json(out).expect("parses").as_str(),
-            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"
-        );
-        assert!(parse_build_json("[]").is_err());
     }
 
     #[test]

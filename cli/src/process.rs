@@ -104,10 +104,6 @@ pub fn run(cmd: &mut Command, what: &str, verbose: u8) -> Result<String, Command
 /// A printable form of a command line, for `-v`.
 pub fn describe(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(
-        cmd.get_args()
-            .map(|a| quote(&a.to_string_lossy())),
-    );
+    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
     parts.join(" ")
 }
-

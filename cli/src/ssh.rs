@@ -214,6 +214,17 @@ impl Remote {
         process::run(&mut cmd, what, self.verbose)
     }
 
+    /// Whether ssh reaches the target at all (`true` run there, 10 s to connect unless the
+    /// user's options say otherwise): `Err` at [`Step::Connect`] when ssh itself fails.
+    pub fn reachable(&self) -> Result<(), StepError> {
+        match self.ssh_with(&["-o", "ConnectTimeout=10"], "true", "ssh") {
+            Err(e) if e.code == Some(255) || e.code.is_none() => {
+                Err(StepError::from_command(Step::Connect, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `nix-copy-closure --to <target> <path>`.
     pub fn copy_closure(&self, path: &StorePath) -> Result<(), StepError> {
         let mut cmd = Command::new("nix-copy-closure");

@@ -14,6 +14,13 @@
 #     "eval":  { "<attribute path>": <any JSON value> },     exact overrides for nix eval
 #     "build": { "<attribute path>": "/nix/store/..." } }    exact overrides for nix build
 #
+# `release create` and `deploy --ssh` evaluate all selected hosts in one
+# `nix eval <flake>#nixosConfigurations --apply <expr>`; the shim cannot
+# evaluate the expression, so it reads the `# nixfleet-select: <globs>` line
+# in it and answers { all, hosts.<name> = { ok, drv, out, system, tags } }
+# with drv = toplevel + ".drv". The one `nix build` of those drv paths
+# (`drv` or `drv^*`, many at once) is answered from the same table.
+#
 # The real nix is called by absolute path on purpose: the shim is put first on
 # PATH, so a fall-through that looked nix up on PATH would exec itself forever.
 # Builtins only: tests/nix runs this script against a fake "real nix".
@@ -21,6 +28,7 @@
 ''
   #!${python}
   """nix shim for VM tests (see vmtests/nix/nix-shim.nix)."""
+  import fnmatch
   import json
   import os
   import re
@@ -29,7 +37,8 @@
   REAL_NIX = "${realNix}"
   RESPONSES = os.environ.get("NIXFLEET_SHIM_RESPONSES", "/var/lib/nixfleet-shim/responses.json")
   OPTS_WITH_VALUE = {"--apply", "--out-link", "-o", "--option", "--extra-experimental-features",
-                     "--experimental-features", "--store", "--eval-store", "--override-input", "--log-format"}
+                     "--experimental-features", "--store", "--eval-store", "--override-input", "--log-format",
+                     "--max-jobs", "-j"}
 
 
   def real():
@@ -87,6 +96,30 @@
       return False, None
 
 
+  def select_answer(responses, expr):
+      # The one evaluation of release create / deploy --ssh (see the top of this file).
+      m = re.search(r"nixfleet-select: ([^\n]*)", expr)
+      globs = [g.strip() for g in m.group(1).split(",") if g.strip()]
+      hosts = responses.get("hosts", {})
+      chosen = {h: v for h, v in hosts.items() if any(fnmatch.fnmatchcase(h, g) for g in globs)}
+      return {"all": sorted(hosts),
+              "hosts": {h: {"ok": True, "drv": v["toplevel"] + ".drv", "out": v["toplevel"],
+                            "system": v.get("system", "x86_64-linux"), "tags": v.get("tags", [])}
+                        for h, v in chosen.items()}}
+
+
+  def build_drvs(responses, args, drvs):
+      # The one build of every host's toplevel derivation.
+      by_drv = {v["toplevel"] + ".drv": v["toplevel"] for v in responses.get("hosts", {}).values()}
+      outs = [by_drv.get(d.split("^", 1)[0]) for d in drvs]
+      if None in outs:
+          real()
+      if "--json" in args:
+          print(json.dumps([{"drvPath": o + ".drv", "outputs": {"out": o}} for o in outs]))
+      elif "--print-out-paths" in args:
+          print("\n".join(outs))
+
+
   def main():
       args = sys.argv[1:]
       pos = positional(args)
@@ -97,6 +130,14 @@
               responses = json.load(f)
       except FileNotFoundError:
           real()
+      expr = value_of(args, "--apply") or ""
+      if pos[0] == "eval" and "nixfleet-select:" in expr:
+          print(json.dumps(select_answer(responses, expr)))
+          return
+      drvs = [p for p in pos[1:] if p.startswith("/nix/store/") and ".drv" in p]
+      if pos[0] == "build" and drvs and len(drvs) == len(pos) - 1:
+          build_drvs(responses, args, drvs)
+          return
       installables = [p for p in pos[1:] if "#" in p]
       if len(installables) != 1:
           real()

@@ -10,18 +10,21 @@
 //! Hosts are independent: one failing does not stop the others; the exit code says whether any
 //! failed.
 
+use crate::build;
 use crate::client::Client;
 use crate::commands::{notify, release, rollout};
 use crate::error::{CliError, Result};
+use crate::eval;
 use crate::nix;
-use crate::output;
+use crate::output::{self, Table};
+use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{
     Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshTarget, Step, StepError,
     TargetState,
 };
-use nixfleet_ids::StorePath;
 use clap::Args;
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::Release;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,9 +63,15 @@ pub struct DeployArgs {
     /// Build and show what would be switched; copy and switch nothing.
     #[arg(long, requires = "ssh")]
     pub dry_run: bool,
-    /// Hosts deployed at the same time.
-    #[arg(long, short = 'j', default_value_t = 4, requires = "ssh")]
+    /// Hosts copied to and switched at the same time (all hosts are built in one `nix build`).
+    #[arg(long, short = 'j', default_value_t = 8, requires = "ssh")]
     pub jobs: usize,
+    /// Hosts that ssh cannot reach are skipped and counted, not failures.
+    #[arg(long, requires = "ssh")]
+    pub skip_unreachable: bool,
+    /// Builds Nix runs at once (`nix build --max-jobs`) [default: Nix's own setting].
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<String>,
     /// switch-to-configuration mode: switch (now and at boot), boot (next boot only), test (now only).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = Activation::Switch)]
     pub activation: Activation,
@@ -187,6 +196,8 @@ fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
                 cache_url: args.cache_url.clone(),
                 ssh_opts: args.ssh_opts.clone(),
                 dry_run: false,
+                allow_partial: false,
+                max_jobs: args.max_jobs.clone(),
             };
             release::create(settings, &create)?
                 .ok_or_else(|| CliError::failed("no release was created"))?
@@ -239,10 +250,54 @@ struct HostFailed {
     error: String,
 }
 
+#[derive(Debug, Serialize)]
+struct HostSkipped {
+    host: String,
+    reason: String,
+}
+
 #[derive(Debug, Serialize, Default)]
 struct Summary {
     succeeded: Vec<HostDone>,
     failed: Vec<HostFailed>,
+    skipped: Vec<HostSkipped>,
+}
+
+impl Summary {
+    /// The per-host result table.
+    fn table(&self) -> Table {
+        let mut t = Table::new(&["HOST", "RESULT", "STEP", "STORE PATH / WHY"]);
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for d in &self.succeeded {
+            rows.push(vec![
+                d.host.clone(),
+                "ok".into(),
+                "-".into(),
+                d.store_path.clone(),
+            ]);
+        }
+        for f in &self.failed {
+            rows.push(vec![
+                f.host.clone(),
+                "FAILED".into(),
+                f.step.clone(),
+                f.error.clone(),
+            ]);
+        }
+        for k in &self.skipped {
+            rows.push(vec![
+                k.host.clone(),
+                "skipped".into(),
+                "connect".into(),
+                k.reason.clone(),
+            ]);
+        }
+        rows.sort();
+        for r in rows {
+            t.row(r);
+        }
+        t
+    }
 }
 
 /// Runs `nixfleet deploy`; the SSH mode is below, the rollout mode above.
@@ -256,78 +311,125 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     }
     nix::check_flake_ref(&args.flake).map_err(CliError::Usage)?;
     let started = Instant::now();
-    let all = nix::discover_hosts(&args.flake, settings.verbose).map_err(|e| {
+    let evaluation = eval::evaluate(&args.flake, &args.hosts, settings.verbose).map_err(|e| {
         CliError::usage(format!(
             "{e}; is --flake {} a flake with nixosConfigurations?",
             args.flake
         ))
     })?;
-    let hosts = nix::filter_hosts(&all, &args.hosts);
-    if hosts.is_empty() {
+    let count = evaluation.ok.len() + evaluation.failed.len();
+    if count == 0 {
         return Err(CliError::usage(format!(
             "--hosts {:?} matches none of the flake's hosts ({}); adjust the globs",
             args.hosts,
-            all.join(", ")
+            evaluation.all.join(", ")
         )));
     }
     let target = match &args.target {
-        Some(_) if hosts.len() != 1 => {
+        Some(_) if count != 1 => {
+            let mut names: Vec<&str> = evaluation.ok.iter().map(|e| e.host.as_str()).collect();
+            names.extend(evaluation.failed.iter().map(|f| f.host.as_str()));
             return Err(CliError::usage(format!(
-                "--target works with exactly one host but --hosts matches {} ({}); narrow --hosts",
-                hosts.len(),
-                hosts.join(", ")
-            )))
+                "--target works with exactly one host but --hosts matches {count} ({}); narrow --hosts",
+                names.join(", ")
+            )));
         }
         Some(t) => Some(SshTarget::parse(t).map_err(CliError::Usage)?),
         None => None,
     };
     let ssh_opts = args.ssh_opts.clone().unwrap_or_default();
     let checks = health_checks(&args)?;
+    let progress = Progress::new("deploying", count);
 
-    // Hosts are independent; up to --jobs of them are built, copied and switched at once.
-    let jobs = args.jobs.clamp(1, hosts.len());
+    // One build of every host's toplevel; then hosts are independent, up to --jobs of them are
+    // copied and switched at once.
+    let mut outcomes: Vec<(String, HostOutcome)> = Vec::new();
+    for f in &evaluation.failed {
+        let e = StepError {
+            step: Step::Eval,
+            message: eval::tail(&f.error, 1),
+            detail: format!("{}\nreproduce: {}", f.error, f.reproduce),
+        };
+        outcomes.push((f.host.clone(), failed(&progress, &f.host, e)));
+    }
+    let failures = build::build(
+        &args.flake,
+        &evaluation.ok,
+        args.max_jobs.as_deref(),
+        &progress,
+        settings.verbose,
+    );
+    let mut built = Vec::new();
+    for e in &evaluation.ok {
+        match failures.get(&e.host) {
+            Some(f) => {
+                let detail = format!(
+                    "{}\n{}\nreproduce: {}",
+                    f.error,
+                    f.log_tail.join("\n"),
+                    f.reproduce
+                );
+                let err = StepError {
+                    step: Step::Build,
+                    message: eval::tail(&f.error, 1),
+                    detail,
+                };
+                outcomes.push((e.host.clone(), failed(&progress, &e.host, err)));
+            }
+            None => built.push((e.host.clone(), e.out.clone())),
+        }
+    }
+    let jobs = args.jobs.clamp(1, built.len().max(1));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, HostOutcome)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(String, HostOutcome)>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(host) = hosts.get(i) else { break };
-                let outcome = deploy_one(
+                let Some((host, path)) = built.get(i) else {
+                    break;
+                };
+                let one = One {
                     settings,
+                    progress: &progress,
                     host,
-                    i,
-                    target.as_ref(),
-                    &ssh_opts,
-                    &checks,
-                    &args,
-                );
+                    n: i,
+                    checks: &checks,
+                    args: &args,
+                };
+                let outcome = one.deploy(path, target.as_ref(), &ssh_opts);
                 results
                     .lock()
                     .expect("a deploy thread panicked while holding the results")
-                    .push((i, outcome));
+                    .push((host.clone(), outcome));
             });
         }
     });
-    let mut results = results
-        .into_inner()
-        .expect("a deploy thread panicked while holding the results");
-    results.sort_by_key(|(i, _)| *i);
+    progress.finish();
+    outcomes.extend(
+        results
+            .into_inner()
+            .expect("a deploy thread panicked while holding the results"),
+    );
     let mut summary = Summary::default();
-    for (_, outcome) in results {
+    for (_, outcome) in outcomes {
         match outcome {
             HostOutcome::Done(d) => summary.succeeded.push(d),
             HostOutcome::Failed(f) => summary.failed.push(f),
+            HostOutcome::Skipped(k) => summary.skipped.push(k),
         }
     }
+    summary.failed.sort_by(|a, b| a.host.cmp(&b.host));
     if settings.json {
         output::json(&summary)?;
     } else {
         output::line(format!(
-            "Deploy complete: {} succeeded, {} failed ({:.1}s)",
+            "Deploy complete: {} succeeded, {} failed, {} unreachable skipped ({:.1}s)\n{}",
             summary.succeeded.len(),
             summary.failed.len(),
-            started.elapsed().as_secs_f64()
+            summary.skipped.len(),
+            started.elapsed().as_secs_f64(),
+            summary.table().render().trim_end()
         ))?;
     }
     if summary.failed.is_empty() {
@@ -348,64 +450,99 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
 enum HostOutcome {
     Done(HostDone),
     Failed(HostFailed),
+    Skipped(HostSkipped),
 }
 
-/// Deploys one host and reports the outcome on stderr as it happens.
-fn deploy_one(
-    settings: &Settings,
-    host: &str,
+/// Reports a host's failure as it happens (with the failing command's output) and returns it.
+fn failed(progress: &Progress, host: &str, e: StepError) -> HostOutcome {
+    progress.set(
+        host,
+        HostState::Failed(format!("at {}: {}", e.step, e.message)),
+    );
+    for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(40) {
+        progress.println(&format!("[{host}]   {line}"));
+    }
+    HostOutcome::Failed(HostFailed {
+        host: host.to_string(),
+        step: e.step.to_string(),
+        error: e.message,
+    })
+}
+
+/// One host's deploy: what it needs from the command, and where it reports.
+struct One<'a> {
+    settings: &'a Settings,
+    progress: &'a Progress,
+    host: &'a str,
     n: usize,
-    target: Option<&SshTarget>,
-    ssh_opts: &str,
-    checks: &[HealthCheck],
-    args: &DeployArgs,
-) -> HostOutcome {
-    let host_started = Instant::now();
-    let result = nix::check_host_name(host)
-        .map_err(|m| StepError::new(Step::Eval, m))
-        .and_then(|()| {
-            let target = match target {
-                Some(t) => t.clone(),
-                None => SshTarget::root_at(host).map_err(|m| StepError::new(Step::Eval, m))?,
-            };
-            deploy_host(
-                settings,
-                host,
-                n,
-                &Remote::new(target, ssh_opts, settings.verbose),
-                checks,
-                args,
-            )
-        });
-    match result {
-        Ok(path) => {
-            let seconds = host_started.elapsed().as_secs_f64();
-            eprintln!(
-                "[{host}] {} {path} in {seconds:.2}s",
-                match (args.dry_run, args.activation) {
+    checks: &'a [HealthCheck],
+    args: &'a DeployArgs,
+}
+
+impl One<'_> {
+    /// Deploys one built host and reports the outcome as it happens.
+    fn deploy(&self, path: &StorePath, target: Option<&SshTarget>, ssh_opts: &str) -> HostOutcome {
+        let (host, args) = (self.host, self.args);
+        let host_started = Instant::now();
+        let remote = match nix::check_host_name(host).and_then(|()| match target {
+            Some(t) => Ok(t.clone()),
+            None => SshTarget::root_at(host),
+        }) {
+            Ok(t) => Remote::new(t, ssh_opts, self.settings.verbose),
+            Err(m) => return failed(self.progress, host, StepError::new(Step::Eval, m)),
+        };
+        if !args.dry_run {
+            let to = format!("connecting to {}", remote.target);
+            self.progress.set(host, HostState::Working(to));
+            if let Err(e) = remote.reachable() {
+                if args.skip_unreachable {
+                    self.progress.set(
+                        host,
+                        HostState::Skipped(format!("unreachable: {}", e.message)),
+                    );
+                    return HostOutcome::Skipped(HostSkipped {
+                        host: host.to_string(),
+                        reason: e.message,
+                    });
+                }
+                let message = format!(
+                    "{} is unreachable ({}); pass --skip-unreachable to skip such hosts",
+                    remote.target, e.message
+                );
+                return failed(self.progress, host, StepError { message, ..e });
+            }
+        }
+        let result = if args.dry_run {
+            Ok(path.clone())
+        } else {
+            self.deploy_host(path, &remote)
+        };
+        match result {
+            Ok(path) => {
+                let seconds = host_started.elapsed().as_secs_f64();
+                let did = match (args.dry_run, args.activation) {
                     (true, _) => "would switch to",
                     (false, Activation::Switch) => "switched to",
                     (false, Activation::Boot) => "set the boot default to",
                     (false, Activation::Test) => "switched (test: not the boot default) to",
-                }
-            );
-            HostOutcome::Done(HostDone {
-                host: host.to_string(),
-                store_path: path.to_string(),
-                seconds,
-            })
-        }
-        Err(e) => {
-            eprintln!("[{host}] FAILED at {}: {}", e.step, e.message);
-            for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(20) {
-                eprintln!("[{host}]   {line}");
+                };
+                self.progress.set(
+                    host,
+                    HostState::Done(format!("{did} {path} in {seconds:.2}s")),
+                );
+                HostOutcome::Done(HostDone {
+                    host: host.to_string(),
+                    store_path: path.to_string(),
+                    seconds,
+                })
             }
-            HostOutcome::Failed(HostFailed {
-                host: host.to_string(),
-                step: e.step.to_string(),
-                error: e.message,
-            })
+            Err(e) => failed(self.progress, host, e),
         }
+    }
+
+    /// A line about this host above the progress display.
+    fn say(&self, what: impl std::fmt::Display) {
+        self.progress.println(&format!("[{}] {what}", self.host));
     }
 }
 
@@ -447,29 +584,23 @@ fn health_checks(args: &DeployArgs) -> Result<Vec<HealthCheck>> {
     Ok(checks)
 }
 
-fn deploy_host(
-    settings: &Settings,
-    host: &str,
-    n: usize,
-    remote: &Remote,
-    checks: &[HealthCheck],
-    args: &DeployArgs,
-) -> Result<StorePath, StepError> {
-    eprintln!("[{host}] building");
-    let path = nix::build_toplevel(&args.flake, host, settings.verbose)
-        .map_err(|e| StepError::from_command(Step::Build, e))?;
-    if args.dry_run {
-        return Ok(path);
-    }
-    eprintln!("[{host}] copying {path} to {}", remote.target);
-    remote.copy_closure(&path)?;
-    let plan = DeployPlan {
-        mode: args.activation,
-        confirm_timeout_secs: args.confirm_timeout,
-        rollback: !args.no_rollback,
-    };
-    let id = DeployId::new(n);
-    let launched = remote.launch(&path, &id, &plan).map_err(|mut e| {
+impl One<'_> {
+    /// Copies, launches the detached activation, checks and confirms (or rolls back) one host.
+    fn deploy_host(&self, path: &StorePath, remote: &Remote) -> Result<StorePath, StepError> {
+        let (settings, host, n, checks, args) =
+            (self.settings, self.host, self.n, self.checks, self.args);
+        self.progress.set(
+            host,
+            HostState::Working(format!("copying {path} to {}", remote.target)),
+        );
+        remote.copy_closure(path)?;
+        let plan = DeployPlan {
+            mode: args.activation,
+            confirm_timeout_secs: args.confirm_timeout,
+            rollback: !args.no_rollback,
+        };
+        let id = DeployId::new(n);
+        let launched = remote.launch(path, &id, &plan).map_err(|mut e| {
         if e.step == Step::Connect && plan.rollback {
             e.message = format!(
                 "{}; if the activation started before the connection broke, the target rolls it back {}s after its switch (see {}/{id}/log there)",
@@ -480,36 +611,40 @@ fn deploy_host(
         }
         e
     })?;
-    if let Some((last, state)) = &launched.unseen_last {
-        eprintln!(
-            "[{host}] note: the previous deploy {last} ended while no CLI watched it: {state}"
+        if let Some((last, state)) = &launched.unseen_last {
+            self.say(format!(
+                "note: the previous deploy {last} ended while no CLI watched it: {state}"
+            ));
+        }
+        if plan.rollback && launched.prev.is_none() {
+            self.say(
+                "no previous system generation on the target: a failure cannot be rolled back",
+            );
+        }
+        self.say(format!(
+            "switching ({}) on the target, detached ({}; state and log in {})",
+            plan.mode, launched.via, launched.dir
+        ));
+        self.progress.set(
+            host,
+            HostState::Working(format!("switching ({})", plan.mode)),
         );
-    }
-    if plan.rollback && launched.prev.is_none() {
-        eprintln!(
-            "[{host}] no previous system generation on the target: a failure cannot be rolled back"
-        );
-    }
-    eprintln!(
-        "[{host}] switching ({}) on the target, detached ({}; state and log in {})",
-        plan.mode, launched.via, launched.dir
-    );
-    let watch = Watch {
-        settings,
-        host,
-        remote,
-        launched: &launched,
-        plan: &plan,
-    };
-    let (state, detail) = remote
-        .wait_state(&launched.dir, false)
-        .map_err(|e| watch.lost(e))?;
-    let result = match state {
-        TargetState::AwaitingConfirmation | TargetState::Done => {
-            let window =
-                Duration::from_secs(plan.confirm_timeout_secs).saturating_sub(CONFIRM_MARGIN);
-            let checked = run_checks(host, remote, checks, args.check_timeout, window);
-            match (checked, plan.rollback) {
+        let watch = Watch {
+            settings,
+            host,
+            remote,
+            launched: &launched,
+            plan: &plan,
+        };
+        let (state, detail) = remote
+            .wait_state(&launched.dir, false)
+            .map_err(|e| watch.lost(e))?;
+        let result = match state {
+            TargetState::AwaitingConfirmation | TargetState::Done => {
+                let window =
+                    Duration::from_secs(plan.confirm_timeout_secs).saturating_sub(CONFIRM_MARGIN);
+                let checked = run_checks(self, remote, checks, args.check_timeout, window);
+                match (checked, plan.rollback) {
                 (Ok(()), false) => Ok(()),
                 (Ok(()), true) => {
                     if remote.confirm(&launched.dir).map_err(|e| watch.lost(e))? {
@@ -533,7 +668,7 @@ fn deploy_host(
                     ),
                 )),
                 (Err(why), true) => {
-                    eprintln!("[{host}] {why}; asking the target to roll back");
+                    self.say(format!("{why}; asking the target to roll back"));
                     remote
                         .reject(&launched.dir, &why)
                         .map_err(|e| watch.lost(e))?;
@@ -543,22 +678,23 @@ fn deploy_host(
                     watch.ended(state, detail, Step::HealthCheck, Some(&why))
                 }
             }
+            }
+            other => watch.ended(other, detail, Step::Switch, None),
+        };
+        match result {
+            Ok(()) => {
+                notify::notify_deploy(settings, host, path);
+                Ok(path.clone())
+            }
+            Err(e) => Err(e),
         }
-        other => watch.ended(other, detail, Step::Switch, None),
-    };
-    match result {
-        Ok(()) => {
-            notify::notify_deploy(settings, host, &path);
-            Ok(path)
-        }
-        Err(e) => Err(e),
     }
 }
 
 /// Runs every check until all pass in one round or `window` is over; the failure names the
 /// first failing check.
 fn run_checks(
-    host: &str,
+    one: &One<'_>,
     remote: &Remote,
     checks: &[HealthCheck],
     timeout_secs: u64,
@@ -568,6 +704,8 @@ fn run_checks(
         return Ok(());
     }
     let deadline = Instant::now() + window;
+    one.progress
+        .set(one.host, HostState::Working("health checks".to_string()));
     loop {
         let failed = checks.iter().find_map(|c| {
             remote
@@ -577,11 +715,11 @@ fn run_checks(
         });
         match failed {
             None => {
-                eprintln!("[{host}] {} health check(s) passed", checks.len());
+                one.say(format!("{} health check(s) passed", checks.len()));
                 return Ok(());
             }
             Some(why) if Instant::now() + CHECK_RETRY < deadline => {
-                eprintln!("[{host}] {why}; retrying");
+                one.say(format!("{why}; retrying"));
                 std::thread::sleep(CHECK_RETRY);
             }
             Some(why) => return Err(why),

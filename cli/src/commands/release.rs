@@ -1,24 +1,28 @@
 //! `nixfleet release`: build every host of a flake, push the closures, record a release.
 //!
 //! A release is an immutable map host → system store path (plus platform and tags). Creating
-//! one evaluates each host's platform and tags and builds its toplevel (four hosts at a time),
-//! pushes the closures (`--push-to` a binary cache, `--copy` straight to each host, or nothing with
+//! one evaluates every selected host at once (`eval.rs`: one `nix eval`), builds all toplevels
+//! in one `nix build` (`build.rs`), with per-host progress (`progress.rs`); hosts that fail to
+//! evaluate or build are reported with their log tail and fail the command, unless
+//! `--allow-partial` records a release of the others. Then it pushes the closures (`--push-to` a binary cache, `--copy` straight to each host, or nothing with
 //! `--eval-only`), then posts the release. Rollouts then move machines to it.
 
+use crate::build;
 use crate::client::{path_id, query, Client};
 use crate::commands::time;
 use crate::error::{CliError, Result};
+use crate::eval::{self, Evaluated};
 use crate::nix;
 use crate::output::{self, or_dash, Table};
+use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget};
-use nixfleet_ids::StorePath;
 use clap::{Args, Subcommand};
+use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::{
     CreateReleaseRequest, CreateReleaseResponse, Release, ReleaseDiff, ReleaseEntry,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use serde::Serialize;
 
 /// `nixfleet release …`.
 #[derive(Debug, Subcommand)]
@@ -89,114 +93,193 @@ pub struct CreateArgs {
     /// Build and push, then print the release instead of posting it.
     #[arg(long)]
     pub dry_run: bool,
+    /// When some hosts fail to evaluate or build, record a release of the others (and name the
+    /// missing ones) instead of failing.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Builds Nix runs at once (`nix build --max-jobs`) [default: Nix's own setting].
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<String>,
 }
 
-/// One host of the release being built.
-struct HostBuild {
-    host: String,
-    path: StorePath,
-    platform: String,
-    tags: Vec<String>,
+/// One host's outcome, for the summary table and `--json`.
+#[derive(Debug, Serialize)]
+pub struct HostResult {
+    /// The host.
+    pub host: String,
+    /// built, evaluated (--eval-only) or failed.
+    pub status: &'static str,
+    /// The step that failed: evaluate or build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<&'static str>,
+    /// The system store path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_path: Option<String>,
+    /// Nix's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last lines of the failed build's log.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// The command that shows the failure again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reproduce: Option<String>,
 }
 
-/// Evaluates a host's platform and agent tags, then builds (or only evaluates) its toplevel.
-///
-/// One `nix` call per attribute and per host, with plain attribute paths and no `--apply`:
-/// the VM tests' nix shim answers exactly these (`…toplevel.system`, `…nixfleet-agent.tags`,
-/// `…toplevel.outPath`, one installable per build).
-fn build_host(
-    flake: &str,
-    host: &str,
-    eval_only: bool,
-    verbose: u8,
-) -> std::result::Result<HostBuild, String> {
-    let toplevel = nix::toplevel_attr(flake, host);
-    let eval_json = |attr: &str| -> Option<serde_json::Value> {
-        let out = nix::run(
-            nix::nix().args(["eval", "--json", attr]),
-            "nix eval",
-            verbose,
-        )
-        .ok()?;
-        serde_json::from_str(&out).ok()
-    };
-    let platform = eval_json(&format!("{toplevel}.system"))
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
-    // Hosts without the agent module have no tags; that is not an error.
-    let tags = eval_json(&format!(
-        "{flake}#nixosConfigurations.\"{host}\".config.services.nixfleet-agent.tags"
-    ))
-    .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
-    .unwrap_or_default();
-    let path = if eval_only {
-        let out = nix::run(
-            nix::nix().args(["eval", "--raw", &format!("{toplevel}.outPath")]),
-            &format!("nix eval of {host}"),
-            verbose,
-        )
-        .map_err(|e| e.to_string())?;
-        StorePath::try_from(out.trim()).map_err(|e| e.to_string())?
-    } else {
-        nix::build_toplevel(flake, host, verbose).map_err(|e| e.to_string())?
-    };
-    Ok(HostBuild {
-        host: host.to_string(),
-        path,
-        platform,
-        tags,
-    })
-}
-
-/// Runs [`build_host`] for every host, a few at a time, keeping the hosts' order.
-fn build_hosts(
-    flake: &str,
-    hosts: &[String],
-    eval_only: bool,
-    verbose: u8,
-) -> Result<Vec<HostBuild>> {
-    const JOBS: usize = 4;
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, std::result::Result<HostBuild, String>)>> =
-        Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..JOBS.min(hosts.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(host) = hosts.get(i) else { break };
-                let r = build_host(flake, host, eval_only, verbose);
-                results
-                    .lock()
-                    .expect("a build thread panicked while holding the results")
-                    .push((i, r));
-            });
+impl HostResult {
+    fn failed(
+        host: &str,
+        step: &'static str,
+        error: String,
+        log_tail: Vec<String>,
+        reproduce: String,
+    ) -> Self {
+        HostResult {
+            host: host.to_string(),
+            status: "failed",
+            step: Some(step),
+            store_path: None,
+            error: Some(error),
+            log_tail,
+            reproduce: Some(reproduce),
         }
-    });
-    let mut results = results
-        .into_inner()
-        .expect("a build thread panicked while holding the results");
-    results.sort_by_key(|(i, _)| *i);
-    let mut built = Vec::new();
-    let mut failed = Vec::new();
-    for (i, r) in results {
-        match r {
-            Ok(b) => built.push(b),
-            Err(e) => {
-                eprintln!("[{}] {e}", hosts[i]);
-                failed.push(hosts[i].clone());
+    }
+}
+
+/// Evaluates the selected hosts once, then builds them all in one `nix build` (unless
+/// `--eval-only`); returns the hosts that made it and every host's result, in name order.
+fn evaluate_and_build(
+    settings: &Settings,
+    a: &CreateArgs,
+) -> Result<(Vec<Evaluated>, Vec<HostResult>)> {
+    let v = settings.verbose;
+    eprintln!("Evaluating {} (hosts {})", a.flake, a.hosts);
+    let evaluation = eval::evaluate(&a.flake, &a.hosts, v).map_err(|e| {
+        CliError::usage(format!(
+            "{e}; is --flake {} a flake with nixosConfigurations?",
+            a.flake
+        ))
+    })?;
+    let selected = evaluation.ok.len() + evaluation.failed.len();
+    if selected == 0 {
+        return Err(CliError::usage(format!(
+            "--hosts {:?} matches none of {}",
+            a.hosts,
+            evaluation.all.join(", ")
+        )));
+    }
+    for h in evaluation
+        .ok
+        .iter()
+        .map(|e| &e.host)
+        .chain(evaluation.failed.iter().map(|f| &f.host))
+    {
+        nix::check_host_name(h).map_err(CliError::Usage)?;
+    }
+    let progress = Progress::new(if a.eval_only { "evaluated" } else { "building" }, selected);
+    let mut results: Vec<HostResult> = Vec::new();
+    for f in &evaluation.failed {
+        progress.set(
+            &f.host,
+            HostState::Failed(format!("at evaluate: {}", last_line(&f.error))),
+        );
+        results.push(HostResult::failed(
+            &f.host,
+            "evaluate",
+            f.error.clone(),
+            Vec::new(),
+            f.reproduce.clone(),
+        ));
+    }
+    let failures = if a.eval_only {
+        Default::default()
+    } else {
+        build::build(
+            &a.flake,
+            &evaluation.ok,
+            a.max_jobs.as_deref(),
+            &progress,
+            v,
+        )
+    };
+    let mut ok = Vec::new();
+    for e in evaluation.ok {
+        match failures.get(&e.host) {
+            Some(f) => {
+                progress.set(
+                    &e.host,
+                    HostState::Failed(format!("at build: {}", last_line(&f.error))),
+                );
+                results.push(HostResult::failed(
+                    &e.host,
+                    "build",
+                    f.error.clone(),
+                    f.log_tail.clone(),
+                    f.reproduce.clone(),
+                ));
+            }
+            None => {
+                progress.set(
+                    &e.host,
+                    HostState::Done(format!(
+                        "{} {}",
+                        if a.eval_only { "evaluated" } else { "built" },
+                        e.out
+                    )),
+                );
+                results.push(HostResult {
+                    host: e.host.clone(),
+                    status: if a.eval_only { "evaluated" } else { "built" },
+                    step: None,
+                    store_path: Some(e.out.to_string()),
+                    error: None,
+                    log_tail: Vec::new(),
+                    reproduce: None,
+                });
+                ok.push(e);
             }
         }
     }
-    if failed.is_empty() {
-        Ok(built)
-    } else {
-        Err(CliError::failed(format!(
-            "{} of {} host(s) failed to {}: {}; fix the errors above, or leave them out with --hosts",
-            failed.len(),
-            hosts.len(),
-            if eval_only { "evaluate" } else { "build" },
-            failed.join(", ")
-        )))
+    progress.finish();
+    results.sort_by(|x, y| x.host.cmp(&y.host));
+    Ok((ok, results))
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// The summary on stderr: one row per host, then each failure with its log tail and the
+/// command that shows it again.
+fn print_summary(results: &[HostResult]) {
+    let mut t = Table::new(&["HOST", "STATUS", "STORE PATH / ERROR"]);
+    for r in results {
+        let what = match (&r.store_path, &r.error) {
+            (Some(p), _) => p.clone(),
+            (None, Some(e)) => format!("{}: {}", r.step.unwrap_or(""), last_line(e)),
+            (None, None) => String::new(),
+        };
+        t.row(vec![r.host.clone(), r.status.to_string(), what]);
+    }
+    eprint!("{}", t.render());
+    for r in results.iter().filter(|r| r.status == "failed") {
+        eprintln!("\n{} failed to {}:", r.host, r.step.unwrap_or("build"));
+        for line in r.error.as_deref().unwrap_or("").lines() {
+            eprintln!("  {line}");
+        }
+        if !r.log_tail.is_empty() {
+            eprintln!("  last lines of its build log:");
+            for line in &r.log_tail {
+                eprintln!("  | {line}");
+            }
+        }
+        if let Some(cmd) = &r.reproduce {
+            eprintln!("  reproduce: {cmd}");
+        }
     }
 }
 
@@ -220,34 +303,32 @@ fn flake_metadata(flake: &str, verbose: u8) -> (Option<String>, Option<String>) 
 pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleaseRequest> {
     let v = settings.verbose;
     nix::check_flake_ref(&a.flake).map_err(CliError::Usage)?;
-    let all = nix::discover_hosts(&a.flake, v).map_err(|e| {
-        CliError::usage(format!(
-            "{e}; is --flake {} a flake with nixosConfigurations?",
-            a.flake
-        ))
-    })?;
-    let hosts = nix::filter_hosts(&all, &a.hosts);
-    if hosts.is_empty() {
-        return Err(CliError::usage(format!(
-            "--hosts {:?} matches none of {}",
-            a.hosts,
-            all.join(", ")
-        )));
+    let (entries, results) = evaluate_and_build(settings, a)?;
+    print_summary(&results);
+    let missing: Vec<&str> = results
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| r.host.as_str())
+        .collect();
+    if !missing.is_empty() {
+        let why = format!(
+            "{} of {} host(s) failed: {}",
+            missing.len(),
+            results.len(),
+            missing.join(", ")
+        );
+        if !a.allow_partial || entries.is_empty() {
+            if settings.json && !a.dry_run {
+                output::json(&serde_json::json!({ "hosts": results }))?;
+            }
+            return Err(CliError::failed(if entries.is_empty() {
+                format!("{why}; no host was built, so no release was recorded")
+            } else {
+                format!("{why}; fix them (see above), leave them out with --hosts, or record a release of the others with --allow-partial")
+            }));
+        }
+        eprintln!("warning: {why}; --allow-partial: the release leaves them out");
     }
-    for h in &hosts {
-        nix::check_host_name(h).map_err(CliError::Usage)?;
-    }
-    eprintln!(
-        "{} {} host(s): {}",
-        if a.eval_only {
-            "Evaluating"
-        } else {
-            "Building"
-        },
-        hosts.len(),
-        hosts.join(", ")
-    );
-    let entries = build_hosts(&a.flake, &hosts, a.eval_only, v)?;
     if !a.eval_only {
         let push_to = a.push_to.clone().or_else(|| {
             if a.copy || a.hook {
@@ -262,7 +343,7 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
                     "--hook needs push-cmd in the [cache.hook] section of .nixfleet.toml",
                 )
             })?;
-            let mut paths: Vec<&StorePath> = entries.iter().map(|e| &e.path).collect();
+            let mut paths: Vec<&StorePath> = entries.iter().map(|e| &e.out).collect();
             paths.sort();
             paths.dedup();
             for path in paths {
@@ -277,7 +358,7 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
                 .map_err(|e| CliError::failed(format!("{e}; fix push-cmd in [cache.hook]")))?;
             }
         } else if let Some(url) = push_to {
-            let mut paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+            let mut paths: Vec<&str> = entries.iter().map(|e| e.out.as_str()).collect();
             paths.sort();
             paths.dedup();
             eprintln!("Pushing {} closure(s) to {url}", paths.len());
@@ -292,10 +373,10 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
         } else if a.copy {
             let opts = a.ssh_opts.clone().unwrap_or_default();
             for e in &entries {
-                eprintln!("[{}] copying {}", e.host, e.path);
+                eprintln!("[{}] copying {}", e.host, e.out);
                 let target = SshTarget::root_at(&e.host).map_err(CliError::Usage)?;
                 Remote::new(target, &opts, v)
-                    .copy_closure(&e.path)
+                    .copy_closure(&e.out)
                     .map_err(|e| CliError::failed(e.message))?;
             }
         } else {
@@ -321,7 +402,7 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
             .into_iter()
             .map(|e| ReleaseEntry {
                 hostname: e.host,
-                store_path: e.path.to_string(),
+                store_path: e.out.to_string(),
                 platform: e.platform,
                 tags: e.tags,
             })

@@ -12,8 +12,8 @@ use crate::nix;
 use crate::output;
 use crate::settings::Settings;
 use crate::ssh::{previous_generation, Activation, Remote, SshTarget, StepError};
-use nixfleet_ids::StorePath;
 use clap::Args;
+use nixfleet_ids::StorePath;
 
 /// `nixfleet rollback`.
 #[derive(Debug, Args)]
