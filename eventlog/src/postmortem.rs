@@ -355,23 +355,9 @@ pub struct WhatIfOutcome {
     pub simulated_status: String,
 }
 
-/// Re-runs the recorded reports of a rollout through the rules with other parameters.
-///
-/// The reports arrive at their recorded times; operator resumes and cancels are replayed at
-/// theirs. It cannot know how agents would have behaved had they been told different things
-/// (for example a machine moved to a later batch still reports when it did).
-pub fn what_if(
-    records: &[Record],
-    rollout: &RolloutId,
-    params: &WhatIf,
-) -> Result<WhatIfOutcome, String> {
-    let created = records
-        .iter()
-        .position(|r| matches!(&r.event, Event::RolloutCreated { rollout: x, .. } if x == rollout))
-        .ok_or_else(|| format!("rollout {rollout} does not appear in the log"))?;
-    let Event::RolloutCreated { plan, .. } = &records[created].event else {
-        unreachable!("found by position")
-    };
+/// The recorded plan with the what-if parameters: another health timeout or threshold, or the
+/// same machines re-cut with the recorded seed into other batch sizes.
+fn plan_with(plan: &RolloutPlan, params: &WhatIf) -> Result<RolloutPlan, String> {
     let mut plan = plan.clone();
     if let Some(t) = params.health_timeout_secs {
         plan.health_timeout_secs = t;
@@ -412,6 +398,27 @@ pub fn what_if(
         plan.batch_sizes = amounts;
         plan.strategy = Strategy::Staged;
     }
+    Ok(plan)
+}
+
+/// Re-runs the recorded reports of a rollout through the rules with other parameters.
+///
+/// The reports arrive at their recorded times; operator resumes and cancels are replayed at
+/// theirs. It cannot know how agents would have behaved had they been told different things
+/// (for example a machine moved to a later batch still reports when it did).
+pub fn what_if(
+    records: &[Record],
+    rollout: &RolloutId,
+    params: &WhatIf,
+) -> Result<WhatIfOutcome, String> {
+    let created = records
+        .iter()
+        .position(|r| matches!(&r.event, Event::RolloutCreated { rollout: x, .. } if x == rollout))
+        .ok_or_else(|| format!("rollout {rollout} does not appear in the log"))?;
+    let Event::RolloutCreated { plan, .. } = &records[created].event else {
+        unreachable!("found by position")
+    };
+    let plan = plan_with(plan, params)?;
     let recorded: Vec<Decision> = records[created..]
         .iter()
         .filter(|r| r.stream == format!("rollout:{rollout}"))
