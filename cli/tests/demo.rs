@@ -396,3 +396,47 @@ fn a_directory_that_holds_something_else_is_refused_and_left_alone() {
         "keep me"
     );
 }
+
+#[test]
+fn ctrl_c_stops_every_process_exiting_0_with_keep_running_and_130_mid_run() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new("demo-sigint");
+    // SIGINT to the demo once its stdout shows `until`: the line it waits at, or one mid-run.
+    let interrupt = |dir: &str, args: &[&str], until: &str| {
+        let mut child = demo_cmd(&s, &s.join(dir))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the demo");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut seen = String::new();
+        for line in lines.map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(until) {
+                break;
+            }
+        }
+        assert!(seen.contains(until), "{seen}");
+        let kill = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+        let out = child.wait_with_output().expect("wait");
+        let left = processes_under(&s.path);
+        assert!(left.is_empty(), "left running: {left:#?}");
+        (out.status.code(), stderr(&out))
+    };
+    let (code, err) = interrupt(
+        "kept",
+        &["--dry-run", "--keep-running"],
+        "press Ctrl-C to stop them",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Stopping: stopped 5 processes"), "{err}");
+    let (code, err) = interrupt("mid", &["--dry-run"], "Rollout 1: canary");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("Interrupted: stopped 5 processes"), "{err}");
+}
