@@ -236,3 +236,40 @@ impl Ctx<'_> {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_decode_plus_percent_and_repeated_keys_as_the_old_hand_written_decoder_did() {
+        let q = Query::parse(Some("tag=a+b&tag=c%2Fd&&flag&bad=%zz%4&utf=%C3%A9&limit=7"));
+        assert_eq!(q.all("tag"), ["a b", "c/d"]);
+        assert_eq!(
+            q.get("flag"),
+            Some(""),
+            "a key without = has an empty value"
+        );
+        assert_eq!(
+            q.get("bad"),
+            Some("%zz%4"),
+            "an invalid escape stays as sent"
+        );
+        assert_eq!(q.get("utf"), Some("é"));
+        assert_eq!(q.num("limit").unwrap_or_default(), Some(7));
+        assert_eq!(q.get("missing"), None);
+        assert!(q.all("missing").is_empty());
+        assert_eq!(Query::parse(None).get("tag"), None);
+        let e = Query::parse(Some("limit=x"))
+            .num("limit")
+            .err()
+            .map(|e| e.status);
+        assert_eq!(e, Some(400));
+        assert_eq!(
+            Query::parse(Some("limit=9999")).limit(20).ok(),
+            Some(PAGE_MAX)
+        );
+        assert_eq!(Query::parse(Some("limit=0")).limit(20).ok(), Some(1));
+        assert_eq!(Query::parse(None).limit(20).ok(), Some(20));
+    }
+}
