@@ -7,13 +7,14 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use nixfleet_core::event::{Actor, Envelope, Event, Lifecycle, ReleaseEntry, Target};
-use nixfleet_core::ids::{KeyName, MachineId, ReleaseId, RolloutId, StorePath, Tag, Timestamp};
-use nixfleet_core::plan::RolloutSpec;
-use nixfleet_core::state::State;
-use nixfleet_core::{decide, executor, Command, ExecutorInput, ReportInput, Seq};
-use nixfleet_fuzz::{check_invariants, replay};
-use std::collections::{BTreeMap, BTreeSet};
+use nixfleet_core::event::{Actor, Lifecycle, Target};
+use nixfleet_core::ids::{MachineId, StorePath, Tag};
+use nixfleet_core::{executor, Command, Seq};
+use nixfleet_testkit::{
+    admin, check_decided_once, check_invariants, create_release, replay, report_input, Fleet,
+    Rollout,
+};
+use std::collections::BTreeMap;
 
 const HOSTS: [&str; 8] = [
     "web-01", "web-02", "web-03", "web-04", "db-01", "db-02", "edge-01", "edge-02",
@@ -93,69 +94,28 @@ fn hosts(mask: u8) -> Vec<MachineId> {
 
 /// A valid store path for system generation `n` of `host`.
 fn path(host: &MachineId, n: u8) -> StorePath {
-    StorePath::parse(&format!("/nix/store/{:032}-nixos-system-{host}-{n}", n % 8))
-        .expect("generated store paths are valid")
+    nixfleet_testkit::path(host.as_str(), u64::from(n))
 }
 
 fn nth<K: Clone, V>(map: &BTreeMap<K, V>, i: u8) -> Option<K> {
     map.keys().nth(i as usize % map.len().max(1)).cloned()
 }
 
-struct Fleet {
-    state: State,
-    log: Vec<Envelope>,
-    now: Timestamp,
+/// The simulated fleet of the test kit, and a counter for fresh release and rollout ids.
+#[derive(Default)]
+struct Fuzzed {
+    fleet: Fleet,
     minted: u32,
 }
 
-impl Fleet {
-    fn push(&mut self, actor: &Actor, events: Vec<Event>) {
-        for event in events {
-            let env = Envelope {
-                seq: Seq(self.state.last_seq.0 + 1),
-                at: self.now,
-                actor: actor.clone(),
-                event,
-            };
-            self.state.apply(&env);
-            self.log.push(env);
-        }
-    }
-
-    fn settle(&mut self, input: ExecutorInput<'_>) {
-        let now = self.now;
-        let mut out = Vec::new();
-        executor::settle(&mut self.state, input, now, |st, events| {
-            for event in events {
-                let env = Envelope {
-                    seq: Seq(st.last_seq.0 + 1),
-                    at: now,
-                    actor: Actor::Executor,
-                    event,
-                };
-                st.apply(&env);
-                out.push(env);
-            }
-            Ok::<(), ()>(())
-        })
-        .expect("the in-memory append cannot fail");
-        self.log.extend(out);
-    }
-
-    /// decide → append → apply → settle, as `Engine::submit` does.
+impl Fuzzed {
+    /// decide → append → apply → settle, as `Engine::submit` does; rejections change nothing.
     fn run(&mut self, actor: Actor, cmd: Command) {
-        let Ok(events) = decide(&self.state, &cmd, self.now) else {
-            return;
-        };
-        if events.is_empty() {
-            return;
-        }
-        self.push(&actor, events.clone());
-        self.settle(ExecutorInput::Appended(&events));
+        let _ = self.fleet.run(actor, cmd);
     }
 
     fn step(&mut self, op: &Op) {
-        let admin = Actor::Key(KeyName::parse("fuzz-admin").expect("valid"));
+        let admin = admin();
         match op {
             Op::Register { host, lifecycle, tags: t } => self.run(
                 admin,
@@ -167,16 +127,15 @@ impl Fleet {
             ),
             Op::Report { host, generation, success, health, rolled_back_from, tags: t, auto_register } => {
                 let id = m(*host);
-                let report = ReportInput {
-                    generation: generation.map(|g| path(&id, g)),
-                    success: *success,
-                    message: if *success { "deployed".into() } else { "failed".into() },
+                let report = nixfleet_core::ReportInput {
                     tags: tags(*t),
-                    health: health.map(|ok| (Vec::new(), ok)),
-                    agent_version: "fuzz".into(),
-                    uptime_secs: 1,
-                    dry_run: false,
                     rolled_back_from: rolled_back_from.map(|g| path(&id, g)),
+                    ..report_input(
+                        generation.map(|g| path(&id, g)),
+                        *success,
+                        if *success { "deployed" } else { "failed" },
+                        health.map(|ok| (Vec::new(), ok)),
+                    )
                 };
                 self.run(
                     Actor::Machine(id.clone()),
@@ -185,60 +144,44 @@ impl Fleet {
             }
             Op::Release { hosts: mask, generation } => {
                 self.minted += 1;
-                let entries = hosts(*mask)
-                    .into_iter()
-                    .map(|h| ReleaseEntry {
-                        path: path(&h, *generation),
-                        machine: h,
-                        platform: "x86_64-linux".into(),
-                        tags: Vec::new(),
-                    })
-                    .collect();
-                self.run(
-                    admin,
-                    Command::CreateRelease {
-                        release: ReleaseId::parse(&format!("rel-{}", self.minted)).expect("valid"),
-                        flake_ref: None,
-                        flake_rev: None,
-                        cache_url: None,
-                        entries,
-                    },
-                )
+                let entries = hosts(*mask).into_iter().map(|h| (h.clone(), path(&h, *generation)));
+                self.run(admin, create_release(&format!("rel-{}", self.minted), entries))
             }
             Op::Rollout {
                 release, strategy, batch_sizes, threshold, on_failure,
                 health_timeout_secs, by_tags, tags: t, hosts: h, seed,
             } => {
-                let Some(release) = nth(&self.state.releases, *release) else {
+                let Some(release) = nth(&self.fleet.state.releases, *release) else {
                     return;
                 };
                 self.minted += 1;
-                let spec = RolloutSpec {
-                    release,
-                    strategy: ["canary", "staged", "all_at_once", "bogus"][*strategy as usize % 4].into(),
-                    batch_sizes: batch_sizes.as_ref().map(|v| v.iter().take(70).map(AmountText::text).collect()),
-                    failure_threshold: threshold.as_ref().map(AmountText::text),
-                    on_failure: match on_failure % 4 {
-                        0 => None,
-                        1 => Some("pause".into()),
-                        2 => Some("revert".into()),
-                        _ => Some("explode".into()),
-                    },
-                    health_timeout_secs: health_timeout_secs.map(u64::from),
-                    target: if *by_tags { Target::Tags(tags(*t)) } else { Target::Hosts(hosts(*h)) },
-                    cache_url: None,
+                let strategy = ["canary", "staged", "all_at_once", "bogus"][*strategy as usize % 4];
+                let mut spec = Rollout::of(release.as_str()).strategy(strategy).spec();
+                // Every parameter may be missing, out of range or unknown, as an API client sends it.
+                spec.batch_sizes = batch_sizes
+                    .as_ref()
+                    .map(|v| v.iter().take(70).map(AmountText::text).collect());
+                spec.failure_threshold = threshold.as_ref().map(AmountText::text);
+                spec.on_failure = match on_failure % 4 {
+                    0 => None,
+                    1 => Some("pause".into()),
+                    2 => Some("revert".into()),
+                    _ => Some("explode".into()),
                 };
+                spec.health_timeout_secs = health_timeout_secs.map(u64::from);
+                spec.target = if *by_tags { Target::Tags(tags(*t)) } else { Target::Hosts(hosts(*h)) };
                 self.run(
                     admin,
                     Command::CreateRollout {
-                        rollout: RolloutId::parse(&format!("r-{}", self.minted)).expect("valid"),
+                        rollout: nixfleet_core::RolloutId::parse(&format!("r-{}", self.minted))
+                            .expect("valid"),
                         spec,
                         seed: *seed,
                     },
                 )
             }
             Op::Resume(i) | Op::Cancel(i) | Op::DeleteRollout(i) => {
-                let Some(rollout) = nth(&self.state.rollouts, *i) else {
+                let Some(rollout) = nth(&self.fleet.state.rollouts, *i) else {
                     return;
                 };
                 let cmd = match op {
@@ -249,7 +192,7 @@ impl Fleet {
                 self.run(admin, cmd)
             }
             Op::DeleteRelease(i) => {
-                let Some(release) = nth(&self.state.releases, *i) else {
+                let Some(release) = nth(&self.fleet.state.releases, *i) else {
                     return;
                 };
                 self.run(admin, Command::DeleteRelease { release })
@@ -269,53 +212,32 @@ impl Fleet {
                 self.run(admin, Command::NotifyDeploy { machine: id, path: p })
             }
             Op::Advance(secs) => {
-                self.now = self.now.plus_secs(u64::from(*secs));
-                self.settle(ExecutorInput::Tick);
+                self.fleet.advance(u64::from(*secs));
             }
         }
     }
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let mut f = Fleet {
-        state: State::default(),
-        log: Vec::new(),
-        now: Timestamp(1_700_000_000_000),
-        minted: 0,
-    };
+    let mut f = Fuzzed::default();
     for op in ops.iter().take(200) {
         f.step(op);
-        check_invariants(&f.state);
+        let (state, now) = (&f.fleet.state, f.fleet.now);
+        check_invariants(state);
         // The executor has settled: no running rollout has a transition left at this instant.
-        for r in f.state.rollouts.values() {
+        for r in state.rollouts.values() {
             assert!(
-                executor::evaluate(&f.state, r, f.now).is_empty(),
+                executor::evaluate(state, r, now).is_empty(),
                 "rollout {} has an undecided transition after settle",
                 r.id
             );
         }
     }
-    assert_eq!(replay(&f.log), f.state, "replay from zero differs from the incremental state");
+    let log = &f.fleet.log;
+    assert_eq!(replay(log), f.fleet.state, "replay from zero differs from the incremental state");
     // Sequence numbers are 1, 2, 3, … and no batch attempt is decided twice.
-    let mut decided = BTreeSet::new();
-    let mut attempt = BTreeMap::new();
-    for (i, e) in f.log.iter().enumerate() {
+    for (i, e) in log.iter().enumerate() {
         assert_eq!(e.seq, Seq(i as u64 + 1));
-        match &e.event {
-            Event::BatchStarted { rollout, batch_index, attempt: a, .. } => {
-                attempt.insert((rollout.clone(), *batch_index), *a);
-            }
-            Event::BatchSucceeded { rollout, batch_index, .. }
-            | Event::BatchFailed { rollout, batch_index, .. } => {
-                let a = attempt
-                    .get(&(rollout.clone(), *batch_index))
-                    .unwrap_or_else(|| panic!("batch {batch_index} of {rollout} decided before it started"));
-                assert!(
-                    decided.insert((rollout.clone(), *batch_index, *a)),
-                    "batch {batch_index} of {rollout} decided twice in attempt {a}"
-                );
-            }
-            _ => {}
-        }
     }
+    check_decided_once(log.iter().map(|e| &e.event));
 });
