@@ -164,6 +164,8 @@ struct Watch {
     errors: Vec<String>,
     /// stderr lines that were not JSON.
     other: VecDeque<String>,
+    /// With `-vv`: the last build log line, `[name] line`, for the caller to print.
+    echo: Option<String>,
 }
 
 impl Watch {
@@ -187,8 +189,12 @@ impl Watch {
             }
             "result" if ev.kind == RES_BUILD_LOG_LINE => {
                 let drv = self.building.get(&ev.id)?;
-                let text = ev.fields.first()?.as_str()?;
-                push_tail(self.logs.entry(drv.clone()).or_default(), strip_ansi(text));
+                let text = strip_ansi(ev.fields.first()?.as_str()?);
+                if self.echo.is_some() {
+                    let name = drv.get(44..drv.len() - 4).unwrap_or(drv);
+                    self.echo = Some(format!("[{name}] {text}"));
+                }
+                push_tail(self.logs.entry(drv.clone()).or_default(), text);
                 None
             }
             "msg" if ev.level == 0 => {
@@ -285,7 +291,10 @@ pub fn build(
         progress.println(&format!("+ {cmdline}"));
     }
     let started = std::time::Instant::now();
-    let mut watch = Watch::default();
+    let mut watch = Watch {
+        echo: (verbose >= 2).then(String::new),
+        ..Watch::default()
+    };
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -303,7 +312,12 @@ pub fn build(
                     if verbose >= 2 && !line.starts_with("@nix ") {
                         progress.println(&line);
                     }
-                    let Some(drv) = watch.take(&line) else {
+                    let seen = watch.take(&line);
+                    if let Some(echo) = watch.echo.as_mut().filter(|e| !e.is_empty()) {
+                        progress.println(echo);
+                        echo.clear();
+                    }
+                    let Some(drv) = seen else {
                         continue;
                     };
                     if !watch.finished.contains(&drv) {

@@ -35,13 +35,7 @@ pub struct CommandFailed {
 
 impl std::fmt::Display for CommandFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let last = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let last = last_line(&self.stderr);
         match self.code {
             Some(c) => write!(f, "{} failed (exit {c})", self.what)?,
             None => write!(f, "{} was killed", self.what)?,
@@ -99,6 +93,15 @@ pub fn run(cmd: &mut Command, what: &str, verbose: u8) -> Result<String, Command
             stderr: err[start..].to_string(),
         })
     }
+}
+
+/// The last non-empty line of some output, trimmed.
+pub fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
 }
 
 /// A printable form of a command line, for `-v`.

@@ -14,7 +14,7 @@
 //! Extra ssh options come from `--ssh-opts` or `NIX_SSHOPTS`, split on whitespace the way Nix
 //! splits `NIX_SSHOPTS`, and are handed to both `ssh` and `nix-copy-closure`.
 
-use crate::process::{self, CommandFailed};
+use crate::process::{self, last_line, CommandFailed};
 use nixfleet_ids::StorePath;
 use std::fmt;
 use std::process::Command;
@@ -657,15 +657,6 @@ impl fmt::Display for HealthCheck {
             HealthCheck::Unit(u) => write!(f, "unit {u}"),
         }
     }
-}
-
-/// The last non-empty line of some output.
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
 }
 
 /// The last non-empty line of a check's output, at most 300 bytes.

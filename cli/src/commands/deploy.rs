@@ -16,7 +16,7 @@ use crate::commands::{notify, release, rollout};
 use crate::error::{CliError, Result};
 use crate::eval;
 use crate::nix;
-use crate::output::{self, Table};
+use crate::output;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{
@@ -26,10 +26,12 @@ use crate::ssh::{
 use clap::Args;
 use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::Release;
-use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use summary::{failed, HostDone, HostOutcome, HostSkipped, Summary};
+
+mod summary;
 
 /// Pause between two rounds of failing health checks.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
@@ -236,70 +238,6 @@ fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
     rollout::create(settings, &create).map(|_| ())
 }
 
-#[derive(Debug, Serialize)]
-struct HostDone {
-    host: String,
-    store_path: String,
-    seconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct HostFailed {
-    host: String,
-    step: String,
-    error: String,
-}
-
-#[derive(Debug, Serialize)]
-struct HostSkipped {
-    host: String,
-    reason: String,
-}
-
-#[derive(Debug, Serialize, Default)]
-struct Summary {
-    succeeded: Vec<HostDone>,
-    failed: Vec<HostFailed>,
-    skipped: Vec<HostSkipped>,
-}
-
-impl Summary {
-    /// The per-host result table.
-    fn table(&self) -> Table {
-        let mut t = Table::new(&["HOST", "RESULT", "STEP", "STORE PATH / WHY"]);
-        let mut rows: Vec<Vec<String>> = Vec::new();
-        for d in &self.succeeded {
-            rows.push(vec![
-                d.host.clone(),
-                "ok".into(),
-                "-".into(),
-                d.store_path.clone(),
-            ]);
-        }
-        for f in &self.failed {
-            rows.push(vec![
-                f.host.clone(),
-                "FAILED".into(),
-                f.step.clone(),
-                f.error.clone(),
-            ]);
-        }
-        for k in &self.skipped {
-            rows.push(vec![
-                k.host.clone(),
-                "skipped".into(),
-                "connect".into(),
-                k.reason.clone(),
-            ]);
-        }
-        rows.sort();
-        for r in rows {
-            t.row(r);
-        }
-        t
-    }
-}
-
 /// Runs `nixfleet deploy`; the SSH mode is below, the rollout mode above.
 pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     let log = crate::oplog::start("deploy");
@@ -445,28 +383,6 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
                 .unwrap_or_default()
         )))
     }
-}
-
-enum HostOutcome {
-    Done(HostDone),
-    Failed(HostFailed),
-    Skipped(HostSkipped),
-}
-
-/// Reports a host's failure as it happens (with the failing command's output) and returns it.
-fn failed(progress: &Progress, host: &str, e: StepError) -> HostOutcome {
-    progress.set(
-        host,
-        HostState::Failed(format!("at {}: {}", e.step, e.message)),
-    );
-    for line in e.detail.lines().filter(|l| !l.trim().is_empty()).take(40) {
-        progress.println(&format!("[{host}]   {line}"));
-    }
-    HostOutcome::Failed(HostFailed {
-        host: host.to_string(),
-        step: e.step.to_string(),
-        error: e.message,
-    })
 }
 
 /// One host's deploy: what it needs from the command, and where it reports.

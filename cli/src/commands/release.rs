@@ -14,6 +14,7 @@ use crate::error::{CliError, Result};
 use crate::eval::{self, Evaluated};
 use crate::nix;
 use crate::output::{self, or_dash, Table};
+use crate::process::last_line;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget};
@@ -243,14 +244,6 @@ fn evaluate_and_build(
     progress.finish();
     results.sort_by(|x, y| x.host.cmp(&y.host));
     Ok((ok, results))
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
 }
 
 /// The summary on stderr: one row per host, then each failure with its log tail and the
