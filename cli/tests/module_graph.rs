@@ -242,6 +242,32 @@ fn no_module_of_the_cli_imports_itself_through_others() {
     );
 }
 
+/// Whether `file` is a command: under `commands/` or the replay tool's `replay/`.
+fn is_command(file: &str) -> bool {
+    file.starts_with("commands/") || file.starts_with("replay/")
+}
+
+#[test]
+fn shared_modules_import_no_command_and_no_one_imports_cli_rs() {
+    // Only `cli.rs` (the one `match`) and the commands themselves may name a command, and no
+    // one names `cli.rs`, which names them all.
+    let may_name_commands = |file: &str| is_command(file) || file == "cli.rs";
+    let wrong: Vec<String> = graph()
+        .into_iter()
+        .flat_map(|(file, uses)| {
+            let shared = !may_name_commands(&file);
+            uses.into_iter()
+                .filter(move |u| u == "cli.rs" || (shared && is_command(u)))
+                .map(move |u| format!("  {file} → {u}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "modules that import cli.rs, or shared modules that import a command (move what they need out of the command):\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn the_graph_sees_uses_groups_aliases_and_super() {
     let p = paths(
