@@ -751,17 +751,15 @@ fn what_if_shows_where_other_parameters_would_have_decided_differently() {
     let s = Scratch::new("rwhatif");
     let (story, _) = data_dir(&s, "story.bin", "story");
     // A 300 s timeout would have waited for the slow machine: no pause, no resume.
-    let out = nf_ok(
-        &s,
-        &[
-            "what-if",
-            "r-web",
-            "--health-timeout",
-            "300",
-            "--data-dir",
-            d(&story),
-        ],
-    );
+    let patient = [
+        "what-if",
+        "r-web",
+        "--health-timeout",
+        "300",
+        "--data-dir",
+        d(&story),
+    ];
+    let out = nf_ok(&s, &patient);
     assert!(
         out.starts_with("What if rollout r-web had run with health timeout 300s (recorded 120s)?"),
         "{out}"
@@ -846,19 +844,7 @@ fn what_if_shows_where_other_parameters_would_have_decided_differently() {
         "{same}"
     );
 
-    let v: serde_json::Value = serde_json::from_str(&nf_ok(
-        &s,
-        &[
-            "--json",
-            "what-if",
-            "r-web",
-            "--health-timeout",
-            "300",
-            "--data-dir",
-            d(&story),
-        ],
-    ))
-    .unwrap();
+    let v = json(&s, &patient);
     assert_eq!(v["differs"], true);
     assert_eq!(v["simulated_status"], "completed");
     assert!(v["diff"]
