@@ -1,0 +1,234 @@
+//! What runs beside the append path: sled's open (waiting for a just-closed handle's lock), the
+//! flusher thread (group commit: head, flush, fdatasync, durable mark), and the archiver thread
+//! (sealing old records into segments, then removing them from sled; the acknowledged mark).
+
+use super::*;
+
+/// How long an open waits for another handle's lock on the same directory to go away.
+pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while the directory's lock is still held: a handle
+/// that was just closed releases it only when sled's own background thread exits, a moment
+/// later, so a reopen right after a close (a restart, a tool after a test) would otherwise fail.
+pub(super) fn open_config(config: sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens the sled database of a log directory as it is, without verifying or repairing
+/// anything: for tools and tests that read or edit raw records. Waits like [`SledLog::open`]
+/// for a lock that a closed handle has not released yet. Archived records are not in it.
+pub fn open_raw(path: &Path) -> Result<sled::Db, LogError> {
+    Ok(open_config(SledLog::config(path))?)
+}
+
+impl Shared {
+    pub(super) fn wake_archiver_if_due(&self, durable: u64) {
+        let o = self.options;
+        let archived = self.archived.load(Ordering::SeqCst);
+        // The first durable record of a new log gets its mark at once: from then on, the log
+        // can never come back empty (and the bootstrap open) without the open refusing it.
+        let first_mark = self.marked.load(Ordering::SeqCst) == 0 && durable > 0;
+        if first_mark || durable.saturating_sub(archived) >= o.keep_records + o.segment_records {
+            if let Some(tx) = self.archiver_wake.lock().expect("wake lock").as_ref() {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+/// How often the acknowledged mark follows the durable head.
+pub(super) const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(super) fn archive_loop(s: &Shared, wake: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match wake.recv_timeout(MARK_EVERY) {
+            Ok(()) => {
+                if let Err(e) = archive_due(s) {
+                    // Nothing is lost: the records stay in sled, and the next wake tries again.
+                    tracing::warn!(error = %e, "archiving old log records failed; they stay in sled");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(e) = s.write_mark() {
+            tracing::warn!(error = %e, "cannot move the acknowledged mark; it stays behind");
+        }
+    }
+}
+
+impl Shared {
+    /// Moves the acknowledged mark to the durable head, when that moved.
+    pub(super) fn write_mark(&self) -> Result<(), LogError> {
+        let (seq, hash) = {
+            let f = self.flush.lock().expect("flush lock");
+            (f.durable, f.durable_hash)
+        };
+        if seq <= self.marked.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Mark { seq, hash }.write(&self.store.dir)?;
+        self.marked.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Removes the records past the head (and their stream index entries); returns how many.
+pub(super) fn drop_past_head(db: &sled::Db) -> Result<u64, LogError> {
+    let head = db
+        .get(HEAD_KEY)?
+        .and_then(|h| {
+            h.get(0..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0);
+    let mut past = Vec::new();
+    for item in db.range(event_key(head.saturating_add(1))..=event_key(u64::MAX)) {
+        let (k, v) = item?;
+        past.push((key_seq(&k), decode_record(&v).ok().map(|r| r.stream)));
+    }
+    for (seq, stream) in &past {
+        if let Some(stream) = stream {
+            db.remove(stream_key(stream, *seq))?;
+        }
+        db.remove(event_key(*seq))?;
+    }
+    Ok(past.len() as u64)
+}
+
+/// Seals segments while more than `keep + segment` durable records are in sled.
+pub(super) fn archive_due(s: &Shared) -> Result<(), LogError> {
+    let _one = s.archiving.lock().expect("archiving lock");
+    let o = s.options;
+    loop {
+        if s.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let durable = s.flush.lock().expect("flush lock").durable;
+        let (top, top_hash) = s.store.archive().top();
+        if durable.saturating_sub(top) < o.keep_records + o.segment_records {
+            return Ok(());
+        }
+        archive_one(s, top, top_hash, o.segment_records)?;
+    }
+}
+
+/// Moves records `top + 1 ..= top + n` (all durable) from sled to a new segment.
+pub(super) fn archive_one(
+    s: &Shared,
+    top: u64,
+    top_hash: [u8; 32],
+    n: u64,
+) -> Result<(), LogError> {
+    let db = &s.store.db;
+    let (first, last) = (top + 1, top + n);
+    // Read and check them: a segment only ever holds a gap-free chain.
+    let mut recs: Vec<(sled::IVec, String)> = Vec::with_capacity(n as usize);
+    let mut prev = top_hash;
+    for item in db.range(event_key(first)..=event_key(last)) {
+        let (k, v) = item?;
+        let seq = first + recs.len() as u64;
+        if key_seq(&k) != seq {
+            return Err(LogError::Corrupt {
+                seq,
+                why: format!("record {seq} is missing (found {} next)", key_seq(&k)),
+            });
+        }
+        let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
+        if rec.seq.0 != seq || rec.prev_hash != prev {
+            return Err(LogError::Corrupt {
+                seq,
+                why: "hash chain broken: this record or the one before it was altered".into(),
+            });
+        }
+        prev = hash_bytes(&v);
+        recs.push((v, rec.stream));
+    }
+    if recs.len() as u64 != n {
+        return Err(LogError::Corrupt {
+            seq: first + recs.len() as u64,
+            why: "a durable record is missing from sled".into(),
+        });
+    }
+    let dir = s.store.archive().dir().to_path_buf();
+    let refs: Vec<(&[u8], &str)> = recs.iter().map(|(v, st)| (&v[..], st.as_str())).collect();
+    let seg = archive::write_segment(&dir, first, top_hash, &refs)?;
+    // From here the segment is durable and is the record of these events.
+    s.store.archive.write().expect("archive lock").push(seg);
+    s.archived.store(last, Ordering::SeqCst);
+    metrics::counter!("nixfleet_log_archived_records_total").increment(n);
+    for (i, chunk) in recs.chunks(4096).enumerate() {
+        let _w = s.store.archive.write().expect("archive lock");
+        for (j, (_, stream)) in chunk.iter().enumerate() {
+            let seq = first + (i * 4096 + j) as u64;
+            db.remove(stream_key(stream, seq))?;
+            db.remove(event_key(seq))?;
+        }
+    }
+    tracing::debug!(first, last, "log records archived");
+    Ok(())
+}
+
+pub(super) fn flush_loop(s: &Shared) {
+    loop {
+        let target = {
+            let mut f = s.flush.lock().expect("flush lock");
+            while f.staged <= f.durable && !f.shutdown {
+                f = s.staged_cv.wait(f).expect("flush lock");
+            }
+            if f.staged <= f.durable {
+                return;
+            }
+            (f.staged, f.staged_hash)
+        };
+        let (target, hash) = target;
+        let mut h = Vec::with_capacity(40);
+        h.extend_from_slice(&target.to_be_bytes());
+        h.extend_from_slice(&hash);
+        let result = s
+            .store
+            .db
+            .insert(HEAD_KEY, h)
+            .map_err(LogError::from)
+            .and_then(|_| s.store.sync());
+        let mut f = s.flush.lock().expect("flush lock");
+        match result {
+            Ok((flushed, synced)) => {
+                s.commits.fetch_add(1, Ordering::Relaxed);
+                s.flush_ns
+                    .fetch_add(flushed.as_nanos() as u64, Ordering::Relaxed);
+                s.sync_ns
+                    .fetch_add(synced.as_nanos() as u64, Ordering::Relaxed);
+                metrics::histogram!("nixfleet_log_sync_seconds").record(synced.as_secs_f64());
+                if target > f.durable {
+                    f.durable = target;
+                    f.durable_hash = hash;
+                }
+                s.watch.send_replace(f.durable);
+            }
+            Err(e) => {
+                // Fail-stop: nothing staged after this point may ever be acknowledged.
+                f.failed = Some(e.to_string());
+                s.durable_cv.notify_all();
+                return;
+            }
+        }
+        let durable = f.durable;
+        drop(f);
+        s.durable_cv.notify_all();
+        s.wake_archiver_if_due(durable);
+    }
+}
