@@ -3,7 +3,8 @@
 //! VM tests cannot build whole NixOS systems, so they put a `nix` on PATH that answers the
 //! `nix eval` and `nix build` calls of `release create` and `deploy --ssh` from a JSON file.
 //! This renders that same script, puts it first on PATH, and checks the CLI's calls are ones
-//! it answers: host discovery, per-host platform and tags, `.outPath`, one installable per build.
+//! it answers: the one evaluation of the selected hosts (read from its `# nixfleet-select:`
+//! line) and the one build of their toplevel derivations.
 
 mod common;
 use common::sshd::NIX_CONFIG;
@@ -71,7 +72,7 @@ fn release_create_and_deploy_dry_run_only_make_calls_the_vm_test_nix_shim_answer
         assert_eq!(req["entries"][1]["store_path"], p2);
     }
 
-    // deploy --ssh: discovery, glob, one build per host.
+    // deploy --ssh: the glob applied in the one evaluation, one build of both hosts.
     let out = run(nixfleet(&s, &s.path)
         .env("PATH", &path)
         .env("NIX_CONFIG", NIX_CONFIG)
