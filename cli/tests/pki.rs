@@ -105,20 +105,18 @@ fn a_fleet_ca_issues_server_and_client_certificates_that_openssl_verifies() {
         .expect("has EKU");
     assert!(eku.value.client_auth && !eku.value.server_auth);
 
-    let v = openssl_verify(&dir, "cp-cert.pem", "sslserver");
-    assert!(
-        v.status.success(),
-        "openssl: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    let v = openssl_verify(&dir, "web-01-cert.pem", "sslclient");
-    assert!(
-        v.status.success(),
-        "openssl: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    for (cert, purpose) in [
+        ("cp-cert.pem", "sslserver"),
+        ("web-01-cert.pem", "sslclient"),
+    ] {
+        let v = openssl_verify(&dir, cert, purpose);
+        assert!(
+            v.status.success(),
+            "openssl: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
     // And the check can fail: a client certificate is not a server certificate.
     let v = openssl_verify(&dir, "web-01-cert.pem", "sslserver");
     assert!(
