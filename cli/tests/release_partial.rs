@@ -175,3 +175,30 @@ fn release_create_evaluates_the_flake_once_and_builds_every_host_in_one_nix_buil
     assert_eq!(builds.len(), 1, "{calls}");
     assert_eq!(builds[0].matches(".drv").count(), 2, "{calls}");
 }
+
+#[test]
+fn an_error_try_eval_cannot_catch_falls_back_to_evaluating_each_host_alone() {
+    let s = Scratch::new("reltype");
+    write_partial_flake(&s.join("flake"), &format!("t{}", std::process::id()));
+    // A type error: builtins.tryEval does not catch it, so the one evaluation fails whole.
+    let flake = std::fs::read_to_string(s.join("flake/flake.nix")).expect("flake");
+    std::fs::write(
+        s.join("flake/flake.nix"),
+        flake.replace(
+            "throw \"bad-eval is broken on purpose\"",
+            "1 + \"bad-eval adds a string\"",
+        ),
+    )
+    .expect("write flake");
+    let out = release(&s, &["--dry-run", "--hosts", "good-1,bad-eval"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad-eval failed to evaluate:"), "{err}");
+    assert!(err.contains("cannot add a string to an integer"), "{err}");
+    let good = err
+        .lines()
+        .find(|l| l.starts_with("good-1 "))
+        .unwrap_or_else(|| panic!("no row for good-1: {err}"));
+    assert!(good.contains(" built "), "{err}");
+    assert!(err.contains("1 of 2 host(s) failed: bad-eval"), "{err}");
+}
