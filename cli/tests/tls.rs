@@ -105,17 +105,7 @@ fn start(s: &Scratch) -> TlsServer {
 }
 
 fn in_ns(server: &TlsServer, s: &Scratch, args: &[&str]) -> std::process::Output {
-    let inner = nixfleet(s, &s.path);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &server.ns])
-        .arg(inner.get_program())
-        .current_dir(&s.path);
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
+    let mut cmd = nixfleet_in_ns(s, &server.ns);
     cmd.env("NIXFLEET_CONTROL_PLANE_URL", "https://127.0.0.1:8443")
         .env("NIXFLEET_API_KEY", "nfk-test");
     cmd.args(args);

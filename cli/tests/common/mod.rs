@@ -68,6 +68,22 @@ pub fn nixfleet(scratch: &Scratch, cwd: &Path) -> Command {
     cmd
 }
 
+/// [`nixfleet`] run from the scratch directory inside network namespace `ns` (`ip netns exec`).
+pub fn nixfleet_in_ns(scratch: &Scratch, ns: &str) -> Command {
+    let inner = nixfleet(scratch, &scratch.path);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(inner.get_program())
+        .current_dir(&scratch.path);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd
+}
+
 /// Runs and captures.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run nixfleet")

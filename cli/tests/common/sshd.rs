@@ -131,17 +131,7 @@ impl SshTarget {
 
     /// `nixfleet …` inside the namespace with a clean environment and NIX_SSHOPTS set.
     pub fn nixfleet(&self, scratch: &Scratch) -> Command {
-        let inner = super::nixfleet(scratch, &scratch.path);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns])
-            .arg(inner.get_program())
-            .current_dir(&scratch.path);
-        for (k, v) in inner.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
+        let mut cmd = super::nixfleet_in_ns(scratch, &self.ns);
         cmd.env("NIX_CONFIG", NIX_CONFIG)
             .env("NIX_SSHOPTS", self.ssh_opts());
         cmd
