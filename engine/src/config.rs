@@ -46,6 +46,11 @@ pub struct Flags {
     /// 65536, at least 16).
     #[arg(long, env = "NIXFLEET_CP_LOG_SEGMENT_RECORDS")]
     pub log_segment_records: Option<u64>,
+    /// Retention: report and health events older than this many days leave the sealed segments
+    /// once later ones replaced them (every other event stays forever; the hash chain stays
+    /// whole). Default: keep everything.
+    #[arg(long, env = "NIXFLEET_CP_LOG_RETENTION_DAYS")]
+    pub log_retention_days: Option<u64>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -73,6 +78,8 @@ pub struct FileConfig {
     pub auto_register: Option<bool>,
     /// See the flag.
     pub log_segment_records: Option<u64>,
+    /// See the flag.
+    pub log_retention_days: Option<u64>,
 }
 
 /// Log output format.
@@ -101,6 +108,8 @@ pub struct Config {
     pub auto_register: bool,
     /// How much of the log stays in sled.
     pub log: crate::log::LogOptions,
+    /// Report and health events older than this may be compacted away (None: kept forever).
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -174,6 +183,12 @@ impl Config {
                 "log segment records {segment} must be between 16 and 16777216 (default 65536)"
             ));
         }
+        let retention_days = flags.log_retention_days.or(file.log_retention_days);
+        if let Some(d) = retention_days.filter(|d| !(1..=36_500).contains(d)) {
+            return Err(format!(
+                "log retention {d} days must be between 1 and 36500 (or unset to keep every event)"
+            ));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -182,6 +197,7 @@ impl Config {
             log_format,
             auto_register: file.auto_register.unwrap_or(true),
             log: crate::log::LogOptions::segments_of(segment),
+            retention: retention_days.map(|d| std::time::Duration::from_secs(d * 86_400)),
         })
     }
 }

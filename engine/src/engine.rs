@@ -192,6 +192,16 @@ impl Engine {
         Ok(Some(seq))
     }
 
+    /// Applies the retention policy: report and health events older than `age` that the
+    /// projections no longer show leave the sealed segments (`log::retention`). The policy is
+    /// taken from the projections under the read lock; the segments are rewritten outside it.
+    /// Returns how many records were removed.
+    pub fn apply_retention(&self, age: std::time::Duration) -> Result<u64, LogError> {
+        let now = self.clock.now();
+        let policy = self.read(|s| crate::log::retention::Retention::new(s, now, age));
+        self.log.compact(&policy, now.0)
+    }
+
     /// An engine over an empty in-memory log.
     pub fn in_memory(clock: Arc<dyn Clock>) -> Engine {
         Engine::new(Arc::new(MemoryLog::new()), State::default(), clock)

@@ -123,6 +123,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.clone(),
         stop_rx.clone(),
     ));
+    let retention = config
+        .retention
+        .map(|age| tokio::spawn(retention_loop(engine.clone(), age, stop_rx.clone())));
     // A tick at start: deadlines that passed while the control plane was down fire now.
     let seq = engine.tick()?;
     engine.wait_durable(seq).await?;
@@ -150,6 +153,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = executor.await;
     let _ = snapshots.await;
+    if let Some(r) = retention {
+        let _ = r.await;
+    }
     if let Some(e) = corrupt.get() {
         // The snapshot let this start skip the damaged records; without it the next start reads
         // them and refuses to serve, naming the record, as it would have without a snapshot.
@@ -221,6 +227,29 @@ async fn snapshot_loop(
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
             Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+/// Applies the log's retention policy a minute after start and then every hour.
+async fn retention_loop(
+    engine: Arc<Engine>,
+    age: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut wait = std::time::Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = std::time::Duration::from_secs(3600);
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.apply_retention(age)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(records = n, "retention compacted old reports"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+            Err(e) => tracing::warn!(error = %e, "retention task failed"),
         }
     }
 }

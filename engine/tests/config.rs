@@ -84,6 +84,10 @@ fn check_config_refuses_each_bad_setting_with_one_clear_line() {
             vec!["--insecure", "--log-segment-records", "3"],
             "log segment records 3 must be between 16",
         ),
+        (
+            vec!["--insecure", "--log-retention-days", "0"],
+            "log retention 0 days must be between 1 and 36500",
+        ),
         (vec![], "--insecure"),
     ];
     for (args, names) in cases {

@@ -9,6 +9,7 @@ use crate::error::{CliError, Result};
 use crate::output;
 use clap::Args;
 use nixfleet_core::event::Event;
+use nixfleet_eventlog::log::retention;
 use nixfleet_eventlog::postmortem::{replay_until, timeline, StoryLine};
 
 /// `nixfleet timeline`.
@@ -71,6 +72,11 @@ pub fn run(source: &Source, json: bool, args: &TimelineArgs) -> Result<()> {
             p.release,
             utc(r.at),
             r.actor,
+        ))?;
+    }
+    if let Some((a, b)) = retention::compacted_during(&records, &format!("rollout:{id}")) {
+        output::line(format!(
+            "Records {a}-{b}, during this rollout, were compacted by retention: the reports among them are gone, so the evidence below may lack some."
         ))?;
     }
     output::line("")?;

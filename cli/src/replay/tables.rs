@@ -10,6 +10,7 @@ use crate::output::{self, or_dash, short_path, Table};
 use clap::Args;
 use nixfleet_core::ids::{Seq, Timestamp};
 use nixfleet_core::state::{MachineHealth, State};
+use nixfleet_eventlog::log::retention;
 use nixfleet_eventlog::log::Record;
 use nixfleet_eventlog::postmortem::{replay_until, Until};
 use nixfleet_eventlog::views;
@@ -95,6 +96,15 @@ pub fn run(source: &Source, json: bool, args: &ReplayArgs) -> Result<()> {
         }));
     }
     output::line(header(&records, last, until))?;
+    let below: Vec<(u64, u64)> = retention::gaps(&records)
+        .into_iter()
+        .filter(|&(a, _)| a <= state.last_seq.0)
+        .collect();
+    if let Some(note) = retention::describe_gaps(&below) {
+        output::line(format!(
+            "{note}; a machine's last report and health history at an earlier moment may be missing here (at the head they are whole)."
+        ))?;
+    }
     print_tables(&state, now)
 }
 

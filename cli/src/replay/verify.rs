@@ -13,6 +13,7 @@ use super::source::Source;
 use super::text::utc;
 use crate::error::{CliError, Result};
 use crate::output;
+use nixfleet_eventlog::log::retention;
 use nixfleet_eventlog::log::{encode_record, hash_bytes, LogError, Record};
 use nixfleet_eventlog::postmortem::{self, hex};
 
@@ -59,12 +60,19 @@ pub fn run(source: &Source, json: bool) -> Result<()> {
                     "last_seq": records.last().map(|r| r.seq.0),
                     "last_hash": last_hash(&records),
                     "head_checked": head_checked,
+                    "compacted": retention::gaps(&records),
                 }));
             }
-            let what = if n == 0 {
-                "the log is empty".to_string()
-            } else {
-                format!("records 1..{n} in order, without gaps, each chained to the one before")
+            let last = records.last().map_or(0, |r| r.seq.0);
+            let what = match retention::describe_gaps(&retention::gaps(&records)) {
+                _ if n == 0 => "the log is empty".to_string(),
+                // Only a data directory's open accepts compacted ranges (their kept hashes chain).
+                Some(g) => {
+                    format!("records 1..{last} in order, each chained to the one before; {g}")
+                }
+                None => {
+                    format!("records 1..{n} in order, without gaps, each chained to the one before")
+                }
             };
             output::line(format!("ok: {} records from {}: {what}.", n, source.name()))?;
             if let Some(r) = records.last() {

@@ -10,6 +10,7 @@ use crate::output;
 use clap::Args;
 use nixfleet_core::event::{Event, RolloutPlan};
 use nixfleet_core::ids::Timestamp;
+use nixfleet_eventlog::log::retention;
 use nixfleet_eventlog::postmortem::{what_if, Decision, WhatIf};
 
 /// `nixfleet what-if`.
@@ -123,6 +124,11 @@ fn changes(plan: &RolloutPlan, args: &WhatIfArgs) -> Vec<String> {
 pub fn run(source: &Source, json: bool, args: &WhatIfArgs) -> Result<()> {
     let id = rollout_id(&args.rollout)?;
     let records = source.all()?;
+    if let Some((a, b)) = retention::compacted_during(&records, &format!("rollout:{id}")) {
+        return Err(CliError::failed(format!(
+            "cannot re-run rollout {id}: records {a}-{b} of its time were compacted by retention (its reports are gone); run what-if on a backup of the data directory from before"
+        )));
+    }
     let params = WhatIf {
         health_timeout_secs: args.health_timeout,
         failure_threshold: args.failure_threshold.clone(),

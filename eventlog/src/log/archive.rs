@@ -314,14 +314,31 @@ impl Archive {
         &self.segments
     }
 
+    /// The rollouts open before segment `index` (created, not finished), as retention recorded
+    /// them when it compacted the segment before; None when it has not (`index` then waits).
+    pub fn open_rollouts_before(&self, index: usize) -> Result<Option<Vec<String>>, LogError> {
+        let Some(prev) = index.checked_sub(1) else {
+            return Ok(Some(Vec::new()));
+        };
+        let seg = &self.segments[prev];
+        if seg.compacted_at_ms == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Reader::open(seg)?.open_rollouts().to_vec()))
+    }
+
     /// Writes segment `index` again without the records `removable` lets go (given each record
     /// and the one after it), as a compacted segment stamped `now_ms`, under a temporary name.
+    /// Nothing is removed while a rollout is open (from its `RolloutCreated` to its end): the
+    /// gates judged those reports, and a replay must judge them again. `open` are the rollouts
+    /// open before the segment ([`Archive::open_rollouts_before`]).
     /// Reads no lock: segments change only by [`Archive::install`], and one compaction runs at a
     /// time. The segment's chain is checked first: a damaged segment is an error, never compacted.
     pub fn prepare_compaction(
         seg: &Segment,
         index: usize,
         now_ms: u64,
+        mut open: std::collections::BTreeSet<String>,
         removable: &dyn Fn(&super::Record, Option<&super::Record>) -> bool,
     ) -> Result<Compaction, LogError> {
         let mut reader = Reader::open(seg)?;
@@ -361,7 +378,8 @@ impl Archive {
                 ));
             }
             prev = hash_bytes(bytes);
-            if removable(rec, records.get(k + 1)) {
+            track_rollouts(&mut open, rec);
+            if open.is_empty() && removable(rec, records.get(k + 1)) {
                 let n = run.map_or(0, |r| r.0);
                 run = Some((n + 1, prev));
                 removed += 1;
@@ -386,7 +404,8 @@ impl Archive {
         let tmp = seg
             .path
             .with_file_name(format!("{}.tmp", file_name(seg.first, seg.last)));
-        let written = packed::write(&tmp, seg.first, seg.prev_hash, &entries, stamp);
+        let open = open.into_iter().collect();
+        let written = packed::write(&tmp, seg.first, seg.prev_hash, &entries, stamp, open);
         match written {
             Ok((last, h)) if last == seg.last && h == seg.last_hash => {}
             Ok(_) => {
@@ -423,6 +442,24 @@ impl Archive {
             .map_err(|e| io(&c.seg.path, e))?;
         self.segments[c.index] = c.seg;
         Ok(())
+    }
+}
+
+/// Keeps `open` (rollout streams created and not finished) up to date with `rec`.
+fn track_rollouts(open: &mut std::collections::BTreeSet<String>, rec: &super::Record) {
+    use nixfleet_core::Event;
+    match &rec.event {
+        Event::RolloutCreated { .. } => {
+            open.insert(rec.stream.clone());
+        }
+        Event::RolloutCompleted { .. }
+        | Event::RolloutCancelled { .. }
+        | Event::RolloutFailed { .. }
+        | Event::RolloutReverted { .. }
+        | Event::RolloutDeleted { .. } => {
+            open.remove(&rec.stream);
+        }
+        _ => {}
     }
 }
 
@@ -534,6 +571,13 @@ impl<'a> Reader<'a> {
     fn compacted(&self) -> &[packed::Compacted] {
         match self {
             Reader::Packed(p) => &p.index.compacted,
+            Reader::Plain(_) => &[],
+        }
+    }
+
+    fn open_rollouts(&self) -> &[String] {
+        match self {
+            Reader::Packed(p) => &p.index.open_rollouts,
             Reader::Plain(_) => &[],
         }
     }
@@ -677,7 +721,7 @@ pub fn write_segment(
         .collect();
     let last = first + records.len() as u64 - 1;
     install(dir, first, last, |tmp| {
-        packed::write(tmp, first, prev_hash, &entries, 0).map(|_| ())
+        packed::write(tmp, first, prev_hash, &entries, 0, Vec::new()).map(|_| ())
     })?;
     Ok(Segment {
         first,

@@ -118,4 +118,15 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The last durable sequence number.
     fn durable_seq(&self) -> Seq;
+
+    /// Applies the retention policy to the sealed part of the log (see [`retention`]); returns
+    /// how many records it removed. A log without an archive removes nothing.
+    fn compact(&self, _retention: &retention::Retention, _now_ms: u64) -> Result<u64, LogError> {
+        Ok(0)
+    }
+
+    /// The ranges retention removed, in order (each with the hash of its last record).
+    fn compacted(&self) -> Result<Vec<packed::Compacted>, LogError> {
+        Ok(Vec::new())
+    }
 }

@@ -68,6 +68,9 @@ pub struct PackedIndex {
     pub compacted: Vec<Compacted>,
     /// When retention last compacted this segment (ms since the epoch; 0: never).
     pub compacted_at_ms: u64,
+    /// The rollouts open (created, not yet finished) after its last record, for retention to
+    /// carry into the next segment (compacted segments only).
+    pub open_rollouts: Vec<String>,
 }
 
 /// What a segment holds, in order: records (their stored bytes and stream) and compacted ranges.
@@ -114,9 +117,11 @@ pub fn write(
     prev_hash: [u8; 32],
     entries: &[Entry<'_>],
     compacted_at_ms: u64,
+    open_rollouts: Vec<String>,
 ) -> std::io::Result<(u64, [u8; 32])> {
     let mut index = PackedIndex {
         compacted_at_ms,
+        open_rollouts,
         ..PackedIndex::default()
     };
     let mut streams: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();

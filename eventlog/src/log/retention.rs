@@ -15,9 +15,10 @@
 //! - a `HealthReported` older than its machine's last [`HEALTH_HISTORY_MAX`] (the history kept),
 //! - a `HealthMeasured` whose `HealthReported` (the next record) goes,
 //!
-//! and its machine was in no rollout still in the projections while the rollout ran (the gates
-//! judge reports: a rollout's detail must replay the same). A finished rollout's reports go once
-//! it is deleted (`RolloutDeleted`); each segment is compacted once.
+//! and no rollout was open then (from its `RolloutCreated` to its end: the gates judged those
+//! reports, and a replay must judge them again; `Archive::prepare_compaction` tracks them, and
+//! each compacted segment records the rollouts open at its end for the next). Each segment is
+//! compacted once, oldest first, when its last record is older than the age.
 
 use super::Record;
 use nixfleet_core::ids::{MachineId, Timestamp};
@@ -40,15 +41,12 @@ struct Marks {
     last_report: u64,
     /// Health events before this sequence number are out of the history (0: none are).
     health_floor: u64,
-    /// The rollouts it was in: from their `RolloutCreated`, until when they finished (ms;
-    /// `u64::MAX` while running or paused).
-    windows: Vec<(u64, u64)>,
 }
 
 impl Retention {
     /// The policy for `state` at `now`, keeping everything younger than `age`.
     pub fn new(state: &State, now: Timestamp, age: std::time::Duration) -> Retention {
-        let mut machines: HashMap<MachineId, Marks> = state
+        let machines: HashMap<MachineId, Marks> = state
             .machines
             .values()
             .map(|m| {
@@ -60,25 +58,10 @@ impl Retention {
                 let marks = Marks {
                     last_report: m.last_report.as_ref().map_or(0, |r| r.seq.0),
                     health_floor,
-                    windows: Vec::new(),
                 };
                 (m.id.clone(), marks)
             })
             .collect();
-        for r in state.rollouts.values() {
-            let until = if r.status.is_active() {
-                u64::MAX
-            } else {
-                r.updated_at.0
-            };
-            for b in &r.batches {
-                for (m, _) in &b.machines {
-                    if let Some(marks) = machines.get_mut(m) {
-                        marks.windows.push((r.created_seq.0, until));
-                    }
-                }
-            }
-        }
         Retention {
             cutoff: Timestamp(now.0.saturating_sub(age.as_millis() as u64)),
             machines,
@@ -108,15 +91,63 @@ impl Retention {
         let Some(marks) = self.machines.get(machine) else {
             return false;
         };
-        let superseded = if report {
+        if report {
             seq < marks.last_report
         } else {
             seq < marks.health_floor
-        };
-        superseded
-            && !marks
-                .windows
-                .iter()
-                .any(|&(from, until)| seq >= from && rec.at.0 <= until)
+        }
     }
+}
+
+/// The ranges of sequence numbers missing between `records` (read in order from a log whose
+/// chain was verified, these are exactly the ranges retention compacted), as `(first, last)`.
+pub fn gaps(records: &[Record]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    for r in records {
+        if r.seq.0 > next {
+            out.push((next, r.seq.0 - 1));
+        }
+        next = r.seq.0 + 1;
+    }
+    out
+}
+
+/// The first compacted range inside the life of `stream` (from its first record to its last),
+/// if any: the reports of that time are gone, so an analysis that re-runs them cannot.
+pub fn compacted_during(records: &[Record], stream: &str) -> Option<(u64, u64)> {
+    let mut mine = records.iter().filter(|r| r.stream == stream);
+    let first = mine.next()?.seq.0;
+    let last = mine.next_back().map_or(first, |r| r.seq.0);
+    gaps(records)
+        .into_iter()
+        .find(|&(a, b)| a <= last && b >= first)
+}
+
+/// One line for people naming the compacted ranges (None when there are none).
+pub fn describe_gaps(gaps: &[(u64, u64)]) -> Option<String> {
+    if gaps.is_empty() {
+        return None;
+    }
+    let n: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
+    let shown: Vec<String> = gaps
+        .iter()
+        .take(8)
+        .map(|(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    let more = if gaps.len() > 8 {
+        format!(" and {} more ranges", gaps.len() - 8)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{n} records were compacted by retention (old report and health events; the chain runs through the hashes kept): {}{more}",
+        shown.join(", ")
+    ))
 }

@@ -138,6 +138,8 @@ struct Shared {
     archiver_wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// One archiving step at a time (the thread's, or [`SledLog::archive_due`]'s).
     archiving: Mutex<()>,
+    /// One retention pass at a time.
+    compacting: Mutex<()>,
     /// The sequence number the acknowledged mark names.
     marked: AtomicU64,
     /// Group commits done, and the time they spent in sled's flush and in our fdatasync.
@@ -225,6 +227,7 @@ impl SledLog {
             archived: AtomicU64::new(archived),
             archiver_wake: Mutex::new(Some(wake_tx)),
             archiving: Mutex::new(()),
+            compacting: Mutex::new(()),
             marked: AtomicU64::new(seq),
             commits: AtomicU64::new(0),
             flush_ns: AtomicU64::new(0),
@@ -278,6 +281,60 @@ impl SledLog {
             std::time::Duration::from_nanos(s.flush_ns.load(Ordering::Relaxed)),
             std::time::Duration::from_nanos(s.sync_ns.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Applies `retention` to the sealed segments, oldest first: each segment not compacted yet
+    /// whose last record is older than the cutoff is written again without the records the policy
+    /// lets go (see [`super::retention`]). Returns how many records were removed.
+    pub fn compact(
+        &self,
+        retention: &super::retention::Retention,
+        now_ms: u64,
+    ) -> Result<u64, LogError> {
+        let _one = self.shared.compacting.lock().expect("compacting lock");
+        let store = &self.shared.store;
+        let segments: Vec<archive::Segment> = store.archive().segments().to_vec();
+        let mut removed = 0;
+        for (i, seg) in segments.iter().enumerate() {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            if seg.compacted_at_ms > 0 {
+                continue;
+            }
+            let last = store.archive().get(seg.last)?.ok_or(LogError::Corrupt {
+                seq: seg.last,
+                why: "an archived record is missing".into(),
+            })?;
+            let at = decode_record(&last)
+                .map_err(|why| LogError::Corrupt { seq: seg.last, why })?
+                .at;
+            if at >= retention.cutoff {
+                break;
+            }
+            let Some(open) = store.archive().open_rollouts_before(i)? else {
+                break;
+            };
+            let open = open.into_iter().collect();
+            let c = Archive::prepare_compaction(seg, i, now_ms, open, &|r, next| {
+                retention.removable(r, next)
+            })?;
+            let n = c.removed;
+            store.archive.write().expect("archive lock").install(c)?;
+            removed += n;
+            metrics::counter!("nixfleet_log_compacted_records_total").increment(n);
+            tracing::info!(
+                first = seg.first,
+                last = seg.last,
+                "log segment compacted by retention"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// The ranges retention compacted away, in order.
+    pub fn compacted(&self) -> Result<Vec<super::packed::Compacted>, LogError> {
+        self.shared.store.archive().compacted()
     }
 
     /// The last record moved to the archive (0 when none is).
@@ -388,6 +445,17 @@ impl SledLog {
                 for (key_seq, v, h) in chunk? {
                     let rec =
                         decode_record(&v).map_err(|why| LogError::Corrupt { seq: expect, why })?;
+                    if key_seq > expect && rec.seq.0 == key_seq {
+                        // Ranges retention compacted (one per segment): the chain runs on through
+                        // the hash of each one's last record, kept in the segment (`retention`).
+                        let (mut at, mut hash) = (expect, prev);
+                        while let Some(c) = store.archive().compacted_at(at)? {
+                            (at, hash) = (c.last + 1, c.last_hash);
+                        }
+                        if at == key_seq {
+                            (expect, prev) = (at, hash);
+                        }
+                    }
                     if key_seq != expect || rec.seq.0 != expect {
                         return Err(LogError::Corrupt {
                             seq: expect,
@@ -588,5 +656,17 @@ impl EventLog for SledLog {
 
     fn durable_seq(&self) -> Seq {
         Seq(self.shared.flush.lock().expect("flush lock").durable)
+    }
+
+    fn compact(
+        &self,
+        retention: &super::retention::Retention,
+        now_ms: u64,
+    ) -> Result<u64, LogError> {
+        SledLog::compact(self, retention, now_ms)
+    }
+
+    fn compacted(&self) -> Result<Vec<super::packed::Compacted>, LogError> {
+        SledLog::compacted(self)
     }
 }
