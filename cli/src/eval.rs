@@ -248,6 +248,31 @@ pub fn evaluate(flake: &str, hosts: &str, verbose: u8) -> Result<Evaluation, Com
     Ok(e)
 }
 
+/// [`evaluate`] for a command: an unreadable flake or globs that match no host are usage
+/// errors (exit 2) that say what to fix.
+pub fn select(flake: &str, hosts: &str, verbose: u8) -> crate::error::Result<Evaluation> {
+    use crate::error::CliError;
+    let e = evaluate(flake, hosts, verbose).map_err(|e| {
+        CliError::usage(format!(
+            "{e}; is --flake {flake} a flake with nixosConfigurations?"
+        ))
+    })?;
+    if e.ok.is_empty() && e.failed.is_empty() {
+        return Err(CliError::usage(format!(
+            "--hosts {hosts:?} matches none of the flake's hosts ({}); adjust the globs",
+            e.all.join(", ")
+        )));
+    }
+    Ok(e)
+}
+
+impl Evaluation {
+    /// How many hosts were selected, evaluated or not.
+    pub fn selected(&self) -> usize {
+        self.ok.len() + self.failed.len()
+    }
+}
+
 fn bad(flake: &str, why: String) -> CommandFailed {
     CommandFailed {
         what: format!("nix eval {flake}#nixosConfigurations"),

@@ -249,20 +249,8 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
     }
     nix::check_flake_ref(&args.flake).map_err(CliError::Usage)?;
     let started = Instant::now();
-    let evaluation = eval::evaluate(&args.flake, &args.hosts, settings.verbose).map_err(|e| {
-        CliError::usage(format!(
-            "{e}; is --flake {} a flake with nixosConfigurations?",
-            args.flake
-        ))
-    })?;
-    let count = evaluation.ok.len() + evaluation.failed.len();
-    if count == 0 {
-        return Err(CliError::usage(format!(
-            "--hosts {:?} matches none of the flake's hosts ({}); adjust the globs",
-            args.hosts,
-            evaluation.all.join(", ")
-        )));
-    }
+    let evaluation = eval::select(&args.flake, &args.hosts, settings.verbose)?;
+    let count = evaluation.selected();
     let target = match &args.target {
         Some(_) if count != 1 => {
             let mut names: Vec<&str> = evaluation.ok.iter().map(|e| e.host.as_str()).collect();

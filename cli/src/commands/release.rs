@@ -128,13 +128,19 @@ pub struct HostResult {
 }
 
 impl HostResult {
+    /// A failed host, shown as such in the progress display.
     fn failed(
+        progress: &Progress,
         host: &str,
         step: &'static str,
         error: String,
         log_tail: Vec<String>,
         reproduce: String,
     ) -> Self {
+        progress.set(
+            host,
+            HostState::Failed(format!("at {step}: {}", last_line(&error))),
+        );
         HostResult {
             host: host.to_string(),
             status: "failed",
@@ -155,20 +161,8 @@ fn evaluate_and_build(
 ) -> Result<(Vec<Evaluated>, Vec<HostResult>)> {
     let v = settings.verbose;
     eprintln!("Evaluating {} (hosts {})", a.flake, a.hosts);
-    let evaluation = eval::evaluate(&a.flake, &a.hosts, v).map_err(|e| {
-        CliError::usage(format!(
-            "{e}; is --flake {} a flake with nixosConfigurations?",
-            a.flake
-        ))
-    })?;
-    let selected = evaluation.ok.len() + evaluation.failed.len();
-    if selected == 0 {
-        return Err(CliError::usage(format!(
-            "--hosts {:?} matches none of {}",
-            a.hosts,
-            evaluation.all.join(", ")
-        )));
-    }
+    let evaluation = eval::select(&a.flake, &a.hosts, v)?;
+    let selected = evaluation.selected();
     for h in evaluation
         .ok
         .iter()
@@ -180,11 +174,8 @@ fn evaluate_and_build(
     let progress = Progress::new(if a.eval_only { "evaluated" } else { "building" }, selected);
     let mut results: Vec<HostResult> = Vec::new();
     for f in &evaluation.failed {
-        progress.set(
-            &f.host,
-            HostState::Failed(format!("at evaluate: {}", last_line(&f.error))),
-        );
         results.push(HostResult::failed(
+            &progress,
             &f.host,
             "evaluate",
             f.error.clone(),
@@ -207,11 +198,8 @@ fn evaluate_and_build(
     for e in evaluation.ok {
         match failures.get(&e.host) {
             Some(f) => {
-                progress.set(
-                    &e.host,
-                    HostState::Failed(format!("at build: {}", last_line(&f.error))),
-                );
                 results.push(HostResult::failed(
+                    &progress,
                     &e.host,
                     "build",
                     f.error.clone(),
