@@ -3,8 +3,8 @@
 
 use nixfleet_core::event::{Actor, Event};
 use nixfleet_core::ids::{RolloutId, Seq, Timestamp};
-use nixfleet_engine::log::{decode_record, EventLog, LogError, Record, SledLog};
-use nixfleet_engine::postmortem::*;
+use nixfleet_eventlog::log::{decode_record, EventLog, LogError, Record, SledLog};
+use nixfleet_eventlog::postmortem::*;
 use std::path::Path;
 
 fn golden() -> Vec<Record> {
@@ -55,7 +55,7 @@ fn verify_rejects_a_tampered_log_and_names_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = golden_dir(dir.path());
     {
-        let db = nixfleet_engine::log::open_raw(&data.join("log")).unwrap();
+        let db = nixfleet_eventlog::log::open_raw(&data.join("log")).unwrap();
         let mut k = vec![b'e'];
         k.extend_from_slice(&10u64.to_be_bytes());
         let mut v = db.get(&k).unwrap().unwrap().to_vec();
@@ -205,7 +205,7 @@ fn records_from_the_events_api_round_trip_and_their_hash_chain_verifies() {
     let records = golden();
     let served: Vec<Record> = records
         .iter()
-        .map(|r| record_from_wire(&nixfleet_engine::api::views::event_record(r)).unwrap())
+        .map(|r| record_from_wire(&nixfleet_eventlog::views::event_record(r)).unwrap())
         .collect();
     assert_eq!(
         served, records,
@@ -232,7 +232,7 @@ fn records_from_the_events_api_round_trip_and_their_hash_chain_verifies() {
     }
     let bad_actor = nixfleet_proto::api::v1::EventRecord {
         actor: "someone".into(),
-        ..nixfleet_engine::api::views::event_record(&records[0])
+        ..nixfleet_eventlog::views::event_record(&records[0])
     };
     assert!(record_from_wire(&bad_actor)
         .unwrap_err()

@@ -3,7 +3,7 @@
 
 use nixfleet_core::event::{Actor, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, Seq, Timestamp};
-use nixfleet_engine::log::{EventLog, LogError, SledLog};
+use nixfleet_eventlog::log::{EventLog, LogError, SledLog};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ fn fill(dir: &Path, n: u64) {
 
 /// Opens the raw sled database under the log, to damage it as a disk or an attacker would.
 fn raw(dir: &Path) -> sled::Db {
-    nixfleet_engine::log::open_raw(dir).unwrap()
+    nixfleet_eventlog::log::open_raw(dir).unwrap()
 }
 
 fn key(seq: u64) -> Vec<u8> {
