@@ -67,6 +67,16 @@ fn pki(dir: &Path) {
     }
 }
 
+/// Each flag followed by its file in `pki`.
+fn pki_args<const N: usize>(pki: &Path, flags: [(&str, &str); N]) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    for (flag, file) in flags {
+        args.push(flag.into());
+        args.push(pki.join(file).into());
+    }
+    args
+}
+
 struct ControlPlane {
     child: Child,
     port: u16,
@@ -92,12 +102,14 @@ impl ControlPlane {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir.join("cp-data"))
-            .arg("--tls-cert")
-            .arg(pki.join("cp-cert.pem"))
-            .arg("--tls-key")
-            .arg(pki.join("cp-key.pem"))
-            .arg("--client-ca")
-            .arg(pki.join("ca.pem"))
+            .args(pki_args(
+                &pki,
+                [
+                    ("--tls-cert", "cp-cert.pem"),
+                    ("--tls-key", "cp-key.pem"),
+                    ("--client-ca", "ca.pem"),
+                ],
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -231,12 +243,14 @@ fn start_agent_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> Runni
     let pki = dir.join("pki");
     let mut cmd = m.agent_command(&format!("https://localhost:{port}"));
     cmd.args(["--tags", "web,canary"])
-        .arg("--ca-cert")
-        .arg(pki.join("ca.pem"))
-        .arg("--client-cert")
-        .arg(pki.join("web-01-cert.pem"))
-        .arg("--client-key")
-        .arg(pki.join("web-01-key.pem"))
+        .args(pki_args(
+            &pki,
+            [
+                ("--ca-cert", "ca.pem"),
+                ("--client-cert", "web-01-cert.pem"),
+                ("--client-key", "web-01-key.pem"),
+            ],
+        ))
         .args(["--poll-interval", every, "--retry-interval", every])
         .args(["--health-interval", "2"]);
     RunningAgent::spawn(cmd, None)
