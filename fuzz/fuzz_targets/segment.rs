@@ -59,9 +59,10 @@ fuzz_target!(|data: &[u8]| {
         let (top, _) = archive.top();
         let mut expect = 1;
         let _ = archive.read(0, u64::MAX, 100_000, &mut |seq, _| {
-            assert_eq!(seq, expect, "records come in order");
+            // In order; a compacted segment (retention) may skip ranges.
+            assert!(seq >= expect, "records come in order");
             assert!(seq <= top);
-            expect += 1;
+            expect = seq + 1;
         });
         for stream in ["machine:a", "rollout:r", "release:x", ""] {
             let mut prev = 0;
