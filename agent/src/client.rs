@@ -112,23 +112,12 @@ impl ControlPlane {
             self.base,
             paths::desired_generation(&self.machine_id)
         );
-        let mut resp = self
+        let sent = self
             .agent
             .get(&url)
             .header("accept", "application/json")
-            .call()
-            .map_err(|e| ClientError::Transport {
-                method: "GET",
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT_BYTES)
-            .read_to_string()
-            .unwrap_or_default();
+            .call();
+        let (status, body) = answer("GET", &url, sent)?;
         match status {
             200 => serde_json::from_str(&body)
                 .map(Some)
@@ -137,12 +126,7 @@ impl ControlPlane {
                     error: e.to_string(),
                 }),
             404 => Ok(None),
-            _ => Err(ClientError::Status {
-                method: "GET",
-                url,
-                status,
-                body: excerpt(&body),
-            }),
+            _ => Err(status_error("GET", url, status, &body)),
         }
     }
 
@@ -150,32 +134,45 @@ impl ControlPlane {
     pub fn report(&self, report: &Report) -> Result<(), ClientError> {
         let url = format!("{}{}", self.base, paths::report(&self.machine_id));
         let json = serde_json::to_string(report).expect("a Report always serializes");
-        let mut resp = self
+        let sent = self
             .agent
             .post(&url)
             .header("content-type", "application/json")
-            .send(json)
-            .map_err(|e| ClientError::Transport {
-                method: "POST",
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
+            .send(json);
+        match answer("POST", &url, sent)? {
+            (200..300, _) => Ok(()),
+            (status, body) => Err(status_error("POST", url, status, &body)),
         }
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT_BYTES)
-            .read_to_string()
-            .unwrap_or_default();
-        Err(ClientError::Status {
-            method: "POST",
-            url,
-            status,
-            body: excerpt(&body),
-        })
+    }
+}
+
+/// The status and body (at most [`BODY_LIMIT_BYTES`]) of the answer to `method url`, or the
+/// transport failure.
+fn answer(
+    method: &'static str,
+    url: &str,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, String), ClientError> {
+    let mut resp = sent.map_err(|e| ClientError::Transport {
+        method,
+        url: url.to_owned(),
+        source: Box::new(e),
+    })?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(BODY_LIMIT_BYTES)
+        .read_to_string()
+        .unwrap_or_default();
+    Ok((resp.status().as_u16(), body))
+}
+
+fn status_error(method: &'static str, url: String, status: u16, body: &str) -> ClientError {
+    ClientError::Status {
+        method,
+        url,
+        status,
+        body: excerpt(body),
     }
 }
 

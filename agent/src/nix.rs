@@ -136,24 +136,15 @@ pub fn fetch(path: &StorePath, cache: Option<&str>) -> Result<Fetched, FetchErro
 
 /// Points `profile` at `path` (`nix-env -p <profile> --set <path>`), creating a new profile generation.
 pub fn set_profile(profile: &Path, path: &StorePath) -> Result<(), String> {
-    let out = exec::run(
+    run_to_success(
         Command::new("nix-env")
             .arg("-p")
             .arg(profile)
             .arg("--set")
             .arg(path.as_str()),
         NIX_TIMEOUT,
+        &format!("nix-env -p {} --set {path}", profile.display()),
     )
-    .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nix-env -p {} --set {path}: {}",
-            profile.display(),
-            out.failure_summary()
-        ))
-    }
 }
 
 /// Makes `link` an indirect GC root for `path` (`nix-store --realise <path> --add-root <link>
@@ -164,7 +155,7 @@ pub fn add_root(link: &Path, path: &StorePath) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let out = exec::run(
+    run_to_success(
         Command::new("nix-store")
             .arg("--realise")
             .arg(path.as_str())
@@ -172,15 +163,16 @@ pub fn add_root(link: &Path, path: &StorePath) -> Result<(), String> {
             .arg(link)
             .arg("--indirect"),
         QUERY_TIMEOUT,
+        &format!("nix-store --add-root {}", link.display()),
     )
-    .map_err(|e| e.to_string())?;
+}
+
+/// Runs `cmd` to its end; an exit other than 0 is `{what}: {its failure summary}`.
+fn run_to_success(cmd: &mut Command, timeout: Duration, what: &str) -> Result<(), String> {
+    let out = exec::run(cmd, timeout).map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nix-store --add-root {}: {}",
-            link.display(),
-            out.failure_summary()
-        ))
+        Err(format!("{what}: {}", out.failure_summary()))
     }
 }

@@ -4,6 +4,7 @@ use nixfleet_agent::health::{self, Check, CheckKind, HealthRunner, CONFIG_CHECK,
 use nixfleet_proto::api::v1::HealthCheckResult;
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Serves every connection with `status` (or holds it open without answering when `None`).
@@ -50,6 +51,14 @@ fn command_check(name: &str, command: &str, timeout_secs: u64) -> Check {
         },
         interval: Duration::from_secs(60),
     }
+}
+
+/// A health check file with `json` in a new temporary directory.
+fn config_file(json: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("health-checks.json");
+    std::fs::write(&f, json).expect("write");
+    (dir, f)
 }
 
 fn message(r: &HealthCheckResult) -> &str {
@@ -181,9 +190,7 @@ fn a_missing_config_falls_back_to_the_system_running_check() {
 
 #[test]
 fn an_unparsable_config_is_a_failing_check_not_a_silent_fallback() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = dir.path().join("health-checks.json");
-    std::fs::write(&f, "{\"http\": [ {\"url\": 3} ]}").expect("write");
+    let (_dir, f) = config_file("{\"http\": [ {\"url\": 3} ]}");
     let mut runner = HealthRunner::new(f.clone(), Duration::from_secs(60));
     let report = runner.run_due(Instant::now(), false);
     assert!(!report.all_passed);
@@ -194,15 +201,11 @@ fn an_unparsable_config_is_a_failing_check_not_a_silent_fallback() {
 
 #[test]
 fn the_config_of_the_module_is_read_with_names_and_intervals() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = dir.path().join("health-checks.json");
-    std::fs::write(
-        &f,
+    let (_dir, f) = config_file(
         r#"{"systemd":[{"units":["nginx.service","postgresql.service"]}],
             "http":[{"url":"http://localhost/health","expectedStatus":204,"interval":10}],
             "command":[{"name":"disk","command":"true","timeout":2,"interval":5}]}"#,
-    )
-    .expect("write");
+    );
     let checks = health::load_checks(&f, Duration::from_secs(60));
     let names: Vec<_> = checks
         .iter()
@@ -285,14 +288,10 @@ fn a_long_failure_message_is_cut_so_reports_stay_within_the_control_plane_limits
 // cached result from a fresh one.
 #[test]
 fn cached_results_keep_the_time_they_were_measured() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = dir.path().join("health-checks.json");
-    std::fs::write(
-        &f,
+    let (_dir, f) = config_file(
         r#"{"command":[{"name":"fast","command":"true","interval":1},
                       {"name":"slow","command":"true","interval":3600}]}"#,
-    )
-    .expect("write");
+    );
     let time = |r: &nixfleet_proto::api::v1::HealthReport| {
         humantime::parse_rfc3339(&r.timestamp).expect("RFC 3339")
     };
