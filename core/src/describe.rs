@@ -454,26 +454,99 @@ pub enum Level {
     Warn,
 }
 
-/// What the control plane logs when it appends an executor decision: the level, the rollout,
-/// and the message (the v0.1 texts); the event's [`line`] says the rest.
-pub fn log_line(e: &Event) -> Option<(Level, &RolloutId, &'static str)> {
+/// What the control plane logs when it appends an executor decision: the v0.1 message (e.g.
+/// "Health timeout elapsed, treating pending machines as unhealthy") and the fields beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine<'a> {
+    /// How loud.
+    pub level: Level,
+    /// The message.
+    pub message: &'static str,
+    /// The rollout decided.
+    pub rollout: &'a RolloutId,
+    /// The batch, for batch decisions.
+    pub batch_index: Option<u32>,
+    /// The attempt, for a batch start.
+    pub attempt: Option<u32>,
+    /// Healthy machines, for a batch success.
+    pub healthy: Option<u32>,
+    /// Unhealthy machines, for a batch failure.
+    pub unhealthy: Option<u32>,
+    /// The threshold, for a batch failure.
+    pub threshold: Option<u32>,
+    /// Why, for a pause.
+    pub reason: Option<&'a str>,
+    /// Machines sent back, for a revert.
+    pub machines: Option<usize>,
+}
+
+/// The log line of an executor decision; `None` for other events.
+pub fn log_line(e: &Event) -> Option<LogLine<'_>> {
     use crate::event::BatchFailReason;
+    let line = |level, message, rollout| LogLine {
+        level,
+        message,
+        rollout,
+        batch_index: None,
+        attempt: None,
+        healthy: None,
+        unhealthy: None,
+        threshold: None,
+        reason: None,
+        machines: None,
+    };
     Some(match e {
         Event::BatchFailed {
             rollout,
-            reason: BatchFailReason::Timeout,
+            batch_index,
+            unhealthy,
+            threshold,
+            reason,
             ..
-        } => (
-            Level::Warn,
+        } => LogLine {
+            batch_index: Some(*batch_index),
+            unhealthy: Some(*unhealthy),
+            threshold: Some(*threshold),
+            ..line(
+                Level::Warn,
+                match reason {
+                    BatchFailReason::Timeout => {
+                        "Health timeout elapsed, treating pending machines as unhealthy"
+                    }
+                    _ => "batch failed",
+                },
+                rollout,
+            )
+        },
+        Event::BatchSucceeded {
             rollout,
-            "Health timeout elapsed, treating pending machines as unhealthy",
-        ),
-        Event::BatchFailed { rollout, .. } => (Level::Warn, rollout, "batch failed"),
-        Event::BatchSucceeded { rollout, .. } => (Level::Info, rollout, "batch succeeded"),
-        Event::BatchStarted { rollout, .. } => (Level::Info, rollout, "batch started"),
-        Event::RolloutPaused { rollout, .. } => (Level::Warn, rollout, "rollout paused"),
-        Event::RolloutCompleted { rollout } => (Level::Info, rollout, "rollout completed"),
-        Event::RolloutReverted { rollout, .. } => (Level::Warn, rollout, "rollout reverted"),
+            batch_index,
+            healthy,
+            ..
+        } => LogLine {
+            batch_index: Some(*batch_index),
+            healthy: Some(*healthy),
+            ..line(Level::Info, "batch succeeded", rollout)
+        },
+        Event::BatchStarted {
+            rollout,
+            batch_index,
+            attempt,
+            ..
+        } => LogLine {
+            batch_index: Some(*batch_index),
+            attempt: Some(*attempt),
+            ..line(Level::Info, "batch started", rollout)
+        },
+        Event::RolloutPaused { rollout, reason } => LogLine {
+            reason: Some(reason),
+            ..line(Level::Warn, "rollout paused", rollout)
+        },
+        Event::RolloutCompleted { rollout } => line(Level::Info, "rollout completed", rollout),
+        Event::RolloutReverted { rollout, restored } => LogLine {
+            machines: Some(restored.len()),
+            ..line(Level::Warn, "rollout reverted", rollout)
+        },
         _ => return None,
     })
 }

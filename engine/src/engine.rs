@@ -384,17 +384,106 @@ impl Engine {
     }
 }
 
-/// Logs an executor decision: the v0.1 message (`describe::log_line`), the rollout, and the
-/// event in words.
+/// Logs an executor decision as `describe::log_line` words it (the v0.1 messages and fields).
 fn log_decision(e: &Event) {
     use nixfleet_core::describe::{self, Level};
-    match describe::log_line(e) {
-        Some((Level::Warn, rollout, message)) => {
-            tracing::warn!(%rollout, detail = %describe::line(e), "{message}")
+    let Some(l) = describe::log_line(e) else {
+        return;
+    };
+    let rollout = l.rollout;
+    match l.level {
+        Level::Warn => tracing::warn!(
+            %rollout,
+            batch_index = l.batch_index,
+            attempt = l.attempt,
+            healthy = l.healthy,
+            unhealthy = l.unhealthy,
+            threshold = l.threshold,
+            reason = l.reason.map(tracing::field::display),
+            machines = l.machines,
+            "{}",
+            l.message
+        ),
+        Level::Info => tracing::info!(
+            %rollout,
+            batch_index = l.batch_index,
+            attempt = l.attempt,
+            healthy = l.healthy,
+            unhealthy = l.unhealthy,
+            threshold = l.threshold,
+            reason = l.reason.map(tracing::field::display),
+            machines = l.machines,
+            "{}",
+            l.message
+        ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use nixfleet_core::event::BatchFailReason;
+    use nixfleet_core::RolloutId;
+    use std::sync::{Arc, Mutex};
+
+    /// What `log_decision` prints for each event, without times or colours.
+    fn logged(events: &[Event]) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        Some((Level::Info, rollout, message)) => {
-            tracing::info!(%rollout, detail = %describe::line(e), "{message}")
-        }
-        None => {}
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || events.iter().for_each(log_decision));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn executor_decisions_are_logged_with_the_v0_1_messages_and_their_fields() {
+        let rollout = RolloutId::parse("r-1").unwrap();
+        let failed = |reason| Event::BatchFailed {
+            rollout: rollout.clone(),
+            batch_index: 1,
+            healthy: 0,
+            unhealthy: 2,
+            threshold: 0,
+            reason,
+        };
+        let text = logged(&[
+            failed(BatchFailReason::Timeout),
+            failed(BatchFailReason::Unhealthy),
+            Event::RolloutPaused {
+                rollout: rollout.clone(),
+                reason: "batch 1 failed".into(),
+            },
+            Event::RolloutCompleted {
+                rollout: rollout.clone(),
+            },
+        ]);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "WARN Health timeout elapsed, treating pending machines as unhealthy rollout=r-1 batch_index=1 unhealthy=2 threshold=0",
+                "WARN batch failed rollout=r-1 batch_index=1 unhealthy=2 threshold=0",
+                "WARN rollout paused rollout=r-1 reason=batch 1 failed",
+                "INFO rollout completed rollout=r-1",
+            ]
+        );
     }
 }
