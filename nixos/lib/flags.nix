@@ -46,6 +46,15 @@ rec {
   # The default value of one option, as written in the JSON.
   default = service: name: spec.${service}.options.${name}.default;
 
+  # A module option of `service` whose default is the one in the JSON. The
+  # modules pass nixpkgs' lib (this file itself needs none).
+  option =
+    lib: service: name: type: description:
+    lib.mkOption {
+      inherit type description;
+      default = default service name;
+    };
+
   # Reads an option's value out of a module's `cfg`, following dots
   # ("tls.cert" -> cfg.tls.cert). A missing option is an evaluation error on
   # purpose: the JSON names an option the module does not declare.

@@ -28,6 +28,8 @@ let
   healthChecksLib = import ../lib/health-checks.nix;
   service = "nixfleet-agent";
   default = flags.default service;
+  # An option whose default is the one in nixos/service-flags.json.
+  option = flags.option lib service;
 
   values = flags.valuesFrom service cfg;
   argv = flags.args { inherit service values; };
@@ -67,17 +69,9 @@ in
       description = "Machine id; must equal the CN of the client certificate.";
     };
 
-    pollInterval = mkOption {
-      type = types.ints.positive;
-      default = default "pollInterval";
-      description = "Seconds between polls of the desired generation.";
-    };
+    pollInterval = option "pollInterval" types.ints.positive "Seconds between polls of the desired generation.";
 
-    retryInterval = mkOption {
-      type = types.ints.positive;
-      default = default "retryInterval";
-      description = "Seconds before the next poll after a failed one.";
-    };
+    retryInterval = option "retryInterval" types.ints.positive "Seconds before the next poll after a failed one.";
 
     cacheUrl = mkOption {
       type = types.nullOr types.str;
@@ -86,40 +80,16 @@ in
       description = "Binary cache to fetch closures from when the control plane names none.";
     };
 
-    stateDir = mkOption {
-      type = types.str;
-      default = default "stateDir";
-      description = "Agent state directory (directly under /var/lib; the unit's StateDirectory).";
-    };
+    stateDir = option "stateDir" types.str "Agent state directory (directly under /var/lib; the unit's StateDirectory).";
 
-    dryRun = mkOption {
-      type = types.bool;
-      default = default "dryRun";
-      description = "Fetch and report, but never switch.";
-    };
+    dryRun = option "dryRun" types.bool "Fetch and report, but never switch.";
 
-    allowInsecure = mkOption {
-      type = types.bool;
-      default = default "allowInsecure";
-      description = "Allow a plain http:// control plane URL. For tests only.";
-    };
+    allowInsecure = option "allowInsecure" types.bool "Allow a plain http:// control plane URL. For tests only.";
 
     tls = {
-      caCert = mkOption {
-        type = types.nullOr types.str;
-        default = default "tls.caCert";
-        description = "CA (PEM) that signed the control plane's certificate.";
-      };
-      clientCert = mkOption {
-        type = types.nullOr types.str;
-        default = default "tls.clientCert";
-        description = "Client certificate (PEM) whose CN is machineId.";
-      };
-      clientKey = mkOption {
-        type = types.nullOr types.str;
-        default = default "tls.clientKey";
-        description = "Client private key (PEM). Must not be a store path.";
-      };
+      caCert = option "tls.caCert" (types.nullOr types.str) "CA (PEM) that signed the control plane's certificate.";
+      clientCert = option "tls.clientCert" (types.nullOr types.str) "Client certificate (PEM) whose CN is machineId.";
+      clientKey = option "tls.clientKey" (types.nullOr types.str) "Client private key (PEM). Must not be a store path.";
     };
 
     healthConfig = mkOption {
@@ -131,11 +101,7 @@ in
       '';
     };
 
-    healthInterval = mkOption {
-      type = types.ints.positive;
-      default = default "healthInterval";
-      description = "Seconds between periodic health reports.";
-    };
+    healthInterval = option "healthInterval" types.ints.positive "Seconds between periodic health reports.";
 
     tags = mkOption {
       type = types.listOf types.str;
@@ -147,11 +113,7 @@ in
       description = "Tags the agent reports; rollouts target machines by tag.";
     };
 
-    metricsPort = mkOption {
-      type = types.nullOr types.port;
-      default = default "metricsPort";
-      description = "Port of the agent's Prometheus listener (null: off).";
-    };
+    metricsPort = option "metricsPort" (types.nullOr types.port) "Port of the agent's Prometheus listener (null: off).";
 
     metricsOpenFirewall = mkOption {
       type = types.bool;
@@ -159,17 +121,9 @@ in
       description = "Open metricsPort in the firewall.";
     };
 
-    profile = mkOption {
-      type = types.str;
-      default = default "profile";
-      description = "System profile the agent sets before switching.";
-    };
+    profile = option "profile" types.str "System profile the agent sets before switching.";
 
-    currentSystem = mkOption {
-      type = types.str;
-      default = default "currentSystem";
-      description = "Symlink to the running system.";
-    };
+    currentSystem = option "currentSystem" types.str "Symlink to the running system.";
 
     switchMode = mkOption {
       type = types.enum [
@@ -185,20 +139,12 @@ in
       '';
     };
 
-    switchTimeout = mkOption {
-      type = types.ints.positive;
-      default = default "switchTimeout";
-      description = "Seconds to wait for a switch to finish.";
-    };
+    switchTimeout = option "switchTimeout" types.ints.positive "Seconds to wait for a switch to finish.";
 
-    logFormat = mkOption {
-      type = types.enum [
-        "human"
-        "json"
-      ];
-      default = default "logFormat";
-      description = "Log line format on stderr (the journal).";
-    };
+    logFormat = option "logFormat" (types.enum [
+      "human"
+      "json"
+    ]) "Log line format on stderr (the journal).";
 
     healthChecks = {
       systemd = mkOption {

@@ -28,6 +28,8 @@ let
   flags = import ../lib/flags.nix;
   service = "nixfleet-control-plane";
   default = flags.default service;
+  # An option whose default is the one in nixos/service-flags.json.
+  option = flags.option lib service;
 
   settingsFormat = pkgs.formats.toml { };
 
@@ -135,20 +137,12 @@ in
       };
     };
 
-    insecure = mkOption {
-      type = types.bool;
-      default = default "insecure";
-      description = "Serve plain HTTP without TLS. For tests only.";
-    };
+    insecure = option "insecure" types.bool "Serve plain HTTP without TLS. For tests only.";
 
-    logFormat = mkOption {
-      type = types.enum [
-        "human"
-        "json"
-      ];
-      default = default "logFormat";
-      description = "Log line format on stderr (the journal).";
-    };
+    logFormat = option "logFormat" (types.enum [
+      "human"
+      "json"
+    ]) "Log line format on stderr (the journal).";
 
     configFile = mkOption {
       type = types.nullOr types.path;
