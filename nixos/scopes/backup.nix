@@ -17,6 +17,26 @@ let
   esc = lib.escapeShellArg;
   excludeArgs = flag: lib.concatMapStringsSep " " (e: "${flag} ${esc e}") cfg.exclude;
   paths = lib.concatMapStringsSep " " esc cfg.paths;
+  backendPackages =
+    lib.optional (cfg.backend == "restic") pkgs.restic ++ lib.optional (cfg.backend == "borgbackup") pkgs.borgbackup;
+
+  # A string option that is unset (null) unless given.
+  optionalStr =
+    description:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      inherit description;
+    };
+
+  # How many archives of one period are kept.
+  retentionOption =
+    default: description:
+    mkOption {
+      type = types.ints.unsigned;
+      inherit default description;
+    };
+
   keep = flagPrefix: ''${flagPrefix}daily ${toString cfg.retention.daily} ${flagPrefix}weekly ${toString cfg.retention.weekly} ${flagPrefix}monthly ${toString cfg.retention.monthly}'';
 
   backendScript =
@@ -89,34 +109,14 @@ in
     };
 
     retention = {
-      daily = mkOption {
-        type = types.ints.unsigned;
-        default = 7;
-        description = "Daily archives kept.";
-      };
-      weekly = mkOption {
-        type = types.ints.unsigned;
-        default = 4;
-        description = "Weekly archives kept.";
-      };
-      monthly = mkOption {
-        type = types.ints.unsigned;
-        default = 6;
-        description = "Monthly archives kept.";
-      };
+      daily = retentionOption 7 "Daily archives kept.";
+      weekly = retentionOption 4 "Weekly archives kept.";
+      monthly = retentionOption 6 "Monthly archives kept.";
     };
 
     healthCheck = {
-      onSuccess = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "URL fetched after a successful run.";
-      };
-      onFailure = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "URL fetched after a failed run.";
-      };
+      onSuccess = optionalStr "URL fetched after a successful run.";
+      onFailure = optionalStr "URL fetched after a failed run.";
     };
 
     preHook = mkOption {
@@ -138,29 +138,13 @@ in
     };
 
     restic = {
-      repository = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "restic repository (already initialised).";
-      };
-      passwordFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "File holding the restic repository password.";
-      };
+      repository = optionalStr "restic repository (already initialised).";
+      passwordFile = optionalStr "File holding the restic repository password.";
     };
 
     borgbackup = {
-      repository = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "borg repository (already initialised).";
-      };
-      passphraseFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "File holding the borg passphrase.";
-      };
+      repository = optionalStr "borg repository (already initialised).";
+      passphraseFile = optionalStr "File holding the borg passphrase.";
     };
   };
 
@@ -177,13 +161,11 @@ in
       }
     ];
 
-    environment.systemPackages =
-      lib.optional (cfg.backend == "restic") pkgs.restic ++ lib.optional (cfg.backend == "borgbackup") pkgs.borgbackup;
+    environment.systemPackages = backendPackages;
 
     systemd.services.nixfleet-backup = {
       description = "nixfleet backup";
-      path =
-        lib.optional (cfg.backend == "restic") pkgs.restic ++ lib.optional (cfg.backend == "borgbackup") pkgs.borgbackup;
+      path = backendPackages;
       script = ''
         set -eu
         ${cfg.preHook}
