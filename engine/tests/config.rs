@@ -144,6 +144,18 @@ impl Running {
         Running { child, log }
     }
 
+    /// A plain-HTTP (`--insecure`) control plane on a free loopback port, with `extra` flags,
+    /// once it answers `/health`; and its port.
+    fn insecure(dir: &Path, extra: &[&str]) -> (Running, u16) {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--insecure", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let cp = Running::start(dir, &args);
+        wait_plain_health(&cp, port);
+        (cp, port)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -183,10 +195,7 @@ fn wait_plain_health(cp: &Running, port: u16) {
 #[test]
 fn insecure_serves_plain_http_with_a_loud_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cp = Running::start(dir.path(), &["--insecure", "--listen", &listen]);
-    wait_plain_health(&cp, port);
+    let (cp, port) = Running::insecure(dir.path(), &[]);
     assert_eq!(plain_get(port, "/health").unwrap(), (200, "ok".into()));
     let (s, body) = plain_get(port, "/api/v1/machines").unwrap();
     assert_eq!(s, 401, "operator routes still need a key: {body}");
@@ -200,13 +209,7 @@ fn insecure_serves_plain_http_with_a_loud_warning() {
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cp = Running::start(
-        dir.path(),
-        &["--insecure", "--listen", &listen, "--log-format", "json"],
-    );
-    wait_plain_health(&cp, port);
+    let (cp, _) = Running::insecure(dir.path(), &["--log-format", "json"]);
     let log = cp.log();
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "startup logs something: {log}");
@@ -246,10 +249,7 @@ fn seconds_until_closed(port: u16, first: &[u8]) -> f64 {
 #[test]
 fn a_client_sending_a_partial_request_head_is_cut_off_by_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cp = Running::start(dir.path(), &["--insecure", "--listen", &listen]);
-    wait_plain_health(&cp, port);
+    let (_cp, port) = Running::insecure(dir.path(), &[]);
     let secs = seconds_until_closed(port, b"GET /health HTTP/1.1\r\nHost: local");
     let limit = nixfleet_engine::api::HEADER_TIMEOUT.as_secs_f64();
     assert!(
