@@ -5,7 +5,7 @@
 
 use nixfleet_core::event::{Actor, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, Seq, Timestamp};
-use nixfleet_engine::log::{
+use nixfleet_eventlog::log::{
     Checkpoint, EventLog, LogError, LogOptions, Record, SledLog, ARCHIVE_DIR,
 };
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn seqs_in_sled(dir: &Path) -> Vec<u64> {
-    let db = nixfleet_engine::log::open_raw(dir).unwrap();
+    let db = nixfleet_eventlog::log::open_raw(dir).unwrap();
     db.scan_prefix(b"e")
         .map(|kv| u64::from_be_bytes(kv.unwrap().0[1..9].try_into().unwrap()))
         .collect()
@@ -94,7 +94,7 @@ fn given_a_log_past_the_mark_when_it_is_archived_then_sled_keeps_only_the_tail()
 
     assert_eq!(segments(dir.path()).len(), 9);
     assert_eq!(seqs_in_sled(dir.path()), (901..=1000).collect::<Vec<_>>());
-    let db = nixfleet_engine::log::open_raw(dir.path()).unwrap();
+    let db = nixfleet_eventlog::log::open_raw(dir.path()).unwrap();
     let index_entries = db.scan_prefix(b"s").count();
     assert_eq!(
         index_entries, 100,
