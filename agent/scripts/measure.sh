@@ -25,22 +25,8 @@ ln -sfn "$V1" "$W/current"
 echo "{\"command\":[{\"name\":\"app\",\"command\":\"test -e $W/current/healthy\"}]}" > "$W/health.json"
 echo "{\"hash\":\"$V2\",\"cache_url\":null,\"poll_hint\":null}" > "$W/desired.json"
 
-cat > "$W/cp.py" <<'PY'
-import http.server, sys, time, os
-W = sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *a): pass
-    def do_GET(self):
-        body = open(os.path.join(W, "desired.json"), "rb").read()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(os.path.join(W, "reports.log"), "ab") as f: f.write(("%.3f " % time.time()).encode() + body + b"\n")
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 "$W/cp.py" "$PORT" "$W" & CP_PID=$!
+python3 "$(dirname "$0")/stub-cp.py" "$PORT" "$W" & CP_PID=$!
 sleep 0.5
 
 START=$(date +%s.%N)

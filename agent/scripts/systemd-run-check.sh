@@ -52,20 +52,8 @@ HANG=$(build sysrun-hang true hang)
 ln -sfn "$V1" "$W/current"
 echo "{\"command\":[{\"name\":\"app\",\"command\":\"test -e $W/current/healthy\"}]}" > "$W/health.json"
 echo "{\"hash\":\"$V2\",\"cache_url\":null,\"poll_hint\":1}" > "$W/desired.json"
-cat > "$W/cp.py" <<'PY'
-import http.server, sys, os
-W = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *a): pass
-    def do_GET(self):
-        body = open(os.path.join(W, "desired.json"), "rb").read()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(os.path.join(W, "reports.log"), "ab") as f: f.write(body + b"\n")
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
-PY
+# The stand-in runs inside the container, which sees $W but not this checkout.
+cp "$(dirname "$0")/stub-cp.py" "$W/cp.py"
 
 for h in systemd unified; do mkdir -p /sys/fs/cgroup/$h/$NAME; done
 sh -c 'for h in systemd unified; do echo $$ > /sys/fs/cgroup/$h/'"$NAME"'/cgroup.procs; done; exec "$@"' nspawn \
@@ -89,7 +77,7 @@ for _ in $(seq 120); do
   case "$STATE" in running|degraded) break ;; esac; sleep 0.5
 done
 echo "container state: $STATE"
-inside sh -c "python3 $W/cp.py $W >/dev/null 2>&1 & echo \$! > $W/cp.pid"
+inside sh -c "python3 $W/cp.py 8080 $W >/dev/null 2>&1 & echo \$! > $W/cp.pid"
 sleep 0.5
 inside sh -c "nixfleet-agent --control-plane-url http://127.0.0.1:8080 --allow-insecure --machine-id web-01 \
   --poll-interval 60 --retry-interval 1 --state-dir $W/state --profile $W/profile --current-system $W/current \
