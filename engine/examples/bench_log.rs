@@ -2,7 +2,9 @@
 //! report event. Run: `cargo run --release -p nixfleet-engine --example bench_log [-- EVENTS]`.
 #![allow(clippy::unwrap_used)]
 
-use nixfleet_core::event::{Actor, CheckResult, Event, Lifecycle};
+mod common;
+
+use nixfleet_core::event::{Actor, Event};
 use nixfleet_core::ids::{MachineId, Seq, StorePath, Timestamp};
 use nixfleet_core::State;
 use nixfleet_engine::log::{encode_record, EventLog, SledLog};
@@ -12,45 +14,22 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn report(i: u64) -> Event {
+/// Machine `i % 1000` and the generation it runs.
+fn machine(i: u64) -> (MachineId, Option<StorePath>) {
     let m = i % 1000;
-    Event::ReportReceived {
-        machine: MachineId::parse(&format!("web-{m:04}")).unwrap(),
-        generation: Some(
-            StorePath::parse(&format!(
-                "/nix/store/{:032}-nixos-system-web-{m:04}-24.05",
-                m
-            ))
-            .unwrap(),
-        ),
-        success: true,
-        message: "up-to-date".into(),
-        agent_version: "0.2.0".into(),
-        uptime_secs: i,
-        dry_run: false,
-        rolled_back_from: None,
-    }
+    let machine = MachineId::parse(&format!("web-{m:04}")).unwrap();
+    let path = StorePath::parse(&format!("/nix/store/{m:032}-nixos-system-web-{m:04}-24.05"));
+    (machine, Some(path.unwrap()))
+}
+
+fn report(i: u64) -> Event {
+    let (m, g) = machine(i);
+    common::report(m, g, i)
 }
 
 fn health(i: u64) -> Event {
-    let m = i % 1000;
-    Event::HealthReported {
-        machine: MachineId::parse(&format!("web-{m:04}")).unwrap(),
-        generation: Some(
-            StorePath::parse(&format!(
-                "/nix/store/{:032}-nixos-system-web-{m:04}-24.05",
-                m
-            ))
-            .unwrap(),
-        ),
-        results: vec![CheckResult {
-            name: "nginx".into(),
-            passed: true,
-            duration_ms: 3,
-            message: String::new(),
-        }],
-        all_passed: true,
-    }
+    let (m, g) = machine(i);
+    common::health(m, g, "nginx", 3)
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -162,14 +141,7 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).unwrap();
     {
         let log = SledLog::open(dir.path(), |_| {}).unwrap();
-        let machines: Vec<Event> = (0..1000)
-            .map(|m| Event::MachineRegistered {
-                machine: MachineId::parse(&format!("web-{m:04}")).unwrap(),
-                lifecycle: Lifecycle::Active,
-                tags: vec![],
-                auto: false,
-            })
-            .collect();
+        let machines = common::registered((0..1000).map(|i| machine(i).0), false);
         log.stage(Timestamp(0), &Actor::System, &machines).unwrap();
         let start = Instant::now();
         let mut i = 0u64;

@@ -9,7 +9,9 @@
 //! gives the projections of a full replay (deleting the snapshot changes nothing but the time).
 #![allow(clippy::unwrap_used)]
 
-use nixfleet_core::event::{Actor, CheckResult, Event, Lifecycle};
+mod common;
+
+use nixfleet_core::event::Actor;
 use nixfleet_core::ids::{MachineId, StorePath, Timestamp};
 use nixfleet_engine::engine::{Engine, SystemClock};
 use nixfleet_engine::log::{EventLog, SledLog};
@@ -33,27 +35,8 @@ fn write(log: &SledLog, until: u64) {
             let g = Some(
                 StorePath::parse(&format!("/nix/store/{:032}-nixos-system-{m}", i % 7)).unwrap(),
             );
-            batch.push(Event::ReportReceived {
-                machine: m.clone(),
-                generation: g.clone(),
-                success: true,
-                message: "up-to-date".into(),
-                agent_version: "0.2.0".into(),
-                uptime_secs: i,
-                dry_run: false,
-                rolled_back_from: None,
-            });
-            batch.push(Event::HealthReported {
-                machine: m,
-                generation: g,
-                results: vec![CheckResult {
-                    name: "http".into(),
-                    passed: true,
-                    duration_ms: 2,
-                    message: String::new(),
-                }],
-                all_passed: true,
-            });
+            batch.push(common::report(m.clone(), g.clone(), i));
+            batch.push(common::health(m, g, "http", 2));
             i += 2;
         }
         log.stage(Timestamp(i), &Actor::System, &batch).unwrap();
@@ -97,14 +80,10 @@ fn main() {
     let start = Instant::now();
     {
         let log = SledLog::open(&dir.path().join("log"), |_| {}).unwrap();
-        let reg: Vec<Event> = (0..MACHINES)
-            .map(|m| Event::MachineRegistered {
-                machine: MachineId::parse(&format!("m-{m:05}")).unwrap(),
-                lifecycle: Lifecycle::Active,
-                tags: vec![],
-                auto: true,
-            })
-            .collect();
+        let reg = common::registered(
+            (0..MACHINES).map(|m| MachineId::parse(&format!("m-{m:05}")).unwrap()),
+            true,
+        );
         log.stage(Timestamp(0), &Actor::System, &reg).unwrap();
         write(&log, n);
         println!(
