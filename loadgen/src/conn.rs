@@ -125,26 +125,6 @@ impl Conn {
         bearer: Option<&str>,
         body: Option<Bytes>,
     ) -> Result<Answer> {
-        self.connect().await?;
-        let result = self.call_open(method, path, bearer, body).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-
-    async fn call_open(
-        &mut self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<Bytes>,
-    ) -> Result<Answer> {
-        let sender = self
-            .sender
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        sender.ready().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -156,6 +136,21 @@ impl Conn {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
+        self.connect().await?;
+        let result = self.send(req).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    /// Sends `req` on the open connection and reads the whole answer.
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Answer> {
+        let sender = self
+            .sender
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
+        sender.ready().await?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
