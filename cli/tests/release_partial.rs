@@ -128,6 +128,38 @@ fn with_allow_partial_a_release_of_the_hosts_that_built_is_recorded() {
         .filter_map(|e| e["hostname"].as_str())
         .collect();
     assert_eq!(names, ["good-1", "good-2"]);
+
+    // --json: the release's id and every host's result.
+    let out = run(nixfleet(&s, &s.path)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .args(["--json", "release", "create", "--allow-partial", "--flake"])
+        .arg(s.join("flake")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--json answer");
+    assert!(
+        v["id"].as_str().is_some_and(|i| i.starts_with("rel-")),
+        "{v}"
+    );
+    let statuses: Vec<(&str, &str)> = v["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter_map(|h| Some((h["host"].as_str()?, h["status"].as_str()?)))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("bad-build", "failed"),
+            ("bad-eval", "failed"),
+            ("good-1", "built"),
+            ("good-2", "built")
+        ]
+    );
+    assert!(
+        v["hosts"][0]["log_tail"][1] == "bad-build-says-boom",
+        "{}",
+        v["hosts"][0]
+    );
 }
 
 #[test]

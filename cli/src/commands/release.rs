@@ -280,8 +280,11 @@ fn flake_metadata(flake: &str, verbose: u8) -> (Option<String>, Option<String>) 
     }
 }
 
-/// Builds and pushes, returning the request to post.
-pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleaseRequest> {
+/// Builds and pushes, returning the request to post and every host's result.
+pub fn build_release(
+    settings: &Settings,
+    a: &CreateArgs,
+) -> Result<(CreateReleaseRequest, Vec<HostResult>)> {
     let v = settings.verbose;
     nix::check_flake_ref(&a.flake).map_err(CliError::Usage)?;
     let (entries, results) = evaluate_and_build(settings, a)?;
@@ -365,7 +368,7 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
         }
     }
     let (flake_ref, flake_rev) = flake_metadata(&a.flake, v);
-    Ok(CreateReleaseRequest {
+    let req = CreateReleaseRequest {
         flake_ref: flake_ref.or_else(|| Some(a.flake.clone())),
         flake_rev,
         cache_url: a
@@ -388,7 +391,8 @@ pub fn build_release(settings: &Settings, a: &CreateArgs) -> Result<CreateReleas
                 tags: e.tags,
             })
             .collect(),
-    })
+    };
+    Ok((req, results))
 }
 
 /// Runs `release create` and returns the new id (used by `deploy` in rollout mode).
@@ -396,19 +400,32 @@ pub fn create(settings: &Settings, a: &CreateArgs) -> Result<Option<String>> {
     if let (Some(path), true) = (crate::oplog::start("release"), settings.verbose >= 1) {
         eprintln!("oplog: {}", path.display());
     }
-    let req = build_release(settings, a)?;
+    let (req, results) = build_release(settings, a)?;
     if a.dry_run {
         output::json(&req)?;
         return Ok(None);
     }
-    post(settings, &req).map(Some)
+    post_with(settings, &req, &results).map(Some)
 }
 
 /// Posts a release (`POST /api/v1/releases`), prints it and returns its id.
 pub fn post(settings: &Settings, req: &CreateReleaseRequest) -> Result<String> {
+    post_with(settings, req, &[])
+}
+
+/// [`post`]; with `--json` the answer carries `hosts`, each host's result, when there are any.
+fn post_with(
+    settings: &Settings,
+    req: &CreateReleaseRequest,
+    results: &[HostResult],
+) -> Result<String> {
     let resp: CreateReleaseResponse = Client::new(settings)?.post("/api/v1/releases", req)?;
     if settings.json {
-        output::json(&resp)?;
+        let mut v = serde_json::to_value(&resp).map_err(|e| CliError::failed(e.to_string()))?;
+        if let (Some(obj), false) = (v.as_object_mut(), results.is_empty()) {
+            obj.insert("hosts".into(), serde_json::json!(results));
+        }
+        output::json(&v)?;
     } else {
         output::line(format!(
             "Release {} created ({} hosts)",
