@@ -32,20 +32,6 @@ fn health(i: u64) -> Event {
     common::health(m, g, "nginx", 3)
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                dir_size(&e.path())
-            } else {
-                e.metadata().unwrap().len()
-            }
-        })
-        .sum()
-}
-
 fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |k: &str| {
@@ -153,7 +139,7 @@ fn main() {
                 println!(
                     "  {:>9} events written: RSS {rss:.0} MiB, {:.0} MiB on disk, {} archived",
                     i * 2,
-                    dir_size(dir.path()) as f64 / 1048576.0,
+                    common::du(dir.path()) as f64 / 1048576.0,
                     log.archived_seq()
                 );
                 next_sample += 1_000_000;
@@ -179,15 +165,15 @@ fn main() {
     }
     let archive = dir.path().join(nixfleet_engine::log::ARCHIVE_DIR);
     let archived = if archive.exists() {
-        dir_size(&archive)
+        common::du(&archive)
     } else {
         0
     };
     println!(
         "log size on disk: {:.1} MiB ({:.1} MiB in archive segments, {:.1} MiB in sled)",
-        dir_size(dir.path()) as f64 / 1048576.0,
+        common::du(dir.path()) as f64 / 1048576.0,
         archived as f64 / 1048576.0,
-        (dir_size(dir.path()) - archived) as f64 / 1048576.0
+        (common::du(dir.path()) - archived) as f64 / 1048576.0
     );
     if std::env::var("NIXFLEET_BENCH_KEEP").is_ok() {
         println!("kept log at {}", dir.keep().display());

@@ -50,19 +50,6 @@ fn open(dir: &Path) -> (Engine, f64) {
     (e, t.elapsed().as_secs_f64())
 }
 
-fn du(p: &Path) -> u64 {
-    let Ok(m) = std::fs::metadata(p) else {
-        return 0;
-    };
-    if !m.is_dir() {
-        return m.len();
-    }
-    std::fs::read_dir(p)
-        .unwrap()
-        .map(|e| du(&e.unwrap().path()))
-        .sum()
-}
-
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
@@ -90,7 +77,7 @@ fn main() {
             "wrote {} events in {:.0} s; log {:.0} MiB on disk",
             log.last_seq().0,
             start.elapsed().as_secs_f64(),
-            du(&dir.path().join("log")) as f64 / 1048576.0
+            common::du(&dir.path().join("log")) as f64 / 1048576.0
         );
         // The writer outruns the archiver (about 100,000 events/s against a control plane's few
         // thousand); let it catch up, as it does under any real load, so that what follows
@@ -115,7 +102,7 @@ fn main() {
     println!(
         "snapshot written in {:.2} s, {:.1} MiB",
         t.elapsed().as_secs_f64(),
-        du(&snap) as f64 / 1048576.0
+        common::du(&snap) as f64 / 1048576.0
     );
     drop(e);
 

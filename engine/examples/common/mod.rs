@@ -1,9 +1,10 @@
-//! The events the log benchmarks write: registrations, up-to-date reports and passing health
-//! results (one check).
+//! What the log benchmarks share: the events they write (registrations, up-to-date reports and
+//! passing health results of one check) and the disk usage they print.
 #![allow(dead_code)] // Each example uses part of it.
 
 use nixfleet_core::event::{CheckResult, Event, Lifecycle};
 use nixfleet_core::ids::{MachineId, StorePath};
+use std::path::Path;
 
 /// One active machine registered per id.
 pub fn registered(machines: impl IntoIterator<Item = MachineId>, auto: bool) -> Vec<Event> {
@@ -50,4 +51,18 @@ pub fn health(
         }],
         all_passed: true,
     }
+}
+
+/// Bytes in the files under `p` (or of the file `p`; 0 when it does not exist).
+pub fn du(p: &Path) -> u64 {
+    let Ok(m) = std::fs::metadata(p) else {
+        return 0;
+    };
+    if !m.is_dir() {
+        return m.len();
+    }
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| du(&e.unwrap().path()))
+        .sum()
 }
