@@ -171,6 +171,17 @@ impl Spawned {
     fn cpu_seconds(&self) -> Option<f64> {
         cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
+
+    /// Its resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    fn rss_kib(&self) -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let field = |name: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
 }
 
 impl Drop for Spawned {
@@ -432,6 +443,14 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
         cpu_self.map(|c| format!("{:.2}", c / wall)).unwrap_or_else(|| "?".into()),
         loadavg()
     );
+    if let Some((rss, peak)) = spawned.as_ref().and_then(Spawned::rss_kib) {
+        println!(
+            "control plane memory after the load: RSS {:.1} MiB (peak {:.1} MiB), {:.1} KiB per machine",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            rss as f64 / args.agents.max(1) as f64
+        );
+    }
 
     if args.decision_rounds > 0 {
         let mut agents = agents;
