@@ -39,6 +39,7 @@ pub enum HostState {
 impl HostState {
     fn text(&self) -> String {
         match self {
+            HostState::Building { total: Some(0), .. } => "nothing to build".to_string(),
             HostState::Building {
                 done,
                 total: Some(t),

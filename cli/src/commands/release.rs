@@ -158,7 +158,7 @@ impl HostResult {
 fn evaluate_and_build(
     settings: &Settings,
     a: &CreateArgs,
-) -> Result<(Vec<Evaluated>, Vec<HostResult>)> {
+) -> Result<(Vec<Evaluated>, Vec<HostResult>, Progress)> {
     let v = settings.verbose;
     eprintln!("Evaluating {} (hosts {})", a.flake, a.hosts);
     let evaluation = eval::select(&a.flake, &a.hosts, v)?;
@@ -208,14 +208,8 @@ fn evaluate_and_build(
                 ));
             }
             None => {
-                progress.set(
-                    &e.host,
-                    HostState::Done(format!(
-                        "{} {}",
-                        if a.eval_only { "evaluated" } else { "built" },
-                        e.out
-                    )),
-                );
+                let what = if a.eval_only { "evaluated" } else { "built" };
+                progress.set(&e.host, HostState::Working(format!("{what} {}", e.out)));
                 results.push(HostResult {
                     host: e.host.clone(),
                     status: if a.eval_only { "evaluated" } else { "built" },
@@ -229,9 +223,8 @@ fn evaluate_and_build(
             }
         }
     }
-    progress.finish();
     results.sort_by(|x, y| x.host.cmp(&y.host));
-    Ok((ok, results))
+    Ok((ok, results, progress))
 }
 
 /// The summary on stderr: one row per host, then each failure with its log tail and the
@@ -280,6 +273,75 @@ fn flake_metadata(flake: &str, verbose: u8) -> (Option<String>, Option<String>) 
     }
 }
 
+/// Pushes the built closures (`--hook`, `--push-to` or the settings' push-to, `--copy`);
+/// returns what the hosts' closures ended as, for the progress display.
+fn push(
+    settings: &Settings,
+    a: &CreateArgs,
+    entries: &[Evaluated],
+    progress: &Progress,
+) -> Result<&'static str> {
+    let push_to = a.push_to.clone().or_else(|| {
+        if a.copy || a.hook {
+            None
+        } else {
+            settings.push_to.clone()
+        }
+    });
+    let v = settings.verbose;
+    if a.hook {
+        let cmd = settings.hook.push_cmd.as_deref().ok_or_else(|| {
+            CliError::usage("--hook needs push-cmd in the [cache.hook] section of .nixfleet.toml")
+        })?;
+        let mut paths: Vec<&StorePath> = entries.iter().map(|e| &e.out).collect();
+        paths.sort();
+        paths.dedup();
+        for path in paths {
+            // The command is the operator's own shell text; the path is validated and quoted.
+            let line = cmd.replace("{}", &crate::ssh::quote(path.as_str()));
+            progress.println(&format!("Pushing {path} with the [cache.hook] command"));
+            nix::run(
+                std::process::Command::new("sh").args(["-c", &line]),
+                "the [cache.hook] push-cmd",
+                v,
+            )
+            .map_err(|e| CliError::failed(format!("{e}; fix push-cmd in [cache.hook]")))?;
+        }
+    } else if let Some(url) = push_to {
+        let mut paths: Vec<&str> = entries.iter().map(|e| e.out.as_str()).collect();
+        paths.sort();
+        paths.dedup();
+        progress.println(&format!("Pushing {} closure(s) to {url}", paths.len()));
+        for e in entries {
+            progress.set(&e.host, HostState::Working(format!("pushing to {url}")));
+        }
+        nix::run(
+            nix::nix().args(["copy", "--to", &url]).args(&paths),
+            &format!("nix copy --to {url}"),
+            v,
+        )
+        .map_err(|e| {
+            CliError::failed(format!("{e}; check --push-to and that you may write there"))
+        })?;
+    } else if a.copy {
+        let opts = a.ssh_opts.clone().unwrap_or_default();
+        for e in entries {
+            progress.set(
+                &e.host,
+                HostState::Working(format!("copying {} to root@{}", e.out, e.host)),
+            );
+            let target = SshTarget::root_at(&e.host).map_err(CliError::Usage)?;
+            Remote::new(target, &opts, v)
+                .copy_closure(&e.out)
+                .map_err(|e| CliError::failed(e.message))?;
+        }
+    } else {
+        progress.println("note: closures were built but pushed nowhere; agents fetch them from their cache (--push-to) or need --copy");
+        return Ok("built");
+    }
+    Ok("pushed")
+}
+
 /// Builds and pushes, returning the request to post and every host's result.
 pub fn build_release(
     settings: &Settings,
@@ -287,8 +349,16 @@ pub fn build_release(
 ) -> Result<(CreateReleaseRequest, Vec<HostResult>)> {
     let v = settings.verbose;
     nix::check_flake_ref(&a.flake).map_err(CliError::Usage)?;
-    let (entries, results) = evaluate_and_build(settings, a)?;
-    print_summary(&results);
+    let (entries, results, progress) = evaluate_and_build(settings, a)?;
+    // Ends the progress display (each host that made it on `what` it did), then the summary.
+    let finish = |what: &str| {
+        for e in &entries {
+            progress.set(&e.host, HostState::Done(format!("{what} {}", e.out)));
+        }
+        progress.finish();
+        print_summary(&results);
+    };
+    let built = if a.eval_only { "evaluated" } else { "built" };
     let missing: Vec<&str> = results
         .iter()
         .filter(|r| r.status == "failed")
@@ -302,6 +372,7 @@ pub fn build_release(
             missing.join(", ")
         );
         if !a.allow_partial || entries.is_empty() {
+            finish(built);
             if settings.json && !a.dry_run {
                 output::json(&serde_json::json!({ "hosts": results }))?;
             }
@@ -311,62 +382,17 @@ pub fn build_release(
                 format!("{why}; fix them (see above), leave them out with --hosts, or record a release of the others with --allow-partial")
             }));
         }
-        eprintln!("warning: {why}; --allow-partial: the release leaves them out");
+        progress.println(&format!(
+            "warning: {why}; --allow-partial: the release leaves them out"
+        ));
     }
-    if !a.eval_only {
-        let push_to = a.push_to.clone().or_else(|| {
-            if a.copy || a.hook {
-                None
-            } else {
-                settings.push_to.clone()
-            }
-        });
-        if a.hook {
-            let cmd = settings.hook.push_cmd.as_deref().ok_or_else(|| {
-                CliError::usage(
-                    "--hook needs push-cmd in the [cache.hook] section of .nixfleet.toml",
-                )
-            })?;
-            let mut paths: Vec<&StorePath> = entries.iter().map(|e| &e.out).collect();
-            paths.sort();
-            paths.dedup();
-            for path in paths {
-                // The command is the operator's own shell text; the path is validated and quoted.
-                let line = cmd.replace("{}", &crate::ssh::quote(path.as_str()));
-                eprintln!("Pushing {path} with the [cache.hook] command");
-                nix::run(
-                    std::process::Command::new("sh").args(["-c", &line]),
-                    "the [cache.hook] push-cmd",
-                    v,
-                )
-                .map_err(|e| CliError::failed(format!("{e}; fix push-cmd in [cache.hook]")))?;
-            }
-        } else if let Some(url) = push_to {
-            let mut paths: Vec<&str> = entries.iter().map(|e| e.out.as_str()).collect();
-            paths.sort();
-            paths.dedup();
-            eprintln!("Pushing {} closure(s) to {url}", paths.len());
-            nix::run(
-                nix::nix().args(["copy", "--to", &url]).args(&paths),
-                &format!("nix copy --to {url}"),
-                v,
-            )
-            .map_err(|e| {
-                CliError::failed(format!("{e}; check --push-to and that you may write there"))
-            })?;
-        } else if a.copy {
-            let opts = a.ssh_opts.clone().unwrap_or_default();
-            for e in &entries {
-                eprintln!("[{}] copying {}", e.host, e.out);
-                let target = SshTarget::root_at(&e.host).map_err(CliError::Usage)?;
-                Remote::new(target, &opts, v)
-                    .copy_closure(&e.out)
-                    .map_err(|e| CliError::failed(e.message))?;
-            }
-        } else {
-            eprintln!("note: closures were built but pushed nowhere; agents fetch them from their cache (--push-to) or need --copy");
-        }
-    }
+    let pushed = if a.eval_only {
+        Ok(built)
+    } else {
+        push(settings, a, &entries, &progress)
+    };
+    finish(pushed.as_ref().map_or(built, |w| w));
+    pushed?;
     let (flake_ref, flake_rev) = flake_metadata(&a.flake, v);
     let req = CreateReleaseRequest {
         flake_ref: flake_ref.or_else(|| Some(a.flake.clone())),
