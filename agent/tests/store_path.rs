@@ -17,6 +17,14 @@ fn rejected(s: &str) -> InvalidId {
     }
 }
 
+/// Asserts that each of `paths` is rejected for `why`.
+fn assert_rejected_for<S: AsRef<str>>(why: &str, paths: &[S]) {
+    for p in paths {
+        let e = rejected(p.as_ref());
+        assert_eq!(e.why, why, "{:?}: {e}", p.as_ref());
+    }
+}
+
 #[test]
 fn a_nixos_toplevel_is_accepted_and_split_into_hash_and_name() {
     let p = ok(&format!(
@@ -33,16 +41,15 @@ fn every_character_nix_allows_in_a_name_is_accepted() {
 
 #[test]
 fn paths_outside_the_store_are_rejected() {
-    assert_eq!(rejected("/etc/passwd").why, StorePath::NOT_IN_STORE);
-    assert_eq!(
-        rejected(&format!("nix/store/{HASH}-x")).why,
-        StorePath::NOT_IN_STORE
+    assert_rejected_for(
+        StorePath::NOT_IN_STORE,
+        &[
+            "/etc/passwd".to_owned(),
+            format!("nix/store/{HASH}-x"),
+            format!("/nix/store2/{HASH}-x"),
+            String::new(),
+        ],
     );
-    assert_eq!(
-        rejected(&format!("/nix/store2/{HASH}-x")).why,
-        StorePath::NOT_IN_STORE
-    );
-    assert_eq!(rejected("").why, StorePath::NOT_IN_STORE);
 }
 
 #[test]
@@ -86,27 +93,20 @@ fn shell_metacharacters_and_whitespace_are_rejected() {
 #[test]
 fn a_hash_of_the_wrong_length_or_alphabet_is_rejected() {
     // 'e', 'o', 'u' and 't' are not in Nix's base-32 alphabet.
-    for bad in [
+    let bad_hashes = [
         "0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8",
         "0c5arqvvcm6n9a3xm1z2b8lvl8k7yq8qq",
         "ec5arqvvcm6n9a3xm1z2b8lvl8k7yq8q",
         "0C5ARQVVCM6N9A3XM1Z2B8LVL8K7YQ8Q",
         "-c5arqvvcm6n9a3xm1z2b8lvl8k7yq8q",
-    ] {
-        assert_eq!(
-            rejected(&format!("/nix/store/{bad}-x")).why,
-            StorePath::BAD_HASH,
-            "{bad}"
-        );
-    }
-    assert_eq!(
-        rejected(&format!("/nix/store/{HASH}")).why,
-        StorePath::BAD_HASH
-    );
-    assert_eq!(
-        rejected(&format!("/nix/store/{HASH}x")).why,
-        StorePath::BAD_HASH
-    );
+    ];
+    let mut paths: Vec<String> = bad_hashes
+        .iter()
+        .map(|h| format!("/nix/store/{h}-x"))
+        .collect();
+    paths.push(format!("/nix/store/{HASH}"));
+    paths.push(format!("/nix/store/{HASH}x"));
+    assert_rejected_for(StorePath::BAD_HASH, &paths);
 }
 
 #[test]
