@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Longest machine id accepted (as the control plane).
-pub const MACHINE_ID_LEN_MAX: usize = 128;
+pub const MACHINE_ID_LEN_MAX: usize = nixfleet_ids::ID_LEN_MAX;
 
 /// The agent's flags.
 #[derive(Debug, Clone, Parser)]
@@ -170,22 +170,15 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Checks a machine id: 1 to 128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Checks a machine id by the control plane's own rule (`nixfleet_ids::MachineId`): 1 to 128
+/// characters of `[A-Za-z0-9._-]`, not starting with '.' or '-'.
 pub fn validate_machine_id(id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= MACHINE_ID_LEN_MAX
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError(format!(
-            "invalid --machine-id {id:?}: use 1 to {MACHINE_ID_LEN_MAX} characters of A-Z a-z 0-9 . _ - (not \".\" or \"..\")"
-        )))
-    }
+    nixfleet_ids::MachineId::parse(id).map(|_| ()).map_err(|e| {
+        ConfigError(format!(
+            "invalid --machine-id {id:?}: it {}; use 1 to {MACHINE_ID_LEN_MAX} characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'",
+            e.why
+        ))
+    })
 }
 
 impl Config {
