@@ -27,7 +27,10 @@ fn no_shell_meta(what: &str, s: &str) {
             .any(|c| c.is_whitespace() || c.is_control() || SHELL_META.contains(&c)),
         "{what} {s:?} was accepted with a whitespace, control or shell character"
     );
-    assert!(s.is_ascii(), "{what} {s:?} was accepted with non-ASCII text");
+    assert!(
+        s.is_ascii(),
+        "{what} {s:?} was accepted with non-ASCII text"
+    );
 }
 
 fn check_store_path(s: &str) {
@@ -36,8 +39,12 @@ fn check_store_path(s: &str) {
         Err(e) => {
             // A refusal names the value and one of the three parts, on one line.
             assert!(
-                [StorePath::NOT_IN_STORE, StorePath::BAD_HASH, StorePath::BAD_NAME]
-                    .contains(&e.why),
+                [
+                    StorePath::NOT_IN_STORE,
+                    StorePath::BAD_HASH,
+                    StorePath::BAD_NAME
+                ]
+                .contains(&e.why),
                 "{s:?}: unexpected reason {e}"
             );
             assert!(!e.to_string().contains('\n'), "{s:?}: {e}");
@@ -50,15 +57,27 @@ fn check_store_path(s: &str) {
     let rest = s
         .strip_prefix("/nix/store/")
         .unwrap_or_else(|| panic!("{what} {s:?} accepted outside /nix/store/"));
-    assert!(!rest.contains('/'), "{what} {s:?} accepted with a '/' after the hash-name part");
+    assert!(
+        !rest.contains('/'),
+        "{what} {s:?} accepted with a '/' after the hash-name part"
+    );
     assert!(!rest.contains(".."), "{what} {s:?} accepted with '..'");
-    assert!(!rest.starts_with('.') && !rest.starts_with('-'), "{what} {s:?}");
+    assert!(
+        !rest.starts_with('.') && !rest.starts_with('-'),
+        "{what} {s:?}"
+    );
     no_shell_meta(what, s);
     // It splits into hash and name, and the two put back together are the path.
     let (hash, name) = (p.hash_part(), p.name());
     assert_eq!(hash.len(), 32, "{s:?}");
-    assert!(hash.chars().all(|c| NIX_BASE32.contains(c)), "{s:?}: hash {hash:?}");
-    assert!(!name.is_empty() && name.len() <= STORE_NAME_LEN_MAX, "{s:?}: name {name:?}");
+    assert!(
+        hash.chars().all(|c| NIX_BASE32.contains(c)),
+        "{s:?}: hash {hash:?}"
+    );
+    assert!(
+        !name.is_empty() && name.len() <= STORE_NAME_LEN_MAX,
+        "{s:?}: name {name:?}"
+    );
     assert!(!name.starts_with('.'), "{s:?}: name {name:?}");
     assert_eq!(format!("/nix/store/{hash}-{name}"), s);
     assert_eq!(p.as_path().to_str(), Some(s));
@@ -69,7 +88,10 @@ fn check_store_path(s: &str) {
     assert_eq!(StorePath::parse(&p.to_string()).as_ref(), Ok(&p));
     let json = serde_json::to_string(&p).expect("a store path serializes");
     assert_eq!(serde_json::from_str::<String>(&json).expect("a string"), s);
-    assert_eq!(serde_json::from_str::<StorePath>(&json).expect("decodes"), p);
+    assert_eq!(
+        serde_json::from_str::<StorePath>(&json).expect("decodes"),
+        p
+    );
 }
 
 fn check_id<T: ToString>(

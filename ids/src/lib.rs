@@ -281,8 +281,14 @@ mod tests {
     fn each_refusal_says_which_part_is_wrong() {
         let why = |s: &str| StorePath::parse(s).expect_err("refused").why;
         assert_eq!(why("/etc/passwd"), StorePath::NOT_IN_STORE);
-        assert_eq!(why("/nix/store/0123456789abcdfghijklmnpqrsvwxyz"), StorePath::BAD_HASH);
-        assert_eq!(why("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-"), StorePath::BAD_NAME);
+        assert_eq!(
+            why("/nix/store/0123456789abcdfghijklmnpqrsvwxyz"),
+            StorePath::BAD_HASH
+        );
+        assert_eq!(
+            why("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-"),
+            StorePath::BAD_NAME
+        );
         let e = StorePath::parse("/nix/store/x; rm -rf /").expect_err("refused");
         assert_eq!(
             e.to_string(),
@@ -295,7 +301,10 @@ mod tests {
         let p = StorePath::parse(GOOD).expect("valid");
         let json = serde_json::to_string(&p).expect("serializes");
         assert_eq!(json, format!("{GOOD:?}"));
-        assert_eq!(serde_json::from_str::<StorePath>(&json).expect("decodes"), p);
+        assert_eq!(
+            serde_json::from_str::<StorePath>(&json).expect("decodes"),
+            p
+        );
         let bad = "\"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a..b\"";
         assert!(serde_json::from_str::<StorePath>(bad).is_err());
     }
