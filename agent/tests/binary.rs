@@ -292,6 +292,13 @@ impl StubCp {
         });
     }
 
+    /// Waits up to `within` for at least `n` reports.
+    fn wait_reports(&self, n: usize, within: Duration) {
+        wait_until(&format!("{n} reports"), within, || {
+            self.reports().len() >= n
+        });
+    }
+
     fn reports(&self) -> Vec<Report> {
         self.reports.lock().expect("lock").clone()
     }
@@ -312,9 +319,15 @@ fn agent_in(dir: &Path, url: &str) -> Command {
     )
 }
 
+/// Starts an agent against the stand-in on `port` (plain HTTP), running [`RUNNING`], with a passing
+/// command check and an ordinary `PATH`.
+fn start_agent(port: u16, extra: &[&str]) -> RunningAgent {
+    start_agent_with(port, extra, PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"))
+}
+
 /// Starts an agent against the stand-in on `port` (plain HTTP), running [`RUNNING`], with these
 /// health checks, and `PATH` set to `env_path` (or unset).
-fn start_agent(
+fn start_agent_with(
     port: u16,
     extra: &[&str],
     health_json: &str,
@@ -341,7 +354,7 @@ const PASSING_COMMAND_CHECK: &str = r#"{"command":[{"name":"app","command":"test
 fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_with_exactly_its_tags(
 ) {
     let port = free_port();
-    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    let agent = start_agent(port, &[]);
     let line = agent.wait_for_log(
         "Initial poll failed, scheduling retry",
         Duration::from_secs(10),
@@ -351,9 +364,7 @@ fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_wi
 
     let cp = StubCp::default();
     cp.serve(TcpListener::bind(("127.0.0.1", port)).expect("bind the CP port"));
-    wait_until("a report", Duration::from_secs(10), || {
-        !cp.reports().is_empty()
-    });
+    cp.wait_reports(1, Duration::from_secs(10));
 
     let report = &cp.reports()[0];
     assert_eq!(report.machine_id, "web-01");
@@ -370,10 +381,8 @@ fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() 
     let (cp, port) = StubCp::start();
     cp.desire(RUNNING, None);
     // No PATH at all, like a bare systemd unit: a relative "sh" would fail with ENOENT.
-    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, None);
-    wait_until("a report", Duration::from_secs(10), || {
-        !cp.reports().is_empty()
-    });
+    let agent = start_agent_with(port, &[], PASSING_COMMAND_CHECK, None);
+    cp.wait_reports(1, Duration::from_secs(10));
     let report = &cp.reports()[0];
     assert_eq!(report.message, "up-to-date");
     let health = report
@@ -388,12 +397,7 @@ fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() 
 fn the_poll_hint_of_the_control_plane_shortens_polling() {
     let (cp, port) = StubCp::start();
     cp.desire(RUNNING, Some(1));
-    let agent = start_agent(
-        port,
-        &["--poll-interval", "3600"],
-        PASSING_COMMAND_CHECK,
-        Some("/usr/bin:/bin"),
-    );
+    let agent = start_agent(port, &["--poll-interval", "3600"]);
     wait_until(
         "three polls at the hinted interval",
         Duration::from_secs(8),
@@ -409,12 +413,7 @@ fn the_poll_hint_of_the_control_plane_shortens_polling() {
 #[test]
 fn periodic_health_reports_follow_the_health_interval() {
     let (cp, port) = StubCp::start();
-    let agent = start_agent(
-        port,
-        &["--health-interval", "1", "--poll-interval", "3600"],
-        PASSING_COMMAND_CHECK,
-        Some("/usr/bin:/bin"),
-    );
+    let agent = start_agent(port, &["--health-interval", "1", "--poll-interval", "3600"]);
     wait_until(
         "two periodic health reports",
         Duration::from_secs(8),
@@ -439,15 +438,8 @@ fn periodic_health_reports_follow_the_health_interval() {
 #[test]
 fn sigint_also_ends_the_agent_cleanly() {
     let (cp, port) = StubCp::start();
-    let mut agent = start_agent(
-        port,
-        &["--log-format", "human"],
-        PASSING_COMMAND_CHECK,
-        Some("/usr/bin:/bin"),
-    );
-    wait_until("a report", Duration::from_secs(10), || {
-        !cp.reports().is_empty()
-    });
+    let mut agent = start_agent(port, &["--log-format", "human"]);
+    cp.wait_reports(1, Duration::from_secs(10));
     signal(&agent.child, Signal::INT);
     let status = agent.child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
@@ -460,12 +452,7 @@ fn sigint_also_ends_the_agent_cleanly() {
 #[test]
 fn metrics_are_served_in_prometheus_format_on_the_metrics_port() {
     let (cp, port) = StubCp::start();
-    let agent = start_agent(
-        port,
-        &["--metrics-port", "0"],
-        PASSING_COMMAND_CHECK,
-        Some("/usr/bin:/bin"),
-    );
+    let agent = start_agent(port, &["--metrics-port", "0"]);
     let line = agent.wait_for_log("Serving Prometheus metrics", Duration::from_secs(10));
     let metrics_port: u16 = line
         .split("0.0.0.0:")
@@ -473,9 +460,7 @@ fn metrics_are_served_in_prometheus_format_on_the_metrics_port() {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line}"));
-    wait_until("a report", Duration::from_secs(10), || {
-        !cp.reports().is_empty()
-    });
+    cp.wait_reports(1, Duration::from_secs(10));
     let mut text = String::new();
     wait_until("the poll metrics", Duration::from_secs(5), || {
         text = scrape(metrics_port);
@@ -620,10 +605,16 @@ fn serve_mtls(cp: &StubCp, pki: &Pki) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
     (port, peers)
 }
 
-fn start_tls_agent(port: u16, tls_args: &[String]) -> RunningAgent {
+/// An agent over TLS to the stand-in on `port`, trusting the CA in `pki`'s file `ca`, and presenting
+/// `pki`'s client certificate when `client_cert`.
+fn start_tls_agent(port: u16, pki: &Pki, ca: &str, client_cert: bool) -> RunningAgent {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = agent_in(dir.path(), &format!("https://localhost:{port}"));
-    cmd.args(["--retry-interval", "1"]).args(tls_args);
+    cmd.args(["--retry-interval", "1", "--ca-cert", &pki.file(ca)]);
+    if client_cert {
+        cmd.args(["--client-cert", &pki.file("client.pem")])
+            .args(["--client-key", &pki.file("client.key")]);
+    }
     RunningAgent::spawn(cmd, Some(dir))
 }
 
@@ -632,20 +623,8 @@ fn the_agent_authenticates_with_its_client_certificate_and_trusts_the_fleet_ca()
     let pki = Pki::new();
     let cp = StubCp::default();
     let (port, peers) = serve_mtls(&cp, &pki);
-    let agent = start_tls_agent(
-        port,
-        &[
-            "--ca-cert".into(),
-            pki.file("ca.pem"),
-            "--client-cert".into(),
-            pki.file("client.pem"),
-            "--client-key".into(),
-            pki.file("client.key"),
-        ],
-    );
-    wait_until("a report over mTLS", Duration::from_secs(10), || {
-        !cp.reports().is_empty()
-    });
+    let agent = start_tls_agent(port, &pki, "ca.pem", true);
+    cp.wait_reports(1, Duration::from_secs(10));
     assert!(cp.polls() >= 1);
     assert_eq!(
         peers.lock().expect("lock")[0],
@@ -665,7 +644,7 @@ fn without_a_client_certificate_the_handshake_fails_and_the_agent_retries() {
     let pki = Pki::new();
     let cp = StubCp::default();
     let (port, _) = serve_mtls(&cp, &pki);
-    let agent = start_tls_agent(port, &["--ca-cert".into(), pki.file("ca.pem")]);
+    let agent = start_tls_agent(port, &pki, "ca.pem", false);
     agent.wait_for_log(
         "Initial poll failed, scheduling retry",
         Duration::from_secs(10),
@@ -681,17 +660,7 @@ fn a_control_plane_certificate_from_another_ca_is_not_trusted() {
     let pki = Pki::new();
     let cp = StubCp::default();
     let (port, peers) = serve_mtls(&cp, &pki);
-    let agent = start_tls_agent(
-        port,
-        &[
-            "--ca-cert".into(),
-            pki.file("other-ca.pem"),
-            "--client-cert".into(),
-            pki.file("client.pem"),
-            "--client-key".into(),
-            pki.file("client.key"),
-        ],
-    );
+    let agent = start_tls_agent(port, &pki, "other-ca.pem", true);
     let line = agent.wait_for_log("Cannot get the desired generation", Duration::from_secs(10));
     assert!(line.to_lowercase().contains("certificate"), "{line}");
     assert!(peers.lock().expect("lock").is_empty());
@@ -704,15 +673,13 @@ fn a_desired_path_that_exists_nowhere_is_logged_with_the_line_the_seed_greps_and
     let (cp, port) = StubCp::start();
     let missing = "/nix/store/1zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-nixos-system-fabricated";
     cp.desire(missing, None);
-    let agent = start_agent(port, &[], PASSING_COMMAND_CHECK, Some("/usr/bin:/bin"));
+    let agent = start_agent(port, &[]);
     let line = agent.wait_for_log(
         "not found locally and no cache URL configured",
         Duration::from_secs(10),
     );
     assert!(line.contains(missing), "{line}");
-    wait_until("the failure report", Duration::from_secs(5), || {
-        !cp.reports().is_empty()
-    });
+    cp.wait_reports(1, Duration::from_secs(5));
     let report = &cp.reports()[0];
     assert!(!report.success);
     assert_eq!(
@@ -743,9 +710,7 @@ fn a_broken_log_stream_does_not_stop_the_agent() {
         .stderr(write_end)
         .spawn()
         .expect("spawn");
-    wait_until("two reports", Duration::from_secs(10), || {
-        cp.reports().len() >= 2
-    });
+    cp.wait_reports(2, Duration::from_secs(10));
     assert!(agent.try_wait().expect("wait").is_none(), "the agent died");
     signal(&agent, Signal::TERM);
     assert_eq!(agent.wait().expect("wait").code(), Some(0));
@@ -866,7 +831,7 @@ fn a_desired_generation_built_to_traverse_or_reach_a_shell_is_refused_and_runs_n
         format!("{m}"),
         "--help".to_owned(),
     ];
-    let agent = start_agent(
+    let agent = start_agent_with(
         port,
         &["--poll-interval", "1"],
         r#"{}"#,
