@@ -201,6 +201,18 @@ impl Drop for Spawned {
     }
 }
 
+/// Prints the spawned control plane's memory now, in all and per machine.
+fn print_memory(spawned: Option<&Spawned>, agents: usize) {
+    if let Some((rss, peak)) = spawned.and_then(Spawned::rss_kib) {
+        println!(
+            "control plane memory after the load: RSS {:.1} MiB (peak {:.1} MiB), {:.1} KiB per machine",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            rss as f64 / agents.max(1) as f64
+        );
+    }
+}
+
 /// User + system CPU seconds of a process from /proc (clock ticks of 1/100 s, Linux's USER_HZ).
 fn cpu_seconds(stat_path: &str) -> Option<f64> {
     let s = std::fs::read_to_string(stat_path).ok()?;
@@ -443,14 +455,7 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
         cpu_self.map(|c| format!("{:.2}", c / wall)).unwrap_or_else(|| "?".into()),
         loadavg()
     );
-    if let Some((rss, peak)) = spawned.as_ref().and_then(Spawned::rss_kib) {
-        println!(
-            "control plane memory after the load: RSS {:.1} MiB (peak {:.1} MiB), {:.1} KiB per machine",
-            rss as f64 / 1024.0,
-            peak as f64 / 1024.0,
-            rss as f64 / args.agents.max(1) as f64
-        );
-    }
+    print_memory(spawned.as_ref(), args.agents);
 
     if args.decision_rounds > 0 {
         let mut agents = agents;

@@ -560,15 +560,13 @@ pub fn write_segment(
     install(dir, first, last, |tmp| {
         packed::write(tmp, first, prev_hash, &entries, 0, Vec::new()).map(|_| ())
     })?;
-    Ok(Segment {
-        first,
-        last,
-        prev_hash,
-        last_hash: hash_bytes(records.last().expect("not empty").0),
-        packed: true,
-        compacted_at_ms: 0,
-        path: dir.join(file_name(first, last)),
-    })
+    let last_hash = hash_bytes(records.last().expect("not empty").0);
+    Ok(Segment::new(
+        dir,
+        (first, last),
+        (prev_hash, last_hash),
+        true,
+    ))
 }
 
 /// Makes `dir` (and its entry) durable, lets `write` fill a temporary file (fsynced), renames it
@@ -629,28 +627,60 @@ pub fn write_segment_v1(
             w.write_all(bytes)?;
             pos += 4 + bytes.len() as u64;
         }
-        index.streams = streams
-            .into_iter()
-            .map(|(s, o)| (s.to_owned(), o))
-            .collect();
-        let raw = bincode::serde::encode_to_vec(&index, bincode::config::standard())
-            .map_err(std::io::Error::other)?;
-        w.write_all(&raw)?;
-        w.write_all(&pos.to_be_bytes())?;
-        w.write_all(&(raw.len() as u64).to_be_bytes())?;
-        w.write_all(&Sha256::digest(&raw))?;
-        w.write_all(INDEX_MAGIC)?;
+        index.streams = stream_list(streams);
+        write_index(&mut w, pos, &index)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     })?;
-    Ok(Segment {
-        first,
-        last,
-        prev_hash,
-        last_hash,
-        packed: false,
-        compacted_at_ms: 0,
-        path: dir.join(file_name(first, last)),
-    })
+    Ok(Segment::new(
+        dir,
+        (first, last),
+        (prev_hash, last_hash),
+        false,
+    ))
+}
+
+/// Each stream with the ordinals of its records, sorted by stream (for an index).
+pub(super) fn stream_list(
+    streams: std::collections::BTreeMap<&str, Vec<u32>>,
+) -> Vec<(String, Vec<u32>)> {
+    streams
+        .into_iter()
+        .map(|(s, o)| (s.to_owned(), o))
+        .collect()
+}
+
+/// Writes `index` (bincode) at `pos`, then the trailer naming it: offset, length, SHA-256, magic.
+pub(super) fn write_index(
+    w: &mut impl Write,
+    pos: u64,
+    index: &impl Serialize,
+) -> std::io::Result<()> {
+    let raw = bincode::serde::encode_to_vec(index, bincode::config::standard())
+        .map_err(std::io::Error::other)?;
+    w.write_all(&raw)?;
+    w.write_all(&pos.to_be_bytes())?;
+    w.write_all(&(raw.len() as u64).to_be_bytes())?;
+    w.write_all(&Sha256::digest(&raw))?;
+    w.write_all(INDEX_MAGIC)
+}
+
+impl Segment {
+    fn new(
+        dir: &Path,
+        (first, last): (u64, u64),
+        (prev_hash, last_hash): ([u8; 32], [u8; 32]),
+        packed: bool,
+    ) -> Segment {
+        Segment {
+            first,
+            last,
+            prev_hash,
+            last_hash,
+            packed,
+            compacted_at_ms: 0,
+            path: dir.join(file_name(first, last)),
+        }
+    }
 }
 
 #[cfg(test)]

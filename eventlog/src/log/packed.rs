@@ -17,7 +17,6 @@
 
 use super::{hash_bytes, LogError, RECORD_BYTES_MAX};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -185,17 +184,8 @@ pub fn write(
         pos += 8 + packed.len() as u64;
     }
     let last = seq - 1;
-    index.streams = streams
-        .into_iter()
-        .map(|(s, o)| (s.to_owned(), o))
-        .collect();
-    let ix = bincode::serde::encode_to_vec(&index, bincode::config::standard())
-        .map_err(std::io::Error::other)?;
-    w.write_all(&ix)?;
-    w.write_all(&pos.to_be_bytes())?;
-    w.write_all(&(ix.len() as u64).to_be_bytes())?;
-    w.write_all(&Sha256::digest(&ix))?;
-    w.write_all(super::archive::INDEX_MAGIC)?;
+    index.streams = super::archive::stream_list(streams);
+    super::archive::write_index(&mut w, pos, &index)?;
     let mut f = w.into_inner().map_err(|e| e.into_error())?;
     f.seek(SeekFrom::Start(0))?;
     f.write_all(MAGIC_V2)?;
