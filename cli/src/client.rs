@@ -255,20 +255,16 @@ fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
     })
 }
 
-/// Checks an id before it becomes a URL path segment (machine ids, key names, `rel-…`, `r-…`).
-pub fn path_id(what: &str, id: &str) -> Result<String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(id.to_string())
-    } else {
-        Err(CliError::usage(format!(
-            "{what} {id:?}: use letters, digits, '-', '_' and '.'"
-        )))
+/// Checks an id by its one rule (`parse`, from nixfleet-ids: `MachineId::parse`, `KeyName::parse`, …)
+/// before it becomes a URL path segment.
+pub fn path_id<T>(
+    what: &str,
+    id: &str,
+    parse: fn(&str) -> std::result::Result<T, nixfleet_ids::InvalidId>,
+) -> Result<String> {
+    match parse(id) {
+        Ok(_) => Ok(id.to_string()),
+        Err(e) => Err(CliError::usage(format!("{what} {id:?}: {}", e.why))),
     }
 }
 

@@ -26,19 +26,12 @@ pub fn check_flake_ref(flake: &str) -> Result<(), String> {
 
 /// Host names as they appear in `nixosConfigurations` and as machine ids.
 pub fn check_host_name(host: &str) -> Result<(), String> {
-    let ok = !host.is_empty()
-        && host.len() <= 128
-        && !host.starts_with(['-', '.'])
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "host name {host:?} is not usable as a machine id (letters, digits, '-', '_', '.')"
-        ))
-    }
+    nixfleet_ids::MachineId::parse(host).map(drop).map_err(|e| {
+        format!(
+            "host name {host:?} is not usable as a machine id: {}",
+            e.why
+        )
+    })
 }
 
 /// `nix eval <flake>#nixosConfigurations --apply builtins.attrNames --json`.

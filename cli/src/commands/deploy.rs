@@ -186,7 +186,7 @@ pub struct DeployArgs {
 /// Rollout mode: create (or reuse) a release, then a rollout of it.
 fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
     let release_id = match &args.release {
-        Some(id) => crate::client::path_id("--release", id)?,
+        Some(id) => crate::client::path_id("--release", id, nixfleet_ids::ReleaseId::parse)?,
         None => {
             let create = release::CreateArgs {
                 flake: args.flake.clone(),

@@ -6,6 +6,7 @@ use crate::output::{self, or_dash, Table};
 use crate::settings::Settings;
 use crate::time;
 use clap::Subcommand;
+use nixfleet_ids::KeyName;
 use nixfleet_proto::api::v1::{ApiKeyCreated, ApiKeyInfo, CreateKeyRequest};
 
 /// `nixfleet keys …`.
@@ -62,7 +63,7 @@ pub fn run(settings: &Settings, cmd: KeysCmd) -> Result<()> {
             ))
         }
         KeysCmd::Create { name, role, save } => {
-            path_id("--name", &name)?;
+            path_id("--name", &name, KeyName::parse)?;
             if !ROLES.contains(&role.as_str()) {
                 return Err(CliError::usage(format!(
                     "--role {role:?}: use one of {}",
@@ -109,7 +110,7 @@ pub fn run(settings: &Settings, cmd: KeysCmd) -> Result<()> {
             t.print()
         }
         KeysCmd::Revoke { name } => {
-            let name = path_id("key name", &name)?;
+            let name = path_id("key name", &name, KeyName::parse)?;
             Client::new(settings)?.delete(&format!("/api/v1/keys/{name}"))?;
             if settings.json {
                 output::json(&serde_json::json!({ "revoked": name }))

@@ -6,6 +6,7 @@ use crate::output::{self, or_dash, short_path, Table};
 use crate::settings::Settings;
 use crate::time;
 use clap::{Args, Subcommand};
+use nixfleet_ids::MachineId;
 use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::{
     LifecycleRequest, MachineStatus, NotifyDeployRequest, RegisterRequest, RegisterResponse,
@@ -117,7 +118,7 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
             tags,
             lifecycle,
         } => {
-            let id = path_id("machine id", &id)?;
+            let id = path_id("machine id", &id, MachineId::parse)?;
             check_lifecycle(&lifecycle)?;
             let resp: RegisterResponse = client.post(
                 &format!("/api/v1/machines/{id}/register"),
@@ -135,7 +136,7 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
             ))
         }
         MachinesCmd::SetLifecycle { id, state } => {
-            let id = path_id("machine id", &id)?;
+            let id = path_id("machine id", &id, MachineId::parse)?;
             check_lifecycle(&state)?;
             client.patch_unit(
                 &format!("/api/v1/machines/{id}/lifecycle"),
@@ -150,7 +151,7 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
             )
         }
         MachinesCmd::ClearDesired { id } => {
-            let id = path_id("machine id", &id)?;
+            let id = path_id("machine id", &id, MachineId::parse)?;
             client.delete(&format!("/api/v1/machines/{id}/desired-generation"))?;
             done(
                 settings,
@@ -159,7 +160,7 @@ pub fn run(settings: &Settings, cmd: MachinesCmd) -> Result<()> {
             )
         }
         MachinesCmd::NotifyDeploy { id, store_path } => {
-            let id = path_id("machine id", &id)?;
+            let id = path_id("machine id", &id, MachineId::parse)?;
             let path = StorePath::try_from(store_path.as_str())
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             client.post_unit(

@@ -162,19 +162,13 @@ pub fn init(a: &InitArgs) -> Result<(PathBuf, PathBuf)> {
 
 /// A name usable as a CN and as a file name.
 fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CliError::usage(format!(
-            "--name {name:?}: use letters, digits, '.', '-' and '_' (a machine id or operator name)"
-        )))
-    }
+    // A machine's CN is its machine id, and an operator's name follows the same rule.
+    nixfleet_ids::MachineId::parse(name).map(drop).map_err(|e| {
+        CliError::usage(format!(
+            "--name {name:?}: {} (a machine id or operator name)",
+            e.why
+        ))
+    })
 }
 
 fn san(entry: &str) -> Result<SanType> {

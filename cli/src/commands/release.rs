@@ -19,6 +19,7 @@ use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{Remote, SshTarget};
 use clap::{Args, Subcommand};
+use nixfleet_ids::ReleaseId;
 use nixfleet_ids::StorePath;
 use nixfleet_proto::api::v1::{
     CreateReleaseRequest, CreateReleaseResponse, Release, ReleaseDiff, ReleaseEntry,
@@ -489,7 +490,7 @@ pub fn run(settings: &Settings, cmd: ReleaseCmd) -> Result<()> {
             t.print()
         }
         ReleaseCmd::Show { id } => {
-            let id = path_id("release id", &id)?;
+            let id = path_id("release id", &id, ReleaseId::parse)?;
             let r: Release = Client::new(settings)?.get(&format!("/api/v1/releases/{id}"))?;
             if settings.json {
                 return output::json(&r);
@@ -516,7 +517,10 @@ pub fn run(settings: &Settings, cmd: ReleaseCmd) -> Result<()> {
             t.print()
         }
         ReleaseCmd::Diff { a, b } => {
-            let (a, b) = (path_id("release id", &a)?, path_id("release id", &b)?);
+            let (a, b) = (
+                path_id("release id", &a, ReleaseId::parse)?,
+                path_id("release id", &b, ReleaseId::parse)?,
+            );
             let d: ReleaseDiff =
                 Client::new(settings)?.get(&format!("/api/v1/releases/{a}/diff/{b}"))?;
             if settings.json {
@@ -543,7 +547,7 @@ pub fn run(settings: &Settings, cmd: ReleaseCmd) -> Result<()> {
             ))
         }
         ReleaseCmd::Delete { id } => {
-            let id = path_id("release id", &id)?;
+            let id = path_id("release id", &id, ReleaseId::parse)?;
             Client::new(settings)?.delete(&format!("/api/v1/releases/{id}"))?;
             if settings.json {
                 output::json(&serde_json::json!({ "deleted": id }))

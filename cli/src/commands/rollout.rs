@@ -10,6 +10,7 @@ use crate::output::{self, Table};
 use crate::settings::Settings;
 use crate::time;
 use clap::{Args, Subcommand};
+use nixfleet_ids::{MachineId, ReleaseId, RolloutId};
 use nixfleet_proto::api::v1::{
     CreateRolloutRequest, CreateRolloutResponse, MachineHealth, RolloutDetail, RolloutTarget,
 };
@@ -168,7 +169,7 @@ fn check_size(spec: &str, what: &str, allow_zero: bool) -> Result<()> {
 
 /// Validates the arguments and fills in defaults from `[deploy]`.
 pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutRequest> {
-    let release_id = path_id("--release", &a.release)?;
+    let release_id = path_id("--release", &a.release, ReleaseId::parse)?;
     let strategy = a
         .strategy
         .clone()
@@ -218,7 +219,7 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
         RolloutTarget::Tags(a.tags.clone())
     } else {
         for h in &a.hosts {
-            path_id("--hosts", h)?;
+            path_id("--hosts", h, MachineId::parse)?;
         }
         RolloutTarget::Hosts(a.hosts.clone())
     };
@@ -504,7 +505,7 @@ pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
             t.print()
         }
         RolloutCmd::Status(a) => {
-            let id = path_id("rollout id", &a.id)?;
+            let id = path_id("rollout id", &a.id, RolloutId::parse)?;
             let client = Client::new(settings)?;
             if a.wait || a.watch {
                 return wait(settings, &client, &id, a.watch, a.interval, a.wait_timeout);
@@ -519,7 +520,7 @@ pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
         RolloutCmd::Resume { id } => action(settings, &id, "resume", "Resumed"),
         RolloutCmd::Cancel { id } => action(settings, &id, "cancel", "Cancelled"),
         RolloutCmd::Delete { id } => {
-            let id = path_id("rollout id", &id)?;
+            let id = path_id("rollout id", &id, RolloutId::parse)?;
             Client::new(settings)?.delete(&format!("/api/v1/rollouts/{id}"))?;
             if settings.json {
                 output::json(&serde_json::json!({ "deleted": id }))
@@ -531,7 +532,7 @@ pub fn run(settings: &Settings, cmd: RolloutCmd) -> Result<()> {
 }
 
 fn action(settings: &Settings, id: &str, verb: &str, done: &str) -> Result<()> {
-    let id = path_id("rollout id", id)?;
+    let id = path_id("rollout id", id, RolloutId::parse)?;
     Client::new(settings)?.post_unit::<()>(&format!("/api/v1/rollouts/{id}/{verb}"), None)?;
     if settings.json {
         output::json(&serde_json::json!({ "rollout_id": id, "action": verb }))
