@@ -19,7 +19,15 @@ fn ids_in_url_paths_follow_the_rule_of_their_kind() {
     );
     assert!(path_id("machine id", "ops:alice", MachineId::parse).is_err());
     for (id, ok) in [("rel-1", true), ("r-1", true), ("a/b", false), ("", false)] {
-        assert_eq!(path_id("release id", id, ReleaseId::parse).is_ok(), ok, "{id}");
-        assert_eq!(path_id("rollout id", id, RolloutId::parse).is_ok(), ok, "{id}");
+        assert_eq!(
+            path_id("release id", id, ReleaseId::parse).is_ok(),
+            ok,
+            "{id}"
+        );
+        assert_eq!(
+            path_id("rollout id", id, RolloutId::parse).is_ok(),
+            ok,
+            "{id}"
+        );
     }
 }
