@@ -740,4 +740,46 @@ mod tests {
         assert_eq!(got[0], (2100, b"record 2100".to_vec()));
         assert_eq!(a.get(3000).unwrap(), Some(b"record 3000".to_vec()));
     }
+
+    /// Chained records of a real log, with record 5's link broken when `broken`.
+    fn chained(n: u64, broken: bool) -> Vec<Vec<u8>> {
+        use nixfleet_core::ids::{KeyName, Seq, Timestamp};
+        let (mut prev, mut out) = ([0u8; 32], Vec::new());
+        for i in 1..=n {
+            let event = nixfleet_core::Event::ApiKeyRevoked {
+                name: KeyName::parse(&format!("k{i}")).unwrap(),
+            };
+            let link = if broken && i == 5 { [7u8; 32] } else { prev };
+            let actor = nixfleet_core::Actor::System;
+            let bytes = super::super::encode_record(Seq(i), Timestamp(i), &actor, link, &event);
+            prev = hash_bytes(&bytes);
+            out.push(bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn a_segment_whose_chain_is_broken_is_not_compacted() {
+        for broken in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let recs = chained(10, broken);
+            let refs: Vec<(&[u8], &str)> = recs.iter().map(|b| (b.as_slice(), "key:k")).collect();
+            let seg = write_segment(dir.path(), 1, [0; 32], &refs).unwrap();
+            let before = std::fs::read(dir.path().join(file_name(1, 10))).unwrap();
+            let all = |_: &super::super::Record, _: Option<&super::super::Record>| true;
+            match Archive::prepare_compaction(&seg, 0, 1, Default::default(), &all) {
+                Ok(c) => {
+                    assert!(!broken, "a broken chain was compacted");
+                    assert_eq!(c.removed, 10);
+                }
+                Err(LogError::Corrupt { seq, .. }) => assert!(broken && seq == 5, "{seq}"),
+                Err(e) => panic!("{e}"),
+            }
+            let after = std::fs::read(dir.path().join(file_name(1, 10))).unwrap();
+            assert_eq!(
+                before, after,
+                "the segment itself is untouched until installed"
+            );
+        }
+    }
 }
