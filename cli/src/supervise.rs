@@ -9,7 +9,7 @@ use crate::error::{CliError, Result};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Supervisor {
     procs: Mutex<Vec<Proc>>,
     interrupted: AtomicBool,
+    /// Held for the whole of a stop, so that a second stop (the signal thread's while the main
+    /// thread stops on an error, or the other way round) waits until every child is gone
+    /// instead of finding the list empty and letting the process exit under the first.
+    stopping: Mutex<()>,
+    stopped: AtomicUsize,
 }
 
 struct Proc {
@@ -88,8 +93,10 @@ impl Supervisor {
     }
 
     /// Stops every child and its process group, the last started first; returns how many
-    /// there were.
+    /// were stopped in all (by this call and any earlier one). A call made while another is
+    /// stopping returns once that one is done.
     pub fn stop(&self) -> usize {
+        let _one_at_a_time = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
         let mut procs = std::mem::take(&mut *self.lock());
         // Agents first, so they do not spend their last moments retrying a stopped control plane.
         procs.reverse();
@@ -114,7 +121,7 @@ impl Supervisor {
                 }
             }
         }
-        procs.len()
+        self.stopped.fetch_add(procs.len(), Ordering::SeqCst) + procs.len()
     }
 
     /// On SIGINT or SIGTERM: mark the supervisor interrupted, stop the children, and exit the

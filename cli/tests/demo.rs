@@ -409,9 +409,17 @@ fn ctrl_c_stops_every_process_exiting_0_with_keep_running_and_130_mid_run() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start the demo");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // Stdout is read to its end on a thread of its own: a test that stopped reading (closing
+        // the pipe) would make the demo's next write fail, an error path of its own.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         let mut seen = String::new();
-        for line in lines.map_while(Result::ok) {
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(120)) {
             seen.push_str(&line);
             seen.push('\n');
             if line.contains(until) {
