@@ -748,11 +748,13 @@ fn status_args() -> machines::StatusArgs {
 fn rollout_args(release: &str, strategy: &str, tag: &str) -> rollout::CreateArgs {
     rollout::CreateArgs {
         release: release.to_string(),
-        strategy: Some(strategy.to_string()),
-        batch_size: vec![],
-        failure_threshold: Some("0".into()),
-        on_failure: Some("pause".into()),
-        health_timeout: Some(HEALTH_TIMEOUT_SECS),
+        batches: rollout::BatchArgs {
+            strategy: Some(strategy.to_string()),
+            batch_size: vec![],
+            failure_threshold: Some("0".into()),
+            on_failure: Some("pause".into()),
+            health_timeout: Some(HEALTH_TIMEOUT_SECS),
+        },
         tags: vec![tag.to_string()],
         hosts: vec![],
         cache_url: None,

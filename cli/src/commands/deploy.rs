@@ -20,8 +20,8 @@ use crate::output;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{
-    Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshTarget, Step, StepError,
-    TargetState,
+    Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshOpts, SshTarget, Step,
+    StepError, TargetState,
 };
 use clap::Args;
 use nixfleet_ids::StorePath;
@@ -43,7 +43,7 @@ const CONFIRM_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// Deploy over SSH directly, without the control plane.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = rollout::BatchArgs::IDS)]
     pub ssh: bool,
     /// SSH destination (user@host); only when exactly one host matches [default: root@<host>].
     #[arg(long, requires = "ssh")]
@@ -54,14 +54,9 @@ pub struct DeployArgs {
     /// Hosts to deploy: comma-separated globs over nixosConfigurations names.
     #[arg(long, default_value = "*")]
     pub hosts: String,
-    /// Extra ssh options, as in NIX_SSHOPTS (e.g. "-i key -p 2222") [default: $NIX_SSHOPTS].
-    #[arg(
-        long,
-        env = "NIX_SSHOPTS",
-        value_name = "OPTS",
-        allow_hyphen_values = true
-    )]
-    pub ssh_opts: Option<String>,
+    /// Extra ssh options (`--ssh-opts`, default $NIX_SSHOPTS).
+    #[command(flatten)]
+    pub ssh_opts: SshOpts,
     /// Build and show what would be switched; copy and switch nothing.
     #[arg(long, requires = "ssh")]
     pub dry_run: bool,
@@ -128,42 +123,9 @@ pub struct DeployArgs {
         help_heading = "Rollout mode (without --ssh)"
     )]
     pub tags: Vec<String>,
-    /// Canary, staged or all-at-once.
-    #[arg(
-        long,
-        conflicts_with = "ssh",
-        help_heading = "Rollout mode (without --ssh)"
-    )]
-    pub strategy: Option<String>,
-    /// Batch sizes for staged, e.g. 1,25%,100%.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        conflicts_with = "ssh",
-        help_heading = "Rollout mode (without --ssh)"
-    )]
-    pub batch_size: Vec<String>,
-    /// Unhealthy machines tolerated per batch (N or P%).
-    #[arg(
-        long,
-        conflicts_with = "ssh",
-        help_heading = "Rollout mode (without --ssh)"
-    )]
-    pub failure_threshold: Option<String>,
-    /// Pause or revert when a batch fails.
-    #[arg(
-        long,
-        conflicts_with = "ssh",
-        help_heading = "Rollout mode (without --ssh)"
-    )]
-    pub on_failure: Option<String>,
-    /// Seconds a batch waits for health reports.
-    #[arg(
-        long,
-        conflicts_with = "ssh",
-        help_heading = "Rollout mode (without --ssh)"
-    )]
-    pub health_timeout: Option<u64>,
+    /// How the machines are cut into batches and how a batch is judged.
+    #[command(flatten, next_help_heading = "Rollout mode (without --ssh)")]
+    pub batches: rollout::BatchArgs,
     /// Show the batches and start nothing.
     #[arg(
         long,
@@ -222,11 +184,7 @@ fn rollout_mode(settings: &Settings, args: DeployArgs) -> Result<()> {
     };
     let create = rollout::CreateArgs {
         release: release_id,
-        strategy: args.strategy,
-        batch_size: args.batch_size,
-        failure_threshold: args.failure_threshold,
-        on_failure: args.on_failure,
-        health_timeout: args.health_timeout,
+        batches: args.batches,
         tags: args.tags,
         hosts,
         cache_url: args.cache_url,
@@ -263,7 +221,7 @@ pub fn run(settings: &Settings, args: DeployArgs) -> Result<()> {
         Some(t) => Some(SshTarget::parse(t).map_err(CliError::Usage)?),
         None => None,
     };
-    let ssh_opts = args.ssh_opts.clone().unwrap_or_default();
+    let ssh_opts = args.ssh_opts.as_str().to_string();
     let checks = health_checks(&args)?;
     let progress = Progress::new("deploying", count);
 

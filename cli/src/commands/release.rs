@@ -17,7 +17,7 @@ use crate::output::{self, or_dash, Table};
 use crate::process::last_line;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
-use crate::ssh::{Remote, SshTarget};
+use crate::ssh::{Remote, SshOpts, SshTarget};
 use clap::{Args, Subcommand};
 use nixfleet_ids::ReleaseId;
 use nixfleet_ids::StorePath;
@@ -84,14 +84,9 @@ pub struct CreateArgs {
     /// The cache URL agents fetch from [default: [cache] url of .nixfleet.toml].
     #[arg(long, value_name = "URL")]
     pub cache_url: Option<String>,
-    /// Extra ssh options for --copy, as in NIX_SSHOPTS.
-    #[arg(
-        long,
-        env = "NIX_SSHOPTS",
-        value_name = "OPTS",
-        allow_hyphen_values = true
-    )]
-    pub ssh_opts: Option<String>,
+    /// Extra ssh options (`--ssh-opts`, default $NIX_SSHOPTS).
+    #[command(flatten)]
+    pub ssh_opts: SshOpts,
     /// Build and push, then print the release instead of posting it.
     #[arg(long)]
     pub dry_run: bool,
@@ -325,7 +320,7 @@ fn push(
             CliError::failed(format!("{e}; check --push-to and that you may write there"))
         })?;
     } else if a.copy {
-        let opts = a.ssh_opts.clone().unwrap_or_default();
+        let opts = a.ssh_opts.as_str().to_string();
         for e in entries {
             progress.set(
                 &e.host,

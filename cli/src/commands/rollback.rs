@@ -11,7 +11,7 @@ use crate::error::{CliError, Result};
 use crate::nix;
 use crate::output;
 use crate::settings::Settings;
-use crate::ssh::{previous_generation, Activation, Remote, SshTarget, StepError};
+use crate::ssh::{previous_generation, Activation, Remote, SshOpts, SshTarget, StepError};
 use clap::Args;
 use nixfleet_ids::StorePath;
 
@@ -30,14 +30,9 @@ pub struct RollbackArgs {
     /// The system store path to switch to [default: the previous system profile generation].
     #[arg(long, value_name = "STORE_PATH")]
     pub generation: Option<String>,
-    /// Extra ssh options, as in NIX_SSHOPTS [default: $NIX_SSHOPTS].
-    #[arg(
-        long,
-        env = "NIX_SSHOPTS",
-        value_name = "OPTS",
-        allow_hyphen_values = true
-    )]
-    pub ssh_opts: Option<String>,
+    /// Extra ssh options (`--ssh-opts`, default $NIX_SSHOPTS).
+    #[command(flatten)]
+    pub ssh_opts: SshOpts,
     /// switch (now and at boot) or boot (at the next boot only).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = Activation::Switch)]
     pub activation: Activation,
@@ -73,11 +68,7 @@ pub fn run(settings: &Settings, args: RollbackArgs) -> Result<()> {
         None => SshTarget::root_at(&args.host),
     }
     .map_err(CliError::Usage)?;
-    let remote = Remote::new(
-        target,
-        args.ssh_opts.as_deref().unwrap_or(""),
-        settings.verbose,
-    );
+    let remote = Remote::new(target, args.ssh_opts.as_str(), settings.verbose);
 
     let path = match generation {
         Some(p) => p,

@@ -52,22 +52,9 @@ pub struct CreateArgs {
     /// The release to roll out (rel-…).
     #[arg(long)]
     pub release: String,
-    /// canary (1 machine, then the rest), staged (--batch-size) or all-at-once
-    /// [default: [deploy] strategy, else canary; staged when --batch-size is given].
-    #[arg(long)]
-    pub strategy: Option<String>,
-    /// Batch sizes for staged: counts or percentages of the remaining machines, e.g. 1,25%,100%.
-    #[arg(long, value_delimiter = ',')]
-    pub batch_size: Vec<String>,
-    /// Unhealthy machines tolerated per batch: N or P% [default: [deploy] failure-threshold, else 0].
-    #[arg(long)]
-    pub failure_threshold: Option<String>,
-    /// What a failed batch does: pause or revert [default: [deploy] on-failure, else pause].
-    #[arg(long)]
-    pub on_failure: Option<String>,
-    /// Seconds a batch waits for health reports [default: [deploy] health-timeout, else 300].
-    #[arg(long)]
-    pub health_timeout: Option<u64>,
+    /// How the machines are cut into batches and how a batch is judged.
+    #[command(flatten)]
+    pub batches: BatchArgs,
     /// Target machines carrying all these tags (comma separated).
     #[arg(
         long,
@@ -94,6 +81,39 @@ pub struct CreateArgs {
     /// With --wait: give up after this many seconds (0: never).
     #[arg(long, default_value_t = 600)]
     pub wait_timeout: u64,
+}
+
+/// How a rollout is cut into batches and how a batch is judged: the options `rollout create` and
+/// `deploy` (rollout mode) share.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BatchArgs {
+    /// canary (1 machine, then the rest), staged (--batch-size) or all-at-once
+    /// [default: [deploy] strategy, else canary; staged when --batch-size is given].
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Batch sizes for staged: counts or percentages of the remaining machines, e.g. 1,25%,100%.
+    #[arg(long, value_delimiter = ',')]
+    pub batch_size: Vec<String>,
+    /// Unhealthy machines tolerated per batch: N or P% [default: [deploy] failure-threshold, else 0].
+    #[arg(long)]
+    pub failure_threshold: Option<String>,
+    /// What a failed batch does: pause or revert [default: [deploy] on-failure, else pause].
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    /// Seconds a batch waits for health reports [default: [deploy] health-timeout, else 300].
+    #[arg(long)]
+    pub health_timeout: Option<u64>,
+}
+
+impl BatchArgs {
+    /// The ids of these arguments, for a mode that conflicts with all of them (`deploy --ssh`).
+    pub const IDS: [&'static str; 5] = [
+        "strategy",
+        "batch_size",
+        "failure_threshold",
+        "on_failure",
+        "health_timeout",
+    ];
 }
 
 /// `rollout create`: the request and its options.
@@ -170,10 +190,11 @@ fn check_size(spec: &str, what: &str, allow_zero: bool) -> Result<()> {
 /// Validates the arguments and fills in defaults from `[deploy]`.
 pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutRequest> {
     let release_id = path_id("--release", &a.release, ReleaseId::parse)?;
-    let strategy = a
+    let b = &a.batches;
+    let strategy = b
         .strategy
         .clone()
-        .or_else(|| (!a.batch_size.is_empty()).then(|| "staged".to_string()))
+        .or_else(|| (!b.batch_size.is_empty()).then(|| "staged".to_string()))
         .or_else(|| settings.deploy.strategy.clone())
         .unwrap_or_else(|| "canary".to_string())
         .replace('-', "_");
@@ -182,21 +203,21 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
             "--strategy {strategy:?}: use canary, staged or all-at-once"
         )));
     }
-    if !a.batch_size.is_empty() && strategy != "staged" {
+    if !b.batch_size.is_empty() && strategy != "staged" {
         return Err(CliError::usage(
             "--batch-size only applies to --strategy staged",
         ));
     }
-    for s in &a.batch_size {
+    for s in &b.batch_size {
         check_size(s, "--batch-size", false)?;
     }
-    let failure_threshold = a
+    let failure_threshold = b
         .failure_threshold
         .clone()
         .or_else(|| settings.deploy.failure_threshold.clone())
         .unwrap_or_else(|| "0".into());
     check_size(&failure_threshold, "--failure-threshold", true)?;
-    let on_failure = a
+    let on_failure = b
         .on_failure
         .clone()
         .or_else(|| settings.deploy.on_failure.clone())
@@ -206,7 +227,7 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
             "--on-failure {on_failure:?}: use pause or revert"
         )));
     }
-    let health_timeout = a
+    let health_timeout = b
         .health_timeout
         .or(settings.deploy.health_timeout)
         .unwrap_or(300);
@@ -227,7 +248,7 @@ pub fn request(settings: &Settings, a: &CreateArgs) -> Result<CreateRolloutReque
         release_id,
         cache_url: a.cache_url.clone(),
         strategy,
-        batch_sizes: (!a.batch_size.is_empty()).then(|| a.batch_size.clone()),
+        batch_sizes: (!a.batches.batch_size.is_empty()).then(|| a.batches.batch_size.clone()),
         failure_threshold: Some(failure_threshold),
         on_failure: Some(on_failure),
         health_timeout: Some(health_timeout),
