@@ -1,7 +1,7 @@
 //! Events in words: the one place that says what an event means, for every reader.
 //!
 //! - [`audit`]: the audit row (v0.1 action names) the reducer keeps in `State::audit`;
-//! - [`line`]: one line per event, for the replay tool's `events` table;
+//! - [`line()`]: one line per event, for the replay tool's `events` table;
 //! - [`story`]: a line of a rollout's story (`nixfleet timeline`);
 //! - [`decision`]: an executor decision as `what-if` compares them;
 //! - [`log_line`]: the control plane's log message for an executor decision (the v0.1 lines,
