@@ -1,12 +1,11 @@
 //! Where the records come from: a data directory (offline, read on a private copy) or the
 //! events API (online, `GET /api/v1/events`, JSON lines turned back into the same records).
 
-use crate::client::{query, Client, Method};
+use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::settings::Settings;
 use nixfleet_eventlog::log::{LogError, Record};
 use nixfleet_eventlog::postmortem;
-use nixfleet_proto::api::v1::EventRecord;
 use std::path::{Path, PathBuf};
 
 /// Records per request (the API's largest page).
@@ -100,20 +99,15 @@ fn page(client: &Client, after: u64, stream: Option<&str>, wait: u64) -> Result<
     if wait > 0 {
         pairs.push(("wait", wait.to_string()));
     }
-    let path = format!("/api/v1/events{}", query(&pairs));
-    let (_, text) = client.send(Method::Get, &path, None)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str::<EventRecord>(line)
-                .map_err(|e| e.to_string())
-                .and_then(|w| postmortem::record_from_wire(&w))
-                .map_err(|e| {
-                    CliError::Server(format!(
-                        "unreadable record from /api/v1/events: {e}; is the control plane the same version as this CLI ({})?",
-                        env!("CARGO_PKG_VERSION")
-                    ))
-                })
+    crate::events_client::read(client, &pairs)?
+        .iter()
+        .map(|w| {
+            postmortem::record_from_wire(w).map_err(|e| {
+                CliError::Server(format!(
+                    "unreadable record from /api/v1/events: {e}; is the control plane the same version as this CLI ({})?",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            })
         })
         .collect()
 }
