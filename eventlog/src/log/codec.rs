@@ -87,13 +87,27 @@ pub fn encode_record(
     prev_hash: [u8; 32],
     event: &Event,
 ) -> Vec<u8> {
+    encode_record_of(seq, at, actor, &event.stream(), prev_hash, event)
+}
+
+/// [`encode_record`] with the event's stream (`event.stream()`) already at hand, so the append
+/// path, which needs it for the stream index too, makes it once. The same bytes.
+pub(super) fn encode_record_of(
+    seq: Seq,
+    at: Timestamp,
+    actor: &Actor,
+    stream: &str,
+    prev_hash: [u8; 32],
+    event: &Event,
+) -> Vec<u8> {
+    // `&str` and `String` serialize alike (a length and the bytes).
     #[derive(Serialize)]
     struct Borrowed<'a> {
         v: u16,
         seq: u64,
         at_ms: u64,
         actor: &'a Actor,
-        stream: String,
+        stream: &'a str,
         prev_hash: [u8; 32],
         event: &'a Event,
     }
@@ -102,7 +116,7 @@ pub fn encode_record(
         seq: seq.0,
         at_ms: at.0,
         actor,
-        stream: event.stream(),
+        stream,
         prev_hash,
         event,
     };
@@ -144,7 +158,93 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, String> {
     }
 }
 
+/// A record's envelope without its event: what the archiver checks and indexes.
+pub(super) struct RecordHead {
+    pub(super) seq: u64,
+    pub(super) stream: String,
+    pub(super) prev_hash: [u8; 32],
+}
+
+/// Decodes only the envelope's fields before the event (the event, most of the bytes and of the
+/// decoding work, is left as it is); the schema version is checked as in [`decode_record`].
+pub(super) fn decode_record_head(bytes: &[u8]) -> Result<RecordHead, String> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[allow(dead_code)]
+        v: u16,
+        seq: u64,
+        #[allow(dead_code)]
+        at_ms: u64,
+        #[allow(dead_code)]
+        actor: Actor,
+        stream: String,
+        prev_hash: [u8; 32],
+    }
+    let v = *bytes.first().ok_or("empty record")?;
+    if u16::from(v) != SCHEMA_VERSION || bytes.len() > RECORD_BYTES_MAX {
+        // Anything unusual gets the full decoder's checks and error.
+        let r = decode_record(bytes)?;
+        return Ok(RecordHead {
+            seq: r.seq.0,
+            stream: r.stream,
+            prev_hash: r.prev_hash,
+        });
+    }
+    let (h, _): (Head, usize) =
+        bincode::serde::decode_from_slice(bytes, config().with_limit::<RECORD_BYTES_MAX>())
+            .map_err(|e| format!("undecodable record: {e}"))?;
+    Ok(RecordHead {
+        seq: h.seq,
+        stream: h.stream,
+        prev_hash: h.prev_hash,
+    })
+}
+
 /// SHA-256 of a record's bytes.
 pub fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use nixfleet_core::ids::{KeyName, MachineId};
+
+    #[test]
+    fn the_head_decoder_reads_what_the_full_decoder_reads() {
+        let actors = [
+            Actor::System,
+            Actor::Key(KeyName::parse("ops").unwrap()),
+            Actor::Machine(MachineId::parse("web-1").unwrap()),
+        ];
+        for (i, actor) in actors.iter().enumerate() {
+            let event = Event::ApiKeyRevoked {
+                name: KeyName::parse(&format!("k{i}")).unwrap(),
+            };
+            let prev = [i as u8 + 1; 32];
+            let bytes = encode_record(Seq(40 + i as u64), Timestamp(7), actor, prev, &event);
+            let stream = event.stream();
+            let of = encode_record_of(
+                Seq(40 + i as u64),
+                Timestamp(7),
+                actor,
+                &stream,
+                prev,
+                &event,
+            );
+            assert_eq!(of, bytes, "the same bytes with the stream given");
+            let full = decode_record(&bytes).unwrap();
+            let head = decode_record_head(&bytes).unwrap();
+            assert_eq!(
+                (head.seq, head.stream, head.prev_hash),
+                (full.seq.0, full.stream, full.prev_hash)
+            );
+        }
+        assert!(
+            decode_record_head(&[9, 0, 0]).is_err(),
+            "an unknown version"
+        );
+        assert!(decode_record_head(&[1, 5]).is_err(), "a cut record");
+    }
 }

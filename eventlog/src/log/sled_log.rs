@@ -2,7 +2,8 @@
 //!
 //! Layout in one sled tree:
 //! - `e` + seq (big-endian u64) → encoded record (one plain insert per event: sled batches are
-//!   transactions and cost ten times more, see docs/benchmarks.md)
+//!   transactions and cost far more, see docs/benchmarks.md; measured again in issue 16, a batch
+//!   per group commit and per chunk of the archiver's removes doubled CPU per report)
 //! - `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher just before
 //!   each sync, so it always names the end of a group that the same sync makes durable. At open,
 //!   records must reach the head (else the tail was truncated); records past it belong to a group
@@ -32,9 +33,7 @@
 
 use super::archive::{self, Archive};
 use super::durable::{Mark, SyncedFiles, MARK_FILE};
-use super::{
-    decode_record, encode_record, hash_bytes, EventLog, LogError, Record, RECORD_BYTES_MAX,
-};
+use super::{decode_record, hash_bytes, EventLog, LogError, Record, RECORD_BYTES_MAX};
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -558,7 +557,8 @@ impl EventLog for SledLog {
         let mut encoded = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
-            let bytes = encode_record(Seq(seq), at, actor, hash, e);
+            let stream = e.stream();
+            let bytes = super::codec::encode_record_of(Seq(seq), at, actor, &stream, hash, e);
             if bytes.len() > RECORD_BYTES_MAX {
                 return Err(LogError::Io(format!(
                     "a {} event of {} bytes is over the {RECORD_BYTES_MAX}-byte record cap",
@@ -567,7 +567,7 @@ impl EventLog for SledLog {
                 )));
             }
             hash = hash_bytes(&bytes);
-            encoded.push((seq, e.stream(), bytes));
+            encoded.push((seq, stream, bytes));
         }
         let db = &self.shared.store.db;
         for (seq, stream, bytes) in encoded {

@@ -147,8 +147,10 @@ pub(super) fn archive_one(
                 why: format!("record {seq} is missing (found {} next)", key_seq(&k)),
             });
         }
-        let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
-        if rec.seq.0 != seq || rec.prev_hash != prev {
+        // The envelope alone: the chain check and the stream need nothing of the event.
+        let rec = super::super::codec::decode_record_head(&v)
+            .map_err(|why| LogError::Corrupt { seq, why })?;
+        if rec.seq != seq || rec.prev_hash != prev {
             return Err(LogError::Corrupt {
                 seq,
                 why: "hash chain broken: this record or the one before it was altered".into(),
@@ -170,6 +172,9 @@ pub(super) fn archive_one(
     s.store.archive.write().expect("archive lock").push(seg);
     s.archived.store(last, Ordering::SeqCst);
     metrics::counter!("nixfleet_log_archived_records_total").increment(n);
+    // One plain remove per key: a `sled::Batch` does the same per-key work plus a transaction
+    // (and its first use switches all of sled's reads and writes to a global lock), which doubled
+    // the control plane's CPU per report (docs/benchmarks.md, issue 16).
     for (i, chunk) in recs.chunks(4096).enumerate() {
         let _w = s.store.archive.write().expect("archive lock");
         for (j, (_, stream)) in chunk.iter().enumerate() {
