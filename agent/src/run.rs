@@ -98,12 +98,15 @@ pub fn run(mut rt: Runtime) {
     );
     let mut hint: Option<u64> = None;
     let mut first = true;
+    // Whether the last poll failed to reach the control plane (not: reached it, but the deploy
+    // cycle failed, which keeps its retry interval).
+    let mut unreachable = false;
     let mut next_poll = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next_poll {
             let previous_hint = hint;
-            let ok = poll(&mut rt, &mut hint);
+            let (ok, reached) = poll(&mut rt, &mut hint);
             let retry_in_secs = rt.cfg.retry_interval.as_secs();
             if !ok && first {
                 // Grepped by the seed's vm-fleet-poll-retry: keep the wording.
@@ -124,13 +127,24 @@ pub fn run(mut rt: Runtime) {
                 }
             }
             first = false;
+            unreachable = !reached;
             next_poll = Instant::now() + poll_delay(&rt.cfg, ok, hint);
         } else if now >= rt.agent.next_health_due(now) {
             tracing::info!("Running periodic health check");
             let report = rt.agent.health_report();
             set_state(State::Reporting);
             match rt.client.report(&report) {
-                Ok(()) => tracing::info!(all_passed = report.success, "Health report sent"),
+                Ok(()) => {
+                    tracing::info!(all_passed = report.success, "Health report sent");
+                    if unreachable {
+                        // The control plane answers again: ask for the desired generation now
+                        // rather than after the rest of the retry interval, which a rollout
+                        // started meanwhile would otherwise wait out.
+                        tracing::info!("Control plane reachable again, polling now");
+                        next_poll = Instant::now();
+                        unreachable = false;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "Health report failed"),
             }
         }
@@ -152,14 +166,15 @@ pub fn run(mut rt: Runtime) {
     }
 }
 
-/// One poll: ask, act, report. False when it should be retried soon.
-fn poll(rt: &mut Runtime, hint: &mut Option<u64>) -> bool {
+/// One poll: ask, act, report. Whether it went well (else it is retried after the retry
+/// interval), and whether the control plane answered at all.
+fn poll(rt: &mut Runtime, hint: &mut Option<u64>) -> (bool, bool) {
     let started = Instant::now();
     set_state(State::Checking);
     let ok = match rt.client.desired_generation() {
         Err(e) => {
             tracing::warn!(error = %e, "Cannot get the desired generation");
-            false
+            (false, false)
         }
         Ok(desired) => {
             *hint = desired
@@ -169,10 +184,10 @@ fn poll(rt: &mut Runtime, hint: &mut Option<u64>) -> bool {
             let outcome = rt.agent.handle_desired(desired.as_ref());
             set_state(State::Reporting);
             match rt.client.report(&outcome.report) {
-                Ok(()) => outcome.ok,
+                Ok(()) => (outcome.ok, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot send the report");
-                    false
+                    (false, false)
                 }
             }
         }

@@ -376,6 +376,37 @@ fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_wi
     assert_eq!(agent.terminate(), 0);
 }
 
+/// An agent whose first poll failed (the control plane not up yet) polls as soon as a periodic
+/// health report gets through, instead of sleeping out its retry interval: a rollout started
+/// meanwhile would otherwise wait up to `--retry-interval` (30 s by default) for it, past a short
+/// health timeout (seen in vm-fleet-timeout when the agent started before the control plane).
+#[test]
+fn a_control_plane_that_comes_back_is_polled_at_once_not_after_the_retry_interval() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(RUNNING, dir.path().join("current-system")).expect("symlink");
+    std::fs::write(dir.path().join("health-checks.json"), PASSING_COMMAND_CHECK)
+        .expect("write health config");
+    let mut cmd = agent_in(dir.path(), &format!("http://127.0.0.1:{port}"));
+    cmd.arg("--allow-insecure")
+        .args(["--retry-interval", "3600", "--health-interval", "1"]);
+    let agent = RunningAgent::spawn(cmd, Some(dir));
+    agent.wait_for_log(
+        "Initial poll failed, scheduling retry",
+        Duration::from_secs(10),
+    );
+
+    let cp = StubCp::default();
+    cp.serve(TcpListener::bind(("127.0.0.1", port)).expect("bind the CP port"));
+    wait_until(
+        "a poll once the control plane answers",
+        Duration::from_secs(10),
+        || cp.polls() >= 1,
+    );
+    agent.wait_for_log("Control plane reachable again", Duration::from_secs(1));
+    assert_eq!(agent.terminate(), 0);
+}
+
 #[test]
 fn a_command_check_works_without_any_path_because_it_runs_the_absolute_bin_sh() {
     let (cp, port) = StubCp::start();
