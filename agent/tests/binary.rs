@@ -339,8 +339,11 @@ fn start_agent_with(
         .expect("write health config");
     let mut cmd = agent_in(dir.path(), &format!("http://127.0.0.1:{port}"));
     cmd.arg("--allow-insecure")
-        .args(["--tags", "web,canary,eu-west", "--retry-interval", "1"])
+        .args(["--tags", "web,canary,eu-west"])
         .args(extra);
+    if !extra.contains(&"--retry-interval") {
+        cmd.args(["--retry-interval", "1"]);
+    }
     match env_path {
         Some(p) => cmd.env("PATH", p),
         None => cmd.env_remove("PATH"),
@@ -383,14 +386,10 @@ fn an_agent_started_before_the_control_plane_logs_the_retry_line_then_reports_wi
 #[test]
 fn a_control_plane_that_comes_back_is_polled_at_once_not_after_the_retry_interval() {
     let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::os::unix::fs::symlink(RUNNING, dir.path().join("current-system")).expect("symlink");
-    std::fs::write(dir.path().join("health-checks.json"), PASSING_COMMAND_CHECK)
-        .expect("write health config");
-    let mut cmd = agent_in(dir.path(), &format!("http://127.0.0.1:{port}"));
-    cmd.arg("--allow-insecure")
-        .args(["--retry-interval", "3600", "--health-interval", "1"]);
-    let agent = RunningAgent::spawn(cmd, Some(dir));
+    let agent = start_agent(
+        port,
+        &["--retry-interval", "3600", "--health-interval", "1"],
+    );
     agent.wait_for_log(
         "Initial poll failed, scheduling retry",
         Duration::from_secs(10),
