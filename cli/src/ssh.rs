@@ -19,26 +19,6 @@ use nixfleet_ids::StorePath;
 use std::fmt;
 use std::process::Command;
 
-/// `--ssh-opts`, shared by `deploy --ssh`, `release create --copy` and `rollback --ssh`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SshOpts {
-    /// Extra ssh options, as in NIX_SSHOPTS (e.g. "-i key -p 2222") [default: $NIX_SSHOPTS].
-    #[arg(
-        long = "ssh-opts",
-        env = "NIX_SSHOPTS",
-        value_name = "OPTS",
-        allow_hyphen_values = true
-    )]
-    pub ssh_opts: Option<String>,
-}
-
-impl SshOpts {
-    /// The options as one string ("" when none are given).
-    pub fn as_str(&self) -> &str {
-        self.ssh_opts.as_deref().unwrap_or("")
-    }
-}
-
 /// The NixOS system profile.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 

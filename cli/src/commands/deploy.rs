@@ -12,7 +12,7 @@
 
 use crate::build;
 use crate::client::Client;
-use crate::commands::{notify, release, rollout};
+use crate::commands::{notify, release, rollout, SshOpts};
 use crate::error::{CliError, Result};
 use crate::eval;
 use crate::nix;
@@ -20,8 +20,8 @@ use crate::output;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
 use crate::ssh::{
-    Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshOpts, SshTarget, Step,
-    StepError, TargetState,
+    Activation, DeployId, DeployPlan, HealthCheck, Launched, Remote, SshTarget, Step, StepError,
+    TargetState,
 };
 use clap::Args;
 use nixfleet_ids::StorePath;

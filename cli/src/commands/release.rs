@@ -10,6 +10,7 @@
 use crate::build;
 use crate::client::{path_id, query, Client};
 use crate::commands::time;
+use crate::commands::SshOpts;
 use crate::error::{CliError, Result};
 use crate::eval::{self, Evaluated};
 use crate::nix;
@@ -17,7 +18,7 @@ use crate::output::{self, or_dash, Table};
 use crate::process::last_line;
 use crate::progress::{HostState, Progress};
 use crate::settings::Settings;
-use crate::ssh::{Remote, SshOpts, SshTarget};
+use crate::ssh::{Remote, SshTarget};
 use clap::{Args, Subcommand};
 use nixfleet_ids::ReleaseId;
 use nixfleet_ids::StorePath;

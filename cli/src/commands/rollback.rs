@@ -7,11 +7,12 @@
 //! boot default, unlike v0.1 which left the boot default on the newer system.
 
 use crate::commands::notify;
+use crate::commands::SshOpts;
 use crate::error::{CliError, Result};
 use crate::nix;
 use crate::output;
 use crate::settings::Settings;
-use crate::ssh::{previous_generation, Activation, Remote, SshOpts, SshTarget, StepError};
+use crate::ssh::{previous_generation, Activation, Remote, SshTarget, StepError};
 use clap::Args;
 use nixfleet_ids::StorePath;
 
