@@ -154,6 +154,30 @@ fn unknown_flags_exit_2_and_help_exits_0() {
     assert!(stdout(&out).contains("--control-plane-url"));
 }
 
+/// `deploy --ssh` takes no rollout options (they are shared with `rollout create` as one set of
+/// arguments, and `--ssh` conflicts with each of them): a usage error naming both, exit 2,
+/// before anything is evaluated.
+#[test]
+fn deploy_ssh_refuses_every_rollout_option() {
+    let s = Scratch::new("deploy-ssh-flags");
+    for flag in [
+        "--strategy=canary",
+        "--batch-size=1",
+        "--failure-threshold=0",
+        "--on-failure=pause",
+        "--health-timeout=60",
+    ] {
+        let out = run(nixfleet(&s, &s.path).args(["deploy", "--ssh", flag]));
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        let name = flag.split('=').next().unwrap_or(flag);
+        assert!(
+            stderr(&out).contains("'--ssh' cannot be used with") && stderr(&out).contains(name),
+            "{flag}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// Credentials are written by `bootstrap`; this checks the file mode contract directly
 /// through `keys save`, which stores a key without contacting the control plane.
 #[test]
