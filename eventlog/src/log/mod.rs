@@ -129,4 +129,15 @@ pub trait EventLog: Send + Sync + 'static {
     fn compacted(&self) -> Result<Vec<packed::Compacted>, LogError> {
         Ok(Vec::new())
     }
+
+    /// Appends `records` exactly as they are (same seq, at, actor, stream, prev_hash, event), for
+    /// a backup, a restore or a copy between backends. Refuses a record whose seq is not the
+    /// last one plus 1 or whose `prev_hash` is not the hash of the current last record, so the
+    /// copy's hash chain is the source's, byte for byte.
+    ///
+    /// When this returns `Ok(seq)` (the last sequence number, or the current last if `records` is
+    /// empty), the records are durable.
+    fn import(&self, _records: &[Record]) -> Result<Seq, LogError> {
+        Err(LogError::Io("this log cannot import".into()))
+    }
 }
