@@ -33,7 +33,7 @@ pub use codec::{
     SCHEMA_VERSION,
 };
 pub use memory::MemoryLog;
-pub use sled_log::{open_raw, Checkpoint, LogOptions, SledLog, ARCHIVE_DIR};
+pub use sled_log::{check_import, open_raw, Checkpoint, LogOptions, SledLog, ARCHIVE_DIR};
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 

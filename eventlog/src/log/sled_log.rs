@@ -569,19 +569,7 @@ impl EventLog for SledLog {
             hash = hash_bytes(&bytes);
             encoded.push((seq, stream, bytes));
         }
-        let db = &self.shared.store.db;
-        for (seq, stream, bytes) in encoded {
-            db.insert(event_key(seq), bytes)?;
-            db.insert(stream_key(&stream, seq), &[][..])?;
-        }
-        head.seq = seq;
-        head.hash = hash;
-        let mut f = self.shared.flush.lock().expect("flush lock");
-        f.staged = seq;
-        f.staged_hash = hash;
-        drop(f);
-        self.shared.staged_cv.notify_one();
-        Ok(Seq(seq))
+        self.shared.insert_staged(&mut head, encoded, hash)
     }
 
     fn wait_durable(&self, seq: Seq) -> Result<(), LogError> {
@@ -669,5 +657,93 @@ impl EventLog for SledLog {
 
     fn compacted(&self) -> Result<Vec<super::packed::Compacted>, LogError> {
         SledLog::compacted(self)
+    }
+
+    fn import(&self, records: &[Record]) -> Result<Seq, LogError> {
+        let mut head = self.shared.head.lock().expect("head lock");
+        if records.is_empty() {
+            return Ok(Seq(head.seq));
+        }
+        if let Some(e) = &self.shared.flush.lock().expect("flush lock").failed {
+            return Err(LogError::Closed(e.clone()));
+        }
+        let (mut seq, mut hash) = (head.seq, head.hash);
+        let mut encoded = Vec::with_capacity(records.len());
+        for r in records {
+            check_import(r, seq, hash)?;
+            seq += 1;
+            let bytes = super::codec::encode_record_of(
+                r.seq,
+                r.at,
+                &r.actor,
+                &r.stream,
+                r.prev_hash,
+                &r.event,
+            );
+            if bytes.len() > RECORD_BYTES_MAX {
+                return Err(LogError::Io(format!(
+                    "record {seq} of {} bytes is over the {RECORD_BYTES_MAX}-byte record cap",
+                    bytes.len()
+                )));
+            }
+            hash = hash_bytes(&bytes);
+            encoded.push((seq, r.stream.clone(), bytes));
+        }
+        let last = self.shared.insert_staged(&mut head, encoded, hash)?;
+        drop(head);
+        self.wait_durable(last)?;
+        Ok(last)
+    }
+}
+
+/// Checks that `r` may follow the record `last` whose hash is `last_hash` (an import copies a
+/// chain, it never starts or mends one).
+pub fn check_import(r: &Record, last: u64, last_hash: [u8; 32]) -> Result<(), LogError> {
+    let seq = last + 1;
+    if r.seq.0 != seq {
+        return Err(LogError::Corrupt {
+            seq,
+            why: format!(
+                "cannot import record {} here: the log ends at {last}, so the next must be {seq}",
+                r.seq.0
+            ),
+        });
+    }
+    if r.prev_hash != last_hash {
+        return Err(LogError::Corrupt {
+            seq,
+            why: format!(
+                "cannot import record {seq}: its previous hash is not the hash of record {last} (hash chain broken)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Inserts a group's encoded records and their stream index entries (one plain sled insert
+    /// each), moves the head to the last one (`hash` is its hash) and wakes the flusher.
+    fn insert_staged(
+        &self,
+        head: &mut Head,
+        encoded: Vec<(u64, String, Vec<u8>)>,
+        hash: [u8; 32],
+    ) -> Result<Seq, LogError> {
+        let Some(&(seq, _, _)) = encoded.last() else {
+            return Ok(Seq(head.seq));
+        };
+        let db = &self.store.db;
+        for (seq, stream, bytes) in encoded {
+            db.insert(event_key(seq), bytes)?;
+            db.insert(stream_key(&stream, seq), &[][..])?;
+        }
+        head.seq = seq;
+        head.hash = hash;
+        let mut f = self.flush.lock().expect("flush lock");
+        f.staged = seq;
+        f.staged_hash = hash;
+        drop(f);
+        self.staged_cv.notify_one();
+        Ok(Seq(seq))
     }
 }
