@@ -68,6 +68,14 @@ pub enum LogError {
         /// The mark file.
         mark: std::path::PathBuf,
     },
+    /// The storage cannot be reached now (a shared log's database is down): nothing was
+    /// appended, and a later attempt may succeed (the API answers 503).
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// Another control plane appended to a shared log after this decision's projections were
+    /// read: nothing was appended; catch up ([`EventLog::begin_write`]) and decide again.
+    #[error("another control plane appended first; catch up and decide again")]
+    Conflict,
     /// The log was closed after a fatal storage error.
     #[error("event log is closed after a storage failure: {0}")]
     Closed(String),
@@ -140,4 +148,38 @@ pub trait EventLog: Send + Sync + 'static {
     fn import(&self, _records: &[Record]) -> Result<Seq, LogError> {
         Err(LogError::Io("this log cannot import".into()))
     }
+
+    /// Starts a write turn for a log that several control planes share (PostgreSQL): takes the
+    /// log's write lock (held until the turn's records are committed, so no other control plane
+    /// appends in between), hands `apply` every record appended elsewhere since this process last
+    /// saw the log (after a [`Follow::Reset`] when its projections hold records that were never
+    /// committed and must be rebuilt), and says whether this control plane holds the executor's
+    /// lease for the turn, i.e. may stage executor decisions. A log of one process has nothing to
+    /// catch up and always holds the lease.
+    fn begin_write(&self, _apply: &mut dyn FnMut(Follow)) -> Result<bool, LogError> {
+        Ok(true)
+    }
+
+    /// Hands `apply` the records other control planes appended since this process last saw the
+    /// log (see [`EventLog::begin_write`]), without taking the write lock. Returns whether this
+    /// control plane holds the executor's lease.
+    fn follow(&self, _apply: &mut dyn FnMut(Follow)) -> Result<bool, LogError> {
+        Ok(true)
+    }
+
+    /// For a shared log: a watch that changes when another control plane may have appended, or
+    /// when this one gained or lost the executor's lease. `None` for a log of one process.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// What catching up with a shared log hands the projections.
+#[derive(Debug)]
+pub enum Follow {
+    /// Start over from empty projections: the ones held include records that were staged here
+    /// but never committed (their commit failed), so they are rebuilt from record 1.
+    Reset,
+    /// The next committed record.
+    Record(Record),
 }
