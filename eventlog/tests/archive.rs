@@ -95,10 +95,10 @@ fn given_a_log_past_the_mark_when_it_is_archived_then_sled_keeps_only_the_tail()
     assert_eq!(segments(dir.path()).len(), 9);
     assert_eq!(seqs_in_sled(dir.path()), (901..=1000).collect::<Vec<_>>());
     let db = nixfleet_eventlog::log::open_raw(dir.path()).unwrap();
-    let index_entries = db.scan_prefix(b"s").count();
     assert_eq!(
-        index_entries, 100,
-        "the archived records' stream index entries left sled too"
+        db.scan_prefix(b"s").count(),
+        0,
+        "the stream index is kept in memory, not in sled"
     );
 }
 
@@ -288,4 +288,78 @@ fn given_a_stray_file_in_the_archive_then_the_open_says_which() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a stray file was accepted"),
     }
+}
+
+/// A log written before issue 16 kept its stream index in sled: `s` + stream + `0x00` + seq.
+fn add_legacy_index(dir: &Path) -> usize {
+    let db = nixfleet_eventlog::log::open_raw(dir).unwrap();
+    let records: Vec<_> = db.scan_prefix(b"e").map(|kv| kv.unwrap().1).collect();
+    for v in &records {
+        let r = nixfleet_eventlog::log::decode_record(v).unwrap();
+        let mut k = vec![b's'];
+        k.extend_from_slice(r.stream.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&r.seq.0.to_be_bytes());
+        db.insert(k, &[][..]).unwrap();
+    }
+    db.flush().unwrap();
+    records.len()
+}
+
+fn stream_seqs(log: &SledLog, stream: &str, after: u64, limit: usize) -> Vec<u64> {
+    seqs(&log.read_stream(stream, Seq(after), limit).unwrap())
+}
+
+#[test]
+fn given_a_log_with_the_stream_index_in_sled_then_the_open_removes_it_and_stream_reads_stay_right()
+{
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    archive(dir.path());
+    assert_eq!(add_legacy_index(dir.path()), 100);
+
+    let log = SledLog::open_with(dir.path(), None, opts(), |_| {}).unwrap();
+    let m7: Vec<u64> = (1..=100).map(|i| i * 10 - 3).collect();
+    assert_eq!(stream_seqs(&log, "machine:m-7", 0, 1000), m7);
+    assert_eq!(
+        stream_seqs(&log, "machine:m-7", 895, 3),
+        vec![897, 907, 917]
+    );
+    log.close().unwrap();
+    let db = nixfleet_eventlog::log::open_raw(dir.path()).unwrap();
+    assert_eq!(
+        db.scan_prefix(b"s").count(),
+        0,
+        "the stream index kept in sled before issue 16 is removed at open"
+    );
+    drop(db);
+    assert_eq!(replayed(dir.path()), (1..=1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn given_a_checkpoint_in_sleds_part_then_stream_reads_still_see_the_records_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 1000, LogOptions::default());
+    archive(dir.path());
+    let log = SledLog::open_with(dir.path(), None, opts(), |_| {}).unwrap();
+    let hash = log.record_hash(Seq(950)).unwrap().unwrap();
+    log.close().unwrap();
+
+    let mut replayed = Vec::new();
+    let checkpoint = Some(Checkpoint { seq: 950, hash });
+    let log =
+        SledLog::open_with(dir.path(), checkpoint, opts(), |r| replayed.push(r.seq.0)).unwrap();
+    assert_eq!(replayed, (951..=1000).collect::<Vec<_>>());
+    let m7: Vec<u64> = (1..=100).map(|i| i * 10 - 3).collect();
+    assert_eq!(stream_seqs(&log, "machine:m-7", 0, 1000), m7);
+    // Records appended after the open are indexed too, and archived ones leave the index.
+    for i in 1001..=1200 {
+        log.append(Timestamp(i), &Actor::System, &[registered(i)])
+            .unwrap();
+    }
+    assert_eq!(log.archive_due().unwrap(), 1100);
+    let m7: Vec<u64> = (1..=120).map(|i| i * 10 - 3).collect();
+    assert_eq!(stream_seqs(&log, "machine:m-7", 0, 1000), m7);
+    assert_eq!(stream_seqs(&log, "machine:m-7", 1090, 2), vec![1097, 1107]);
+    log.close().unwrap();
 }

@@ -8,13 +8,15 @@
 //!   each sync, so it always names the end of a group that the same sync makes durable. At open,
 //!   records must reach the head (else the tail was truncated); records past it belong to a group
 //!   that was never durable (never acknowledged), and are dropped, whole.
-//! - `s` + stream + `0x00` + seq (big-endian) → empty: the per-stream index, inserted right after
-//!   its record, so after a crash only the last record's entry can be missing (repaired at open).
+//!
+//! The per-stream index of the records in sled is kept in memory ([`index`]), rebuilt at open
+//! from the records the open reads; logs written before issue 16 had it in sled as `s` + stream
+//! + `0x00` + seq keys, which the first open removes.
 //!
 //! Records far behind the head move to the archive (`archive/` next to sled's files, see
 //! [`super::archive`]): once more than `keep + segment` durable records are in sled, a background
 //! thread writes the oldest `segment` of them to a sealed segment file, makes it durable, and only
-//! then removes them (and their index entries) from sled. sled's memory grows with what it holds,
+//! then removes them from sled. sled's memory (and the stream index's) grows with what it holds,
 //! so this is what keeps the control plane's memory flat on a log that grows for ever. Readers see
 //! one log: every read takes the archive's read lock, finds the archive's top under it and reads
 //! what is at or below the top from the archive, the rest from sled; removals from sled take the
@@ -41,24 +43,17 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 mod background;
+mod index;
 mod store;
 
 pub use background::open_raw;
 use background::*;
+use index::*;
 use store::*;
 
 const HEAD_KEY: &[u8] = b"h";
 /// The archive's directory inside the log directory.
 pub const ARCHIVE_DIR: &str = "archive";
-
-fn stream_key(stream: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(stream.len() + 10);
-    k.push(b's');
-    k.extend_from_slice(stream.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
 
 /// Where a verified scan may start: the sequence and hash of a record known to be good
 /// (recorded in a projection snapshot).
@@ -123,6 +118,8 @@ struct Flush {
 
 struct Shared {
     store: Store,
+    /// The stream index of the records in sled.
+    index: StreamIndex,
     options: LogOptions,
     head: Mutex<Head>,
     flush: Mutex<Flush>,
@@ -194,19 +191,22 @@ impl SledLog {
                 (c.seq, c.hash)
             }
         };
-        let (seq, hash) = Self::scan(&store, start, &mut on_record)?;
-        store.check_mark(seq, hash)?;
+        // The stream index of sled's records: those before a checkpoint read here (envelopes
+        // only), the others as the scan hands them over.
         let archived = store.archive().top().0;
-        // Repair the stream index entry of the last record, the only one a crash can lose.
-        if seq > archived {
-            if let Some(v) = store.db.get(event_key(seq))? {
-                let rec = decode_record(&v).map_err(|why| LogError::Corrupt { seq, why })?;
-                store.db.insert(stream_key(&rec.stream, seq), &[][..])?;
+        let index = StreamIndex::default();
+        index.load(&store.db, archived + 1, start.0)?;
+        let (seq, hash) = Self::scan(&store, start, &mut |r: Record| {
+            if r.seq.0 > archived {
+                index.push(&r.stream, r.seq.0);
             }
-        }
+            on_record(r)
+        })?;
+        store.check_mark(seq, hash)?;
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             store,
+            index,
             options: LogOptions {
                 segment_records: options.segment_records.max(1),
                 keep_records: options.keep_records.max(1),
@@ -608,15 +608,8 @@ impl EventLog for SledLog {
             })?;
         }
         if stored.len() < limit {
-            let start = stream_key(stream, after.0.max(top).saturating_add(1));
-            let end = stream_key(stream, u64::MAX);
-            for item in store.db.range(start..=end).take(limit - stored.len()) {
-                let (k, _) = item?;
-                let seq = k
-                    .get(k.len() - 8..)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
+            let index = &self.shared.index;
+            for seq in index.after(stream, after.0.max(top), limit - stored.len()) {
                 let v = store.db.get(event_key(seq))?.ok_or(LogError::Corrupt {
                     seq,
                     why: "indexed record is missing".into(),
@@ -721,8 +714,9 @@ pub fn check_import(r: &Record, last: u64, last_hash: [u8; 32]) -> Result<(), Lo
 }
 
 impl Shared {
-    /// Inserts a group's encoded records and their stream index entries (one plain sled insert
-    /// each), moves the head to the last one (`hash` is its hash) and wakes the flusher.
+    /// Inserts a group's encoded records (one plain sled insert each) and their stream index
+    /// entries (in memory), moves the head to the last one (`hash` is its hash) and wakes the
+    /// flusher.
     fn insert_staged(
         &self,
         head: &mut Head,
@@ -733,9 +727,11 @@ impl Shared {
             return Ok(Seq(head.seq));
         };
         let db = &self.store.db;
-        for (seq, stream, bytes) in encoded {
-            db.insert(event_key(seq), bytes)?;
-            db.insert(stream_key(&stream, seq), &[][..])?;
+        for (seq, _, bytes) in &encoded {
+            db.insert(event_key(*seq), &bytes[..])?;
+        }
+        for (seq, stream, _) in &encoded {
+            self.index.push(stream, *seq);
         }
         head.seq = seq;
         head.hash = hash;

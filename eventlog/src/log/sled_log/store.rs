@@ -1,4 +1,4 @@
-//! The whole log as stored: sled (records, head, stream index) and the archive's sealed
+//! The whole log as stored: sled (records, head) and the archive's sealed
 //! segments, read as one; the keys of sled's tree; the stored bytes of a record.
 
 use super::*;
@@ -47,6 +47,13 @@ impl Store {
     pub(super) fn open(path: &Path) -> Result<Store, LogError> {
         let db = open_config(SledLog::config(path))?;
         let mut files = SyncedFiles::open(path)?;
+        let legacy = remove_legacy_index(&db)?;
+        if legacy > 0 {
+            tracing::info!(
+                entries = legacy,
+                "removed the stream index kept in sled before issue 16 (it is kept in memory now)"
+            );
+        }
         // Records past the head belong to a group that was never made durable, so never
         // acknowledged; a crash may have kept any part of it. Dropping them all makes the log
         // end at a group boundary: a decision is in it whole or not at all.
@@ -64,16 +71,12 @@ impl Store {
         // A crash after a segment was made durable but before its records left sled: remove them
         // now (the segment holds them).
         if top > 0 {
-            let mut leftovers = Vec::new();
-            for item in db.range(event_key(1)..=event_key(top)) {
-                let (k, v) = item?;
-                leftovers.push((key_seq(&k), decode_record(&v).ok().map(|r| r.stream)));
-            }
-            for (seq, stream) in leftovers {
-                if let Some(stream) = stream {
-                    db.remove(stream_key(&stream, seq))?;
-                }
-                db.remove(event_key(seq))?;
+            let leftovers: Vec<sled::IVec> = db
+                .range(event_key(1)..=event_key(top))
+                .keys()
+                .collect::<Result<_, _>>()?;
+            for k in leftovers {
+                db.remove(k)?;
             }
         }
         Ok(Store {
