@@ -26,6 +26,8 @@
 //! engine does, in memory with a clock the test moves); [`Rollout`] and [`Report`] name what
 //! a test sends; [`check_invariants`], [`check_decided_once`] and [`replay`] are the checks the
 //! property tests, the fuzz target and the engine simulation run after every step.
+//! [`postgres::PgServer`] is a real PostgreSQL server (Debian's package) in a temporary
+//! directory, for the tests of the log on PostgreSQL, its failover, and copies between backends.
 //!
 //! Architecture Invariant: this crate is only ever a `[dev-dependencies]` entry (and a dependency
 //! of the fuzz crate); no binary links it.
@@ -34,6 +36,7 @@
 mod checks;
 mod fleet;
 mod names;
+pub mod postgres;
 mod report;
 mod rollout;
 
