@@ -51,6 +51,23 @@ pub struct Flags {
     /// whole). Default: keep everything.
     #[arg(long, env = "NIXFLEET_CP_LOG_RETENTION_DAYS")]
     pub log_retention_days: Option<u64>,
+    /// Where the event log lives: `sled` (embedded, in DATA_DIR; the default) or `postgres`
+    /// (a PostgreSQL database that several control planes share; see --log-postgres-url).
+    #[arg(long, env = "NIXFLEET_CP_LOG_BACKEND")]
+    pub log_backend: Option<String>,
+    /// The PostgreSQL connection string (`postgres://user@host:port/db` or libpq key=value) for
+    /// `--log-backend postgres`.
+    #[arg(long, env = "NIXFLEET_CP_LOG_POSTGRES_URL")]
+    pub log_postgres_url: Option<String>,
+    /// This control plane's name among those sharing a PostgreSQL log, recorded with every
+    /// record it appends and in the executor's lease (default: the host name and port).
+    #[arg(long, env = "NIXFLEET_CP_ID")]
+    pub cp_id: Option<String>,
+    /// How long the executor's lease lasts unrenewed, in seconds, with a shared log: when the
+    /// control plane running the executor dies, another takes over within about 4/3 of this
+    /// (default 6).
+    #[arg(long, env = "NIXFLEET_CP_EXECUTOR_LEASE_SECS")]
+    pub executor_lease_secs: Option<u64>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -80,6 +97,14 @@ pub struct FileConfig {
     pub log_segment_records: Option<u64>,
     /// See the flag.
     pub log_retention_days: Option<u64>,
+    /// See the flag.
+    pub log_backend: Option<String>,
+    /// See the flag.
+    pub log_postgres_url: Option<String>,
+    /// See the flag.
+    pub cp_id: Option<String>,
+    /// See the flag.
+    pub executor_lease_secs: Option<u64>,
 }
 
 /// Log output format.
@@ -110,6 +135,19 @@ pub struct Config {
     pub log: crate::log::LogOptions,
     /// Report and health events older than this may be compacted away (None: kept forever).
     pub retention: Option<std::time::Duration>,
+    /// A PostgreSQL log shared with other control planes instead of the embedded one.
+    pub postgres: Option<PostgresLog>,
+}
+
+/// `--log-backend postgres`.
+#[derive(Debug, Clone)]
+pub struct PostgresLog {
+    /// Connection string.
+    pub url: String,
+    /// This control plane's name (None: the host name and listen port, found at start).
+    pub cp_id: Option<String>,
+    /// The executor's lease.
+    pub lease: std::time::Duration,
 }
 
 impl Config {
@@ -189,7 +227,40 @@ impl Config {
                 "log retention {d} days must be between 1 and 36500 (or unset to keep every event)"
             ));
         }
+        let postgres = match flags.log_backend.clone().or(file.log_backend).as_deref() {
+            None | Some("sled") => None,
+            Some("postgres") => {
+                let url = flags
+                    .log_postgres_url
+                    .clone()
+                    .or(file.log_postgres_url)
+                    .ok_or("--log-backend postgres needs --log-postgres-url (e.g. postgres://nixfleet@db.example:5432/nixfleet)")?;
+                let lease = flags
+                    .executor_lease_secs
+                    .or(file.executor_lease_secs)
+                    .unwrap_or(6);
+                if !(2..=3600).contains(&lease) {
+                    return Err(format!(
+                        "executor lease {lease} s must be between 2 and 3600 (default 6)"
+                    ));
+                }
+                let cp_id = flags.cp_id.clone().or(file.cp_id);
+                if cp_id
+                    .as_ref()
+                    .is_some_and(|c| c.is_empty() || c.len() > 128)
+                {
+                    return Err("--cp-id must be 1 to 128 characters".into());
+                }
+                Some(PostgresLog {
+                    url,
+                    cp_id,
+                    lease: std::time::Duration::from_secs(lease),
+                })
+            }
+            Some(other) => return Err(format!("log backend {other:?} must be sled or postgres")),
+        };
         Ok(Config {
+            postgres,
             listen,
             data_dir,
             tls,

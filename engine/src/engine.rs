@@ -8,7 +8,7 @@
 //! once everything staged when it was made is durable ([`Engine::wait_staged_durable`]). A crash
 //! thus loses only events nobody was told about, and their consequences.
 
-use crate::log::{Checkpoint, EventLog, LogError, LogOptions, MemoryLog, SledLog};
+use crate::log::{Checkpoint, EventLog, Follow, LogError, LogOptions, MemoryLog, SledLog};
 use nixfleet_core::{
     decide, executor, Actor, Command, Event, ExecutorInput, Rejection, Seq, State, Timestamp,
 };
@@ -84,6 +84,12 @@ pub struct Engine {
     /// The snapshot's checkpoint when the projections came from one: the records up to it were not
     /// read at start and are verified afterwards ([`Engine::verify_history`]).
     unverified: Option<Checkpoint>,
+    /// Whether the log is shared with other control planes (PostgreSQL): then the projections
+    /// catch up before each decision, a conflict is decided again, and a storage failure is not
+    /// fatal (the engine answers 503 and recovers once the database answers).
+    shared: bool,
+    /// Whether this control plane held the executor's lease when it last looked.
+    leading: AtomicBool,
 }
 
 impl Engine {
@@ -95,12 +101,14 @@ impl Engine {
             "projections must be caught up with the log"
         );
         Engine {
-            log,
             state: RwLock::new(state),
             clock,
             wake: tokio::sync::Notify::new(),
+            shared: log.changes().is_some(),
+            log,
             poisoned: AtomicBool::new(false),
             unverified: None,
+            leading: AtomicBool::new(false),
         }
     }
 
@@ -155,6 +163,17 @@ impl Engine {
     /// been verified by this process yet.
     pub fn unverified_history(&self) -> Option<Checkpoint> {
         self.unverified
+    }
+
+    /// An engine over a log shared with other control planes (PostgreSQL): the projections are
+    /// rebuilt by reading the whole log (snapshots are the embedded log's).
+    pub fn open_shared(log: Arc<dyn EventLog>, clock: Arc<dyn Clock>) -> Result<Engine, LogError> {
+        let mut state = State::default();
+        log.follow(&mut |f| match f {
+            Follow::Reset => state = State::default(),
+            Follow::Record(r) => state.apply(&r.into_envelope()),
+        })?;
+        Ok(Engine::new(log, state, clock))
     }
 
     /// Verifies the records a start from a snapshot did not read (records 1 to the checkpoint),
@@ -227,6 +246,10 @@ impl Engine {
 
     /// Decides `cmd`, stages its events and the executor's consequences, and applies them.
     /// Not yet durable: call [`Engine::execute`] (async) or [`Engine::execute_blocking`].
+    ///
+    /// On a shared log the projections first catch up with what other control planes appended
+    /// (the write turn holds the log's lock from there to the commit); a decision that lost the
+    /// race anyway ([`LogError::Conflict`]) is made again on the caught-up projections.
     pub fn submit(&self, actor: Actor, cmd: &Command) -> Result<Submitted, EngineError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(LogError::Closed("an earlier append failed".into()).into());
@@ -236,25 +259,122 @@ impl Engine {
             .state
             .write()
             .expect("state lock poisoned: the engine failed stop");
-        let events = decide(&state, cmd, now)?;
-        if events.is_empty() {
-            return Ok(Submitted {
-                seq: state.last_seq,
-                events,
-            });
+        let mut attempt = 0;
+        loop {
+            let (leader, caught) = self.catch_up(&mut state, true)?;
+            let events = decide(&state, cmd, now)?;
+            if events.is_empty() {
+                let seq = if leader && !caught.is_empty() {
+                    self.settle_quietly(&mut state, &caught, now)
+                } else {
+                    state.last_seq
+                };
+                return Ok(Submitted { seq, events });
+            }
+            let seq = match self.stage_apply(&mut state, now, &actor, &events) {
+                Err(LogError::Conflict) if attempt < 8 => {
+                    attempt += 1;
+                    continue;
+                }
+                r => r?,
+            };
+            let seq = if !leader {
+                seq
+            } else if caught.is_empty() {
+                self.settle_quietly(&mut state, &events, now).max(seq)
+            } else {
+                let mut all = caught;
+                all.extend(events.iter().cloned());
+                self.settle_quietly(&mut state, &all, now).max(seq)
+            };
+            drop(state);
+            self.wake.notify_one();
+            return Ok(Submitted { seq, events });
         }
-        let seq = self.stage_apply(&mut state, now, &actor, &events)?;
-        let seq = self
-            .settle(&mut state, ExecutorInput::Appended(&events), now)
-            .map(|s| s.max(seq))?;
-        drop(state);
-        self.wake.notify_one();
-        Ok(Submitted { seq, events })
+    }
+
+    /// Lets the executor settle after `appended`. On a shared log a failed executor append does
+    /// not fail the command that woke it (already staged): it is logged, and the executor decides
+    /// again at its next wake. On the embedded log a failure is fatal as before.
+    fn settle_quietly(&self, state: &mut State, appended: &[Event], now: Timestamp) -> Seq {
+        match self.settle(state, ExecutorInput::Appended(appended), now) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "executor decision not appended; retried at the next wake");
+                self.wake.notify_one();
+                state.last_seq
+            }
+        }
+    }
+
+    /// On a shared log, applies what other control planes appended since the projections last
+    /// looked (`write`: in a write turn, holding the log's lock) and says whether this control
+    /// plane holds the executor's lease, with the events caught up. A log of one process has
+    /// nothing to catch up.
+    fn catch_up(&self, state: &mut State, write: bool) -> Result<(bool, Vec<Event>), LogError> {
+        let mut caught = Vec::new();
+        if !self.shared {
+            return Ok((true, caught));
+        }
+        let mut apply = |f: Follow| match f {
+            Follow::Reset => {
+                tracing::warn!("rebuilding the projections from the log after a failed commit");
+                *state = State::default();
+                caught.clear();
+            }
+            Follow::Record(r) => {
+                let env = r.into_envelope();
+                caught.push(env.event.clone());
+                state.apply(&env);
+            }
+        };
+        let leader = if write {
+            self.log.begin_write(&mut apply)?
+        } else {
+            self.log.follow(&mut apply)?
+        };
+        if self.leading.swap(leader, Ordering::SeqCst) != leader {
+            self.wake.notify_one();
+        }
+        Ok((leader, caught))
+    }
+
+    /// On a shared log: applies what other control planes appended, and, when this control plane
+    /// holds the executor's lease, lets the executor decide on it (and on the clock, after it
+    /// gained the lease). Returns the last staged sequence number.
+    pub fn follow(&self) -> Result<Seq, LogError> {
+        let now = self.clock.now();
+        let mut state = self
+            .state
+            .write()
+            .expect("state lock poisoned: the engine failed stop");
+        let was_leading = self.leading.load(Ordering::SeqCst);
+        let (leader, caught) = self.catch_up(&mut state, false)?;
+        if !leader || (caught.is_empty() && was_leading) {
+            return Ok(state.last_seq);
+        }
+        // Decide in a write turn (which may catch up a little more).
+        let (leader, more) = self.catch_up(&mut state, true)?;
+        if !leader {
+            return Ok(state.last_seq);
+        }
+        let mut all = caught;
+        all.extend(more);
+        let seq = self.settle_quietly(&mut state, &all, now);
+        Ok(self
+            .settle(&mut state, ExecutorInput::Tick, now)
+            .unwrap_or(seq)
+            .max(seq))
     }
 
     /// Submits `cmd` and waits until everything it appended is durable.
     pub async fn execute(&self, actor: Actor, cmd: &Command) -> Result<Submitted, EngineError> {
-        let s = self.submit(actor, cmd)?;
+        let s = if self.shared {
+            // A write turn waits for the database (and for other control planes' turns).
+            tokio::task::block_in_place(|| self.submit(actor, cmd))?
+        } else {
+            self.submit(actor, cmd)?
+        };
         self.wait_durable(s.seq).await?;
         Ok(s)
     }
@@ -268,6 +388,14 @@ impl Engine {
 
     /// Waits (async) until `seq` is durable.
     pub async fn wait_durable(&self, seq: Seq) -> Result<(), LogError> {
+        if self.shared {
+            // The log knows whether the commit of this very record failed (a sequence number
+            // refused then may be staged again by a later turn).
+            let log = self.log.clone();
+            return tokio::task::spawn_blocking(move || log.wait_durable(seq))
+                .await
+                .map_err(|e| LogError::Io(format!("waiting for the commit: {e}")))?;
+        }
         let mut rx = self.log.durable_watch();
         let res = rx.wait_for(|d| *d >= seq.0).await.map(|_| ());
         match res {
@@ -298,6 +426,13 @@ impl Engine {
             .state
             .write()
             .expect("state lock poisoned: the engine failed stop");
+        let (leader, caught) = self.catch_up(&mut state, true)?;
+        if !leader {
+            return Ok(state.last_seq);
+        }
+        if !caught.is_empty() {
+            self.settle(&mut state, ExecutorInput::Appended(&caught), now)?;
+        }
         self.settle(&mut state, ExecutorInput::Tick, now)
     }
 
@@ -319,10 +454,11 @@ impl Engine {
         events: &[Event],
     ) -> Result<Seq, LogError> {
         let first = state.last_seq.0 + 1;
-        let seq = self
-            .log
-            .stage(now, actor, events)
-            .inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        let seq = self.log.stage(now, actor, events).inspect_err(|e| {
+            if !self.shared || !matches!(e, LogError::Conflict | LogError::Unavailable(_)) {
+                self.poisoned.store(true, Ordering::SeqCst)
+            }
+        })?;
         debug_assert_eq!(
             seq.0,
             first + events.len() as u64 - 1,
@@ -360,6 +496,9 @@ impl Engine {
     /// Runs the executor's deadline timer until `shutdown` resolves.
     pub async fn run_executor(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // A shared log also wakes the executor when another control plane appended or the lease
+        // changed hands.
+        let mut changes = self.log.changes();
         loop {
             let sleep = match self.next_deadline() {
                 Some(t) => {
@@ -367,12 +506,31 @@ impl Engine {
                 }
                 None => std::time::Duration::from_secs(3600),
             };
-            tokio::select! {
+            let changed = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let followed = tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.woken() => continue,
-                _ = tokio::time::sleep(sleep) => {}
-            }
-            match self.tick() {
+                ok = changed => {
+                    if !ok {
+                        changes = None;
+                        continue;
+                    }
+                    true
+                }
+                _ = tokio::time::sleep(sleep) => false,
+            };
+            let run = || if followed { self.follow() } else { self.tick() };
+            let res = if self.shared {
+                tokio::task::block_in_place(run)
+            } else {
+                run()
+            };
+            match res {
                 Ok(seq) => {
                     if let Err(e) = self.wait_durable(seq).await {
                         tracing::error!(error = %e, "executor append failed");

@@ -89,8 +89,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let started = std::time::Instant::now();
-    let engine = Engine::open_with(&config.data_dir, Arc::new(SystemClock), config.log)
-        .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
+    let engine = match &config.postgres {
+        None => Engine::open_with(&config.data_dir, Arc::new(SystemClock), config.log)
+            .with_context(|| {
+                format!("cannot open the event log in {}", config.data_dir.display())
+            })?,
+        Some(pg) => {
+            let cp_id = pg.cp_id.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}:{}", host.trim(), config.listen.port())
+            });
+            let mut options = nixfleet_pglog::PgOptions::new(cp_id.clone());
+            options.lease = pg.lease;
+            let log = nixfleet_pglog::PgLog::open(&pg.url, options)
+                .context("cannot open the event log in PostgreSQL")?;
+            tracing::info!(
+                cp_id,
+                "event log in PostgreSQL, shared with other control planes"
+            );
+            Engine::open_shared(Arc::new(log), Arc::new(SystemClock))
+                .context("cannot read the event log from PostgreSQL")?
+        }
+    };
     let engine = Arc::new(engine);
     let (seq, machines, rollouts) =
         engine.read(|s| (s.last_seq.0, s.machines.len(), s.rollouts.len()));
@@ -118,13 +138,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     }));
-    let snapshots = tokio::spawn(snapshot_loop(
-        engine.clone(),
-        config.data_dir.clone(),
-        stop_rx.clone(),
-    ));
+    // Snapshots and retention are the embedded log's: a shared log is replayed from the database.
+    let embedded = config.postgres.is_none();
+    let snapshots = embedded.then(|| {
+        tokio::spawn(snapshot_loop(
+            engine.clone(),
+            config.data_dir.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let retention = config
         .retention
+        .filter(|_| embedded)
         .map(|age| tokio::spawn(retention_loop(engine.clone(), age, stop_rx.clone())));
     // A tick at start: deadlines that passed while the control plane was down fire now.
     let seq = engine.tick()?;
@@ -152,7 +177,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     api::serve(app, listener, tls, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = executor.await;
-    let _ = snapshots.await;
+    if let Some(s) = snapshots {
+        let _ = s.await;
+    }
     if let Some(r) = retention {
         let _ = r.await;
     }
@@ -167,6 +194,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let last = engine.log().last_seq();
     engine.wait_durable(last).await?;
+    if !embedded {
+        tracing::info!("stopped cleanly");
+        return Ok(());
+    }
     if let Err(e) = engine.write_snapshot(&config.data_dir) {
         tracing::warn!(error = %e, "no snapshot at shutdown");
     }

@@ -95,6 +95,23 @@ pub struct PgLog {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// Runs `f`, which uses the synchronous PostgreSQL client, off any tokio runtime: that client
+/// drives its own small runtime, which cannot start inside another one, so a call from a runtime
+/// thread (an API handler's read) runs on a scoped thread of its own. The write path calls in
+/// from `block_in_place` or plain threads, but a handle may still be set there, so the check is
+/// the conservative one.
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// Connects to `url` (a libpq connection string or `postgres://` URL).
 pub(crate) fn connect(url: &str) -> Result<postgres::Client, LogError> {
     let mut config: postgres::Config = url
@@ -118,7 +135,10 @@ pub(crate) fn connect(url: &str) -> Result<postgres::Client, LogError> {
 }
 
 pub(crate) fn unavailable(what: &str, e: &postgres::Error) -> LogError {
-    LogError::Unavailable(format!("PostgreSQL: {what}: {e}"))
+    match e.as_db_error() {
+        Some(db) => LogError::Unavailable(format!("PostgreSQL: {what}: {}", db.message())),
+        None => LogError::Unavailable(format!("PostgreSQL: {what}: {e}")),
+    }
 }
 
 /// Decodes a row's record and checks it against its hash column and the chain.
@@ -148,8 +168,11 @@ impl PgLog {
     /// `options.executor`) the lease and notification thread. The log starts unread: the caller
     /// replays it with [`EventLog::follow`] before deciding anything.
     pub fn open(url: &str, options: PgOptions) -> Result<PgLog, LogError> {
-        let mut client = connect(url)?;
-        schema::ensure(&mut client)?;
+        let client = off_runtime(|| {
+            let mut client = connect(url)?;
+            schema::ensure(&mut client)?;
+            Ok::<_, LogError>(client)
+        })?;
         let shared = Arc::new(Shared {
             url: url.to_owned(),
             opts: options,
@@ -200,9 +223,16 @@ impl PgLog {
     }
 
     /// Runs `f` on the reading connection, connecting again once after a failure.
-    fn with_reader<R>(
+    fn with_reader<R: Send>(
         &self,
-        f: impl Fn(&mut postgres::Client) -> Result<R, postgres::Error>,
+        f: impl Fn(&mut postgres::Client) -> Result<R, postgres::Error> + Send + Sync,
+    ) -> Result<R, LogError> {
+        off_runtime(|| self.with_reader_here(f))
+    }
+
+    fn with_reader_here<R>(
+        &self,
+        f: impl Fn(&mut postgres::Client) -> Result<R, postgres::Error> + Send + Sync,
     ) -> Result<R, LogError> {
         let mut guard = self.reader.lock().expect("reader lock");
         for attempt in 0..2 {

@@ -15,10 +15,13 @@ use postgres::Client;
 /// Creates what is missing. Several control planes may start at once: an advisory lock makes
 /// them take turns.
 pub(crate) fn ensure(client: &mut Client) -> Result<(), LogError> {
+    // Three statements, so the tables are committed before the lock is let go.
+    let err = |e: postgres::Error| crate::unavailable("creating the tables", &e);
     client
-        .batch_execute(
-            "SELECT pg_advisory_lock(7254011);
-             CREATE TABLE IF NOT EXISTS nixfleet_log (
+        .batch_execute("SELECT pg_advisory_lock(7254011)")
+        .map_err(err)?;
+    let created = client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS nixfleet_log (
                  seq bigint PRIMARY KEY,
                  stream text NOT NULL,
                  hash bytea NOT NULL,
@@ -40,8 +43,10 @@ pub(crate) fn ensure(client: &mut Client) -> Result<(), LogError> {
                  epoch bigint NOT NULL,
                  expires timestamptz NOT NULL
              );
-             INSERT INTO nixfleet_lease VALUES (1, '', 0, 'epoch') ON CONFLICT DO NOTHING;
-             SELECT pg_advisory_unlock(7254011);",
-        )
-        .map_err(|e| crate::unavailable("creating the tables", &e))
+             INSERT INTO nixfleet_lease VALUES (1, '', 0, 'epoch') ON CONFLICT DO NOTHING;",
+    );
+    client
+        .batch_execute("SELECT pg_advisory_unlock(7254011)")
+        .map_err(err)?;
+    created.map_err(err)
 }

@@ -197,16 +197,22 @@ fn read_committed(
         }
         let after = w.last.seq as i64;
         let upto = to.map_or(i64::MAX, |t| t as i64);
-        let client = w.client(&s.url)?;
-        let rows = match client.query(
-            "SELECT seq, hash, record FROM nixfleet_log WHERE seq > $1 AND seq <= $2 \
-             ORDER BY seq LIMIT 10000",
-            &[&after, &upto],
-        ) {
+        let wr = &mut *w;
+        let fetched = crate::off_runtime(|| {
+            let client = wr.client(&s.url)?;
+            client
+                .query(
+                    "SELECT seq, hash, record FROM nixfleet_log WHERE seq > $1 AND seq <= $2 \
+                     ORDER BY seq LIMIT 10000",
+                    &[&after, &upto],
+                )
+                .map_err(|e| unavailable("reading the log", &e))
+        });
+        let rows = match fetched {
             Ok(r) => r,
             Err(e) => {
                 w.drop_connection();
-                return Err(unavailable("reading the log", &e));
+                return Err(e);
             }
         };
         if rows.is_empty() {
@@ -245,7 +251,10 @@ pub(crate) fn begin_write(s: &Shared, apply: &mut dyn FnMut(Follow)) -> Result<b
     let mut w = s.writer.lock().expect("writer lock");
     take_reset(&mut w, s, apply);
     if w.turn.is_none() {
-        open_turn(&mut w, s)?;
+        {
+            let w = &mut *w;
+            crate::off_runtime(|| open_turn(w, s))?;
+        }
     }
     let (to, leader) = w
         .turn
@@ -284,7 +293,10 @@ pub(crate) fn stage(
         return Err(LogError::Conflict);
     }
     if w.turn.is_none() {
-        open_turn(&mut w, s)?;
+        {
+            let w = &mut *w;
+            crate::off_runtime(|| open_turn(w, s))?;
+        }
     }
     let turn = w.turn.as_ref().expect("a turn is open");
     if turn.head.seq > w.committed.seq {
@@ -459,7 +471,10 @@ pub(crate) fn import(s: &Shared, records: &[Record]) -> Result<Seq, LogError> {
     if w.turn.is_some() {
         return Err(LogError::Io("cannot import during a write turn".into()));
     }
-    open_turn(&mut w, s)?;
+    {
+        let w = &mut *w;
+        crate::off_runtime(|| open_turn(w, s))?;
+    }
     let head = w.turn.as_ref().map(|t| t.head).expect("a turn is open");
     if head != w.last {
         w.drop_connection();
@@ -496,7 +511,10 @@ pub(crate) fn import(s: &Shared, records: &[Record]) -> Result<Seq, LogError> {
     }
     w.last = last;
     let failures = w.failures;
-    commit(&mut w, s);
+    {
+        let w = &mut *w;
+        crate::off_runtime(|| commit(w, s));
+    }
     if w.failures != failures {
         w.reset = false;
         return Err(LogError::Unavailable(

@@ -101,7 +101,21 @@ impl From<Rejection> for ApiError {
 
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            // A shared log's database is unreachable, or the write lost a race ten times over:
+            // nothing was appended, and the same request may succeed in a moment (or on another
+            // control plane).
+            LogError::Unavailable(_) | LogError::Conflict => {
+                tracing::warn!(error = %e, "write refused: the event log is unavailable");
+                ApiError {
+                    status: 503,
+                    message: "the event log is unavailable (its database cannot be reached); \
+                              nothing was recorded, retry later or on another control plane"
+                        .into(),
+                }
+            }
+            e => ApiError::internal(&e),
+        }
     }
 }
 
