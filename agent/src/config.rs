@@ -21,9 +21,10 @@ pub const MACHINE_ID_LEN_MAX: usize = nixfleet_ids::ID_LEN_MAX;
     about = "Polls the nixfleet control plane and applies, verifies and reports this machine's system generation."
 )]
 pub struct Args {
-    /// Control plane base URL (https://…; http:// only with --allow-insecure).
-    #[arg(long, env = "NIXFLEET_CONTROL_PLANE_URL")]
-    pub control_plane_url: Option<String>,
+    /// Control plane base URL (https://…; http:// only with --allow-insecure). Several: repeat the
+    /// flag or separate them with commas; on a connection failure or a 503 the agent tries the next.
+    #[arg(long, env = "NIXFLEET_CONTROL_PLANE_URL", value_delimiter = ',')]
+    pub control_plane_url: Vec<String>,
     /// This machine's id (1 to 128 characters of A-Z a-z 0-9 . _ -); must equal the client certificate's CN.
     #[arg(long, env = "NIXFLEET_MACHINE_ID")]
     pub machine_id: Option<String>,
@@ -127,8 +128,8 @@ pub struct TlsFiles {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Control plane base URL, without a trailing slash.
-    pub control_plane_url: String,
+    /// Control plane base URLs, without a trailing slash, in the order given, without duplicates.
+    pub control_plane_urls: Vec<String>,
     /// This machine.
     pub machine_id: String,
     /// Between polls.
@@ -181,36 +182,52 @@ pub fn validate_machine_id(id: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// Checks one control plane URL (https://, or http:// with `allow_insecure`, and a host) and returns it
+/// without its trailing slash; a refusal names the URL.
+pub fn validate_control_plane_url(url: &str, allow_insecure: bool) -> Result<String, ConfigError> {
+    let url = url.trim().trim_end_matches('/').to_owned();
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") {
+        if !allow_insecure {
+            return Err(ConfigError(format!(
+                "refusing insecure HTTP connection to control plane {url}: use https:// or pass --allow-insecure"
+            )));
+        }
+    } else if !lower.starts_with("https://") {
+        return Err(ConfigError(format!(
+            "invalid --control-plane-url {url:?}: it must start with https://"
+        )));
+    }
+    if url
+        .split_once("://")
+        .map(|x| x.1)
+        .is_none_or(|rest| rest.is_empty())
+    {
+        return Err(ConfigError(format!(
+            "invalid --control-plane-url {url:?}: no host"
+        )));
+    }
+    Ok(url)
+}
+
 impl Config {
     /// Validates `args`. No IO: files are read later, when the client is built.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let url = args
+        let mut control_plane_urls: Vec<String> = Vec::new();
+        for url in args
             .control_plane_url
+            .iter()
             .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| {
-                ConfigError("missing --control-plane-url (or NIXFLEET_CONTROL_PLANE_URL)".into())
-            })?;
-        let url = url.trim().trim_end_matches('/').to_owned();
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("http://") {
-            if !args.allow_insecure {
-                return Err(ConfigError(format!(
-                    "refusing insecure HTTP connection to control plane {url}: use https:// or pass --allow-insecure"
-                )));
-            }
-        } else if !lower.starts_with("https://") {
-            return Err(ConfigError(format!(
-                "invalid --control-plane-url {url:?}: it must start with https://"
-            )));
-        }
-        if url
-            .split_once("://")
-            .map(|x| x.1)
-            .is_none_or(|rest| rest.is_empty())
         {
-            return Err(ConfigError(format!(
-                "invalid --control-plane-url {url:?}: no host"
-            )));
+            let url = validate_control_plane_url(url, args.allow_insecure)?;
+            if !control_plane_urls.contains(&url) {
+                control_plane_urls.push(url);
+            }
+        }
+        if control_plane_urls.is_empty() {
+            return Err(ConfigError(
+                "missing --control-plane-url (or NIXFLEET_CONTROL_PLANE_URL)".into(),
+            ));
         }
         let machine_id = args
             .machine_id
@@ -247,7 +264,7 @@ impl Config {
             SwitchModeArg::Direct => SwitchMode::Direct,
         };
         Ok(Config {
-            control_plane_url: url,
+            control_plane_urls,
             machine_id,
             poll_interval: Duration::from_secs(args.poll_interval),
             retry_interval: Duration::from_secs(args.retry_interval),

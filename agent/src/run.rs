@@ -90,7 +90,7 @@ pub fn run(mut rt: Runtime) {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         machine_id = %rt.cfg.machine_id,
-        control_plane = %rt.cfg.control_plane_url,
+        control_plane = %rt.cfg.control_plane_urls.join(","),
         switch_mode = ?rt.cfg.switch_mode,
         dry_run = rt.cfg.dry_run,
         tags = ?rt.cfg.tags,

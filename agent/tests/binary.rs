@@ -156,6 +156,32 @@ fn missing_required_settings_and_bad_values_are_one_line_each() {
 }
 
 #[test]
+fn a_bad_url_in_a_list_of_control_planes_is_one_line_naming_it() {
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp-a:8080,ftp://cp-b:8080",
+            "--machine-id",
+            "w",
+        ],
+        2,
+        "invalid --control-plane-url \"ftp://cp-b:8080\": it must start with https://",
+    );
+    assert_one_line_refusal(
+        &[
+            "--control-plane-url",
+            "https://cp-a:8080",
+            "--control-plane-url",
+            "http://cp-b:8080",
+            "--machine-id",
+            "w",
+        ],
+        2,
+        "refusing insecure HTTP connection to control plane http://cp-b:8080",
+    );
+}
+
+#[test]
 fn an_unreadable_ca_file_stops_the_agent_with_one_line() {
     let (code, stderr) = refused(&[
         "--control-plane-url",

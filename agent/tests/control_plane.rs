@@ -7,6 +7,7 @@
 mod common;
 
 use common::running::{self, free_port, RunningAgent};
+use common::standin;
 use common::Machine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -15,6 +16,7 @@ use rcgen::{
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
@@ -101,7 +103,7 @@ impl ControlPlane {
         let child = Command::new(cp_bin())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
-            .arg(dir.join("cp-data"))
+            .arg(dir.join(format!("cp-data-{port}")))
             .args(pki_args(
                 &pki,
                 [
@@ -240,8 +242,17 @@ fn start_agent(dir: &Path, port: u16, m: &Machine) -> RunningAgent {
 
 /// An agent whose poll and retry intervals are `every` seconds.
 fn start_agent_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> RunningAgent {
+    RunningAgent::spawn(
+        agent_at(dir, &format!("https://localhost:{port}"), m, every),
+        None,
+    )
+}
+
+/// The command line of an agent for `m`, as web-01 of the control plane(s) at `url`, with the
+/// fleet PKI in `dir`, polling every `every` seconds.
+fn agent_at(dir: &Path, url: &str, m: &Machine, every: &str) -> Command {
     let pki = dir.join("pki");
-    let mut cmd = m.agent_command(&format!("https://localhost:{port}"));
+    let mut cmd = m.agent_command(url);
     cmd.args(["--tags", "web,canary"])
         .args(pki_args(
             &pki,
@@ -253,7 +264,7 @@ fn start_agent_polling(dir: &Path, port: u16, m: &Machine, every: &str) -> Runni
         ))
         .args(["--poll-interval", every, "--retry-interval", every])
         .args(["--health-interval", "2"]);
-    RunningAgent::spawn(cmd, None)
+    cmd
 }
 
 fn wait_until(what: &str, secs: u64, cond: impl FnMut() -> bool) {
@@ -495,4 +506,108 @@ fn results_cached_from_before_a_batch_started_do_not_pass_it_fresh_ones_do() {
         200,
     );
     cp.wait_rollout(&id, "completed", 30);
+}
+
+/// Waits until web-01 is registered on `cp` with a passing health report.
+fn wait_registered_and_healthy(cp: &ControlPlane, agent: &RunningAgent) {
+    wait_until("web-01 to register and report healthy", 30, || {
+        cp.machine("web-01")
+            .is_some_and(|m| m["health"] == "healthy")
+    });
+    let machine = cp.machine("web-01").expect("registered");
+    assert_eq!(
+        machine["tags"],
+        serde_json::json!(["canary", "web"]),
+        "{machine}\n{}",
+        agent.dump()
+    );
+}
+
+#[test]
+fn with_a_first_control_plane_that_refuses_connections_the_agent_registers_and_reports_through_the_second_and_stays_with_it(
+) {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    let (dir, port, cp) = given_a_control_plane();
+    let closed = format!("https://localhost:{}", free_port());
+    let second = format!("https://localhost:{port}");
+    // The flag repeated.
+    let mut cmd = agent_at(dir.path(), &closed, &m, "1");
+    cmd.args(["--control-plane-url", &second]);
+    let agent = RunningAgent::spawn(cmd, None);
+    wait_registered_and_healthy(&cp, &agent);
+    let line = agent.wait_for_log(
+        &format!("control plane {closed} unreachable ("),
+        Duration::from_secs(5),
+    );
+    assert!(line.contains(&format!("), trying {second}")), "{line}");
+    // Sticky: the polls and reports of the next seconds go to the second control plane directly.
+    let polls = agent.count("Health report sent");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        agent.count("Health report sent") > polls,
+        "{}",
+        agent.dump()
+    );
+    assert_eq!(
+        agent.count("unreachable ("),
+        1,
+        "the agent went back to the refusing control plane:\n{}",
+        agent.dump()
+    );
+    assert!(!agent.saw("Poll failed"), "{}", agent.dump());
+}
+
+#[test]
+fn with_a_first_control_plane_that_answers_503_the_agent_registers_through_the_second() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    let (dir, port, cp) = given_a_control_plane();
+    let (standby, asked) = standin::serve(standin::Reply::Unavailable("standing by"));
+    let first = format!("http://127.0.0.1:{standby}");
+    let second = format!("https://localhost:{port}");
+    // A comma-separated list; the plain http:// stand-in needs --allow-insecure.
+    let mut cmd = agent_at(dir.path(), &format!("{first},{second}"), &m, "1");
+    cmd.arg("--allow-insecure");
+    let agent = RunningAgent::spawn(cmd, None);
+    wait_registered_and_healthy(&cp, &agent);
+    let line = agent.wait_for_log(
+        &format!("control plane {first} unreachable (HTTP 503: standing by), trying {second}"),
+        Duration::from_secs(5),
+    );
+    assert!(!line.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "{}", agent.dump());
+}
+
+#[test]
+fn when_the_control_plane_in_use_stops_the_agent_wraps_around_to_the_first_one() {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    let (dir, second_port, second) = given_a_control_plane();
+    let first_port = free_port();
+    let (first_url, second_url) = (
+        format!("https://localhost:{first_port}"),
+        format!("https://localhost:{second_port}"),
+    );
+    let cmd = agent_at(dir.path(), &format!("{first_url},{second_url}"), &m, "1");
+    let agent = RunningAgent::spawn(cmd, None);
+    wait_registered_and_healthy(&second, &agent);
+
+    // The second stops and the first comes up (with its own log): the agent goes round to it.
+    drop(second);
+    let first = ControlPlane::start(dir.path(), first_port);
+    wait_registered_and_healthy(&first, &agent);
+    agent.wait_for_log(
+        &format!("control plane {second_url} unreachable ("),
+        Duration::from_secs(5),
+    );
+    assert!(
+        agent.saw(&format!("), trying {first_url}")),
+        "{}",
+        agent.dump()
+    );
 }

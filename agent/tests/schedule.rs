@@ -74,5 +74,25 @@ fn a_fleet_does_not_poll_in_step() {
 fn tags_are_trimmed_and_deduplicated_and_the_url_loses_its_trailing_slash() {
     let cfg = config();
     assert_eq!(cfg.tags, vec!["web", "canary"]);
-    assert_eq!(cfg.control_plane_url, "https://cp.example:8080");
+    assert_eq!(cfg.control_plane_urls, vec!["https://cp.example:8080"]);
+}
+
+#[test]
+fn control_plane_urls_come_from_repeated_flags_and_comma_lists_in_order_without_duplicates() {
+    let cfg = Config::from_args(Args::parse_from([
+        "nixfleet-agent",
+        "--control-plane-url",
+        "https://a:8080/, https://b:8080,",
+        "--control-plane-url",
+        "https://c:8080",
+        "--control-plane-url",
+        "https://a:8080",
+        "--machine-id",
+        "web-01",
+    ]))
+    .expect("valid");
+    assert_eq!(
+        cfg.control_plane_urls,
+        vec!["https://a:8080", "https://b:8080", "https://c:8080"]
+    );
 }

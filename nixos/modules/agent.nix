@@ -40,6 +40,9 @@ let
 
   stateDirName = lib.removePrefix "/var/lib/" cfg.stateDir;
 
+  # Every control plane, in the order of the agent's flags (controlPlaneUrl first).
+  controlPlaneUrls = lib.optional (cfg.controlPlaneUrl != null) cfg.controlPlaneUrl ++ cfg.controlPlaneUrls;
+
   # Per-check interval; the defaults (http 5 s, command 10 s) are v0.1's and
   # the local vmtests harness uses the same.
   intervalOption =
@@ -57,9 +60,27 @@ in
     package = mkPackageOption pkgs "nixfleet-agent" { };
 
     controlPlaneUrl = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
+      default = default "controlPlaneUrl";
       example = "https://cp.example.org:8080";
-      description = "Base URL of the control plane.";
+      description = ''
+        Base URL of the control plane. With several control planes, list them
+        in `controlPlaneUrls`; this one, when set, is tried before them.
+      '';
+    };
+
+    controlPlaneUrls = mkOption {
+      type = types.listOf types.str;
+      default = default "controlPlaneUrls";
+      example = [
+        "https://cp-1.example.org:8080"
+        "https://cp-2.example.org:8080"
+      ];
+      description = ''
+        Base URLs of several control planes, in the order the agent tries
+        them: on a connection failure or an HTTP 503 it moves to the next
+        and stays with the one that answers (docs/agent.md).
+      '';
     };
 
     machineId = mkOption {
@@ -219,8 +240,16 @@ in
         message = "services.nixfleet-agent: set tls.clientCert and tls.clientKey together.";
       }
       {
-        assertion = cfg.allowInsecure || !lib.hasPrefix "http://" cfg.controlPlaneUrl;
-        message = "services.nixfleet-agent.controlPlaneUrl is plain http://; use https:// or set allowInsecure = true (tests only).";
+        assertion = controlPlaneUrls != [ ];
+        message = "services.nixfleet-agent: set controlPlaneUrl or controlPlaneUrls.";
+      }
+      {
+        assertion = !lib.any (lib.hasInfix ",") controlPlaneUrls;
+        message = "services.nixfleet-agent: a control plane URL holds a comma, which the agent reads as a separator.";
+      }
+      {
+        assertion = cfg.allowInsecure || !lib.any (lib.hasPrefix "http://") controlPlaneUrls;
+        message = "services.nixfleet-agent.controlPlaneUrl(s) is plain http:// (${lib.concatStringsSep ", " (lib.filter (lib.hasPrefix "http://") controlPlaneUrls)}); use https:// or set allowInsecure = true (tests only).";
       }
       {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDir && stateDirName != "" && !lib.hasInfix "/" stateDirName;

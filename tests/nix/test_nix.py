@@ -385,6 +385,7 @@ def exec_start(result: dict, unit: str) -> list[str]:
 def test_the_agent_module_renders_every_flag_of_service_flags_json():
     # Non-default values for every option in the JSON, so each one must show up.
     values = {"controlPlaneUrl": "https://cp.example:8443", "machineId": "m-1", "pollInterval": 7,
+              "controlPlaneUrls": ["https://cp-2.example:8443", "https://cp-3.example:8443"],
               "retryInterval": 9, "cacheUrl": "http://cache:5000", "stateDir": "/var/lib/nf-agent",
               "dryRun": True, "allowInsecure": True,
               "tls": {"caCert": "/a/ca.pem", "clientCert": "/a/c.pem", "clientKey": "/a/k.pem"},
@@ -404,6 +405,25 @@ def test_the_agent_module_renders_every_flag_of_service_flags_json():
         f"f.args {{ service = \"nixfleet-agent\"; values = f.valuesFrom \"nixfleet-agent\" v; }}"
     )
     assert argv[1:] == pure
+
+
+@pytest.mark.parametrize("values, urls", [
+    ({"controlPlaneUrls": ["https://cp-1:8080", "https://cp-2:8080"]}, ["https://cp-1:8080,https://cp-2:8080"]),
+    ({"controlPlaneUrl": "https://cp-0:8080", "controlPlaneUrls": ["https://cp-1:8080"]},
+     ["https://cp-0:8080", "https://cp-1:8080"]),
+    ({"controlPlaneUrl": "https://cp-0:8080"}, ["https://cp-0:8080"]),
+], ids=["list", "single-and-list", "single"])
+def test_several_control_planes_render_as_the_agents_repeated_flag_old_single_url_first(values, urls):
+    module = {"services": {"nixfleet-agent": {"enable": True, **values}}}
+    result = eval_module("nixos/modules/agent.nix", module)
+    assert all(a["assertion"] for a in result["assertions"]), result["assertions"]
+    argv = exec_start(result, "nixfleet-agent")
+    given = [argv[i + 1] for i, a in enumerate(argv) if a == "--control-plane-url"]
+    assert given == urls, argv
+    # Two list definitions merge, as lists do on NixOS.
+    other = {"services": {"nixfleet-agent": {"controlPlaneUrls": ["https://cp-9:8080"]}}}
+    out = nix_eval(f"{evaluation(f'[ {json_module(module)} {json_module(other)} ]')}.config.services.nixfleet-agent.controlPlaneUrls")
+    assert out == ["https://cp-9:8080", *values.get("controlPlaneUrls", [])], out
 
 
 def test_the_agent_unit_survives_its_own_switch_and_runs_as_root_with_nix_on_path():
@@ -449,6 +469,12 @@ def test_the_agent_refuses_a_client_key_in_the_store_and_plain_http():
     failed = [a["message"] for a in result["assertions"] if not a["assertion"]]
     assert any("clientKey must not be a store path" in m for m in failed)
     assert any("plain http://" in m for m in failed)
+    # Any URL of the list counts.
+    result = eval_module("nixos/modules/agent.nix", agent_values(
+        controlPlaneUrls=["https://cp-2:8080", "http://cp-3:8080"]))
+    failed = [a["message"] for a in result["assertions"] if not a["assertion"]]
+    assert failed == ["services.nixfleet-agent.controlPlaneUrl(s) is plain http:// (http://cp-3:8080); "
+                      "use https:// or set allowInsecure = true (tests only)."], failed
 
 
 def cp_values(**extra):
@@ -1029,7 +1055,11 @@ ASSERTION_CASES = [
                                       "tls": {"clientCert": "/etc/c.pem"}}}},
      "services.nixfleet-agent: set tls.clientCert and tls.clientKey together."),
     ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "http://cp:8080"}}},
-     "services.nixfleet-agent.controlPlaneUrl is plain http://"),
+     "services.nixfleet-agent.controlPlaneUrl(s) is plain http://"),
+    ({"services": {"nixfleet-agent": {"enable": True}}},
+     "services.nixfleet-agent: set controlPlaneUrl or controlPlaneUrls."),
+    ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrls": ["https://cp-1:8080,https://cp-2:8080"]}}},
+     "services.nixfleet-agent: a control plane URL holds a comma"),
     ({"services": {"nixfleet-agent": {"enable": True, "controlPlaneUrl": "https://cp:8080", "stateDir": "/srv/a"}}},
      "services.nixfleet-agent.stateDir must be a directory directly under /var/lib"),
     ({"services": {"nixfleet-control-plane": {"enable": True, "tls": {

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod running;
+pub mod standin;
 
 use nixfleet_agent::cycle::{Agent, Settings};
 use nixfleet_agent::health::HealthRunner;

@@ -90,6 +90,12 @@ impl RunningAgent {
         logs.iter().find(|l| l.contains(needle)).cloned()
     }
 
+    /// How many log lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        let logs = self.logs.lock().expect("lock");
+        logs.iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// Whether a log line so far contains `needle`.
     pub fn saw(&self, needle: &str) -> bool {
         self.log_line(needle).is_some()
