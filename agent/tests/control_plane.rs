@@ -508,6 +508,14 @@ fn results_cached_from_before_a_batch_started_do_not_pass_it_fresh_ones_do() {
     cp.wait_rollout(&id, "completed", 30);
 }
 
+/// A machine running a healthy v1.
+fn booted_machine() -> Machine {
+    let m = Machine::new();
+    let v1 = m.build("nixos-system-web-01-v1", true);
+    m.boot_into(&v1);
+    m
+}
+
 /// Waits until web-01 is registered on `cp` with a passing health report.
 fn wait_registered_and_healthy(cp: &ControlPlane, agent: &RunningAgent) {
     wait_until("web-01 to register and report healthy", 30, || {
@@ -526,9 +534,7 @@ fn wait_registered_and_healthy(cp: &ControlPlane, agent: &RunningAgent) {
 #[test]
 fn with_a_first_control_plane_that_refuses_connections_the_agent_registers_and_reports_through_the_second_and_stays_with_it(
 ) {
-    let m = Machine::new();
-    let v1 = m.build("nixos-system-web-01-v1", true);
-    m.boot_into(&v1);
+    let m = booted_machine();
     let (dir, port, cp) = given_a_control_plane();
     let closed = format!("https://localhost:{}", free_port());
     let second = format!("https://localhost:{port}");
@@ -561,9 +567,7 @@ fn with_a_first_control_plane_that_refuses_connections_the_agent_registers_and_r
 
 #[test]
 fn with_a_first_control_plane_that_answers_503_the_agent_registers_through_the_second() {
-    let m = Machine::new();
-    let v1 = m.build("nixos-system-web-01-v1", true);
-    m.boot_into(&v1);
+    let m = booted_machine();
     let (dir, port, cp) = given_a_control_plane();
     let (standby, asked) = standin::serve(standin::Reply::Unavailable("standing by"));
     let first = format!("http://127.0.0.1:{standby}");
@@ -584,9 +588,7 @@ fn with_a_first_control_plane_that_answers_503_the_agent_registers_through_the_s
 
 #[test]
 fn when_the_control_plane_in_use_stops_the_agent_wraps_around_to_the_first_one() {
-    let m = Machine::new();
-    let v1 = m.build("nixos-system-web-01-v1", true);
-    m.boot_into(&v1);
+    let m = booted_machine();
     let (dir, second_port, second) = given_a_control_plane();
     let first_port = free_port();
     let (first_url, second_url) = (

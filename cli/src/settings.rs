@@ -23,14 +23,16 @@ pub const DEFAULT_CONTROL_PLANE_URL: &str = "https://localhost:8080";
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Control plane URL [default: https://localhost:8080].
+    /// Control plane URL [default: https://localhost:8080]. Several: repeat the flag or separate
+    /// them with commas; a request that cannot reach one (or gets a 503) goes to the next.
     #[arg(
         long,
         global = true,
         env = "NIXFLEET_CONTROL_PLANE_URL",
-        value_name = "URL"
+        value_name = "URL",
+        value_delimiter = ','
     )]
-    pub control_plane_url: Option<String>,
+    pub control_plane_url: Vec<String>,
     /// API key (nfk-…); by default the one saved for this URL by `bootstrap` or `keys save`.
     #[arg(
         long,
@@ -77,8 +79,28 @@ struct ProjectFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct ControlPlaneSection {
-    url: Option<String>,
+    url: Option<UrlList>,
     ca_cert: Option<String>,
+}
+
+/// `url` of `[control-plane]`: one URL, a comma-separated list, or an array of URLs.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "url must be a URL, a comma-separated list of URLs, or an array of URLs"
+)]
+enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UrlList {
+    fn entries(&self) -> Vec<String> {
+        match self {
+            UrlList::One(s) => s.split(',').map(str::to_string).collect(),
+            UrlList::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,8 +154,11 @@ struct Credential {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Settings {
-    /// Base URL of the control plane, without a trailing slash.
+    /// Base URL of the control plane, without a trailing slash: the first of `control_plane_urls`.
     pub control_plane_url: String,
+    /// Every control plane URL, in order, without trailing slashes or duplicates; requests go to
+    /// the next on a connection failure or a 503 (`client`).
+    pub control_plane_urls: Vec<String>,
     /// Whether some layer set the URL (false: the built-in default).
     pub control_plane_url_configured: bool,
     /// The API key (printed only as "set" or absent).
@@ -200,6 +225,15 @@ impl Settings {
             .unwrap_or_default();
 
         let mut sources = BTreeMap::new();
+        let urls = pick_urls(
+            &mut sources,
+            &args.control_plane_url,
+            project.control_plane.url.as_ref(),
+            &project_src,
+        );
+        let control_plane_url_configured = !urls.is_empty();
+        let control_plane_urls = url_list(&urls)?;
+        let control_plane_url = control_plane_urls[0].clone();
         let mut pick = |name: &str,
                         high: Option<String>,
                         low: Option<String>,
@@ -215,16 +249,6 @@ impl Settings {
                 None
             }
         };
-
-        let url = pick(
-            "control-plane-url",
-            args.control_plane_url.clone(),
-            project.control_plane.url.clone(),
-            &project_src,
-        );
-        let control_plane_url_configured = url.is_some();
-        let control_plane_url = normalize_url(url.as_deref().unwrap_or(DEFAULT_CONTROL_PLANE_URL));
-        validate_url(&control_plane_url)?;
 
         let file_path = |raw: Option<&String>| -> Result<Option<String>> {
             raw.map(|r| {
@@ -252,10 +276,14 @@ impl Settings {
         );
 
         let credentials_file = credentials_path();
+        // The key saved for the first URL of the list that has one.
         let stored_key = match &credentials_file {
-            Some(path) => read_credentials(path)?
-                .get(&control_plane_url)
-                .and_then(|c| c.api_key.clone()),
+            Some(path) => {
+                let saved = read_credentials(path)?;
+                control_plane_urls
+                    .iter()
+                    .find_map(|u| saved.get(u).and_then(|c| c.api_key.clone()))
+            }
             None => None,
         };
         let cred_src = credentials_file
@@ -266,6 +294,7 @@ impl Settings {
 
         Ok(Settings {
             control_plane_url,
+            control_plane_urls,
             control_plane_url_configured,
             api_key,
             ca_cert: ca_cert.map(PathBuf::from),
@@ -283,18 +312,20 @@ impl Settings {
         })
     }
 
-    /// Saves `key` as the API key for this control plane URL in the credentials file (mode 0600).
+    /// Saves `key` as the API key for each control plane URL in the credentials file (mode 0600).
     pub fn save_api_key(&self, key: &str) -> Result<PathBuf> {
         let path = self.credentials_file.clone().ok_or_else(|| {
             CliError::usage("HOME is not set, so the API key cannot be saved; set HOME or pass the key with --api-key")
         })?;
         let mut all = read_credentials(&path)?;
-        all.insert(
-            self.control_plane_url.clone(),
-            Credential {
-                api_key: Some(key.to_string()),
-            },
-        );
+        for url in &self.control_plane_urls {
+            all.insert(
+                url.clone(),
+                Credential {
+                    api_key: Some(key.to_string()),
+                },
+            );
+        }
         write_private(
             &path,
             &toml::to_string(&all).expect("a map of strings always serializes to TOML"),
@@ -396,6 +427,48 @@ fn normalize_url(url: &str) -> String {
     url.trim().trim_end_matches('/').to_string()
 }
 
+/// The control plane URLs of the highest layer that gives any (flags and environment, else the
+/// project file), with empty entries dropped; records that layer in `sources`.
+fn pick_urls(
+    sources: &mut BTreeMap<String, String>,
+    high: &[String],
+    low: Option<&UrlList>,
+    low_src: &str,
+) -> Vec<String> {
+    let keep = |urls: Vec<String>| -> Vec<String> {
+        urls.into_iter().filter(|u| !u.trim().is_empty()).collect()
+    };
+    let high = keep(high.to_vec());
+    let (urls, src) = if high.is_empty() {
+        (keep(low.map(UrlList::entries).unwrap_or_default()), low_src)
+    } else {
+        (high, "flag or environment")
+    };
+    if !urls.is_empty() {
+        sources.insert("control-plane-url".to_string(), src.to_string());
+    }
+    urls
+}
+
+/// The URLs given (none: the default), normalized and checked one by one, without duplicates.
+fn url_list(given: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    let default = [DEFAULT_CONTROL_PLANE_URL.to_string()];
+    let given = if given.is_empty() {
+        &default[..]
+    } else {
+        given
+    };
+    for raw in given {
+        let url = normalize_url(raw);
+        validate_url(&url)?;
+        if !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    Ok(out)
+}
+
 fn validate_url(url: &str) -> Result<()> {
     let rest = url
         .strip_prefix("https://")
@@ -465,6 +538,27 @@ mod tests {
         assert!(expand_vars("${NFCLI_SURELY_UNSET_VAR}").is_err());
         std::env::remove_var("HOSTNAME");
         assert!(!expand_vars("${HOSTNAME}").expect("falls back").is_empty());
+    }
+
+    #[test]
+    fn a_url_list_is_an_array_or_a_comma_separated_string_checked_in_order_without_duplicates() {
+        let one: ProjectFile =
+            toml::from_str("[control-plane]\nurl = \"https://a:1, https://b:1/\"\n").expect("toml");
+        let many: ProjectFile =
+            toml::from_str("[control-plane]\nurl = [\"https://a:1\", \"https://b:1\"]\n")
+                .expect("toml");
+        for file in [one, many] {
+            let entries = file.control_plane.url.expect("url").entries();
+            assert_eq!(
+                url_list(&entries).expect("valid"),
+                ["https://a:1", "https://b:1"]
+            );
+        }
+        let twice = ["https://a:1".to_string(), "https://a:1/".to_string()];
+        assert_eq!(url_list(&twice).expect("valid"), ["https://a:1"]);
+        let bad = ["https://a:1".to_string(), "b:1".to_string()];
+        assert!(url_list(&bad).is_err());
+        assert_eq!(url_list(&[]).expect("default"), [DEFAULT_CONTROL_PLANE_URL]);
     }
 
     #[test]

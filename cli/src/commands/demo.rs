@@ -426,6 +426,7 @@ impl Demo<'_> {
         )?;
         let settings = Settings {
             control_plane_url: format!("https://127.0.0.1:{port}"),
+            control_plane_urls: vec![format!("https://127.0.0.1:{port}")],
             control_plane_url_configured: true,
             api_key: None,
             ca_cert: Some(pki.join(pki::CA_CERT)),
