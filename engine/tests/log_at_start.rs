@@ -72,14 +72,14 @@ fn key(seq: u64) -> Vec<u8> {
 }
 
 /// Damages the log as a disk or an intruder would, through sled directly.
-fn damage(data: &Path, f: impl FnOnce(&sled::Db)) {
+fn damage(data: &Path, f: impl FnOnce(&nixfleet_engine::log::RawDb)) {
     let db = nixfleet_engine::log::open_raw(&data.join("log")).unwrap();
     f(&db);
     db.flush().unwrap();
 }
 
 /// Flips the last byte of record `seq`.
-fn alter(db: &sled::Db, seq: u64) {
+fn alter(db: &nixfleet_engine::log::RawDb, seq: u64) {
     let mut v = db.get(key(seq)).unwrap().unwrap().to_vec();
     let last = v.len() - 1;
     v[last] ^= 0x01;

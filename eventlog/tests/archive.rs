@@ -363,3 +363,140 @@ fn given_a_checkpoint_in_sleds_part_then_stream_reads_still_see_the_records_befo
     assert_eq!(stream_seqs(&log, "machine:m-7", 1090, 2), vec![1097, 1107]);
     log.close().unwrap();
 }
+
+/// The chunk trees sled holds (their numbers), from their names: `r` + chunk (big-endian).
+fn chunk_trees(dir: &Path) -> Vec<u64> {
+    let raw = nixfleet_eventlog::log::open_raw(dir).unwrap();
+    let mut v: Vec<u64> = raw
+        .default_tree()
+        .tree_names()
+        .iter()
+        .filter(|n| n.len() == 9 && n[0] == b'r')
+        .map(|n| u64::from_be_bytes(n[1..].try_into().unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn given_sealed_segments_then_sled_drops_their_records_trees_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // Created with segments of 100 records: chunks of 100, each segment one chunk.
+    fill(dir.path(), 1000, opts());
+    assert_eq!(archive(dir.path()), 900);
+    assert_eq!(seqs_in_sled(dir.path()), (901..=1000).collect::<Vec<_>>());
+    assert_eq!(
+        chunk_trees(dir.path()),
+        vec![9],
+        "the trees of archived chunks are dropped, not emptied record by record"
+    );
+    assert_eq!(replayed(dir.path()), (1..=1000).collect::<Vec<_>>());
+}
+
+/// A copy of a log directory written by the control plane before issue 16 (records and the
+/// stream index in sled's default tree; five sealed segments of 64 records), made with the
+/// release build of commit d7e6f92 (`nixfleet-loadgen --agents 10 --rate 100 --duration 2`,
+/// `NIXFLEET_CP_LOG_SEGMENT_RECORDS=64`).
+fn pre_issue_16_log() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/logs/pre-issue-16.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar -xzf {}", fixture.display());
+    let log = dir.path().join("log");
+    (dir, log)
+}
+
+fn legacy_keys(dir: &Path, prefix: &[u8]) -> usize {
+    let raw = nixfleet_eventlog::log::open_raw(dir).unwrap();
+    raw.default_tree().scan_prefix(prefix).count()
+}
+
+/// Opens the log, checks it is records 1 to `n` in order and that every stream read agrees with
+/// the whole log; returns `n`.
+fn check_whole(dir: &Path) -> u64 {
+    let mut replayed = Vec::new();
+    let log =
+        SledLog::open_with(dir, None, LogOptions::segments_of(64), |r| replayed.push(r)).unwrap();
+    let n = replayed.len() as u64;
+    assert_eq!(seqs(&replayed), (1..=n).collect::<Vec<_>>());
+    assert_eq!(log.read_after(Seq(0), 100_000).unwrap(), replayed);
+    let streams: std::collections::BTreeSet<String> =
+        replayed.iter().map(|r| r.stream.clone()).collect();
+    for s in &streams {
+        let want: Vec<_> = replayed
+            .iter()
+            .filter(|r| &r.stream == s)
+            .cloned()
+            .collect();
+        assert_eq!(&log.read_stream(s, Seq(0), 100_000).unwrap(), &want, "{s}");
+    }
+    log.close().unwrap();
+    n
+}
+
+#[test]
+fn given_a_log_written_before_issue_16_then_its_records_move_to_chunk_trees_and_read_the_same() {
+    let (_tmp, dir) = pre_issue_16_log();
+    let in_default_tree = legacy_keys(&dir, b"e");
+    assert!(in_default_tree > 0 && legacy_keys(&dir, b"s") == in_default_tree);
+
+    let n = check_whole(&dir);
+    assert_eq!(
+        n,
+        320 + in_default_tree as u64,
+        "five segments and sled's records"
+    );
+    assert_eq!(
+        legacy_keys(&dir, b"e"),
+        0,
+        "no record is left in the default tree"
+    );
+    assert_eq!(legacy_keys(&dir, b"s"), 0);
+    let top = replayed_top(&dir);
+    assert_eq!(seqs_in_sled(&dir), (top + 1..=n).collect::<Vec<_>>());
+    assert_eq!(check_whole(&dir), n, "a second open reads the same");
+    assert_eq!(SledLog::verify(&dir).unwrap(), n);
+}
+
+fn replayed_top(dir: &Path) -> u64 {
+    let log = SledLog::open_with(dir, None, LogOptions::segments_of(64), |_| {}).unwrap();
+    let top = log.archived_seq();
+    log.close().unwrap();
+    top
+}
+
+#[test]
+fn given_a_crash_while_an_old_log_was_moved_then_the_next_open_finishes_the_move() {
+    let (_tmp, dir) = pre_issue_16_log();
+    // As a crash after the copies were made durable and before the old keys went: every record
+    // in both places.
+    let raw = nixfleet_eventlog::log::open_raw(&dir).unwrap();
+    let old: Vec<_> = raw
+        .default_tree()
+        .scan_prefix(b"e")
+        .map(|kv| kv.unwrap())
+        .collect();
+    raw.default_tree()
+        .insert(b"c", &64u64.to_be_bytes()[..])
+        .unwrap();
+    drop(raw);
+    let raw = nixfleet_eventlog::log::open_raw(&dir).unwrap();
+    for (k, v) in &old {
+        raw.insert(k, v).unwrap();
+    }
+    raw.flush().unwrap();
+    drop(raw);
+    assert_eq!(legacy_keys(&dir, b"e"), old.len());
+
+    let n = check_whole(&dir);
+    assert_eq!(n, 320 + old.len() as u64);
+    assert_eq!(legacy_keys(&dir, b"e"), 0);
+    assert_eq!(SledLog::verify(&dir).unwrap(), n);
+}

@@ -29,7 +29,7 @@ fn fill(dir: &Path, n: u64) {
 }
 
 /// Opens the raw sled database under the log, to damage it as a disk or an attacker would.
-fn raw(dir: &Path) -> sled::Db {
+fn raw(dir: &Path) -> nixfleet_eventlog::log::RawDb {
     nixfleet_eventlog::log::open_raw(dir).unwrap()
 }
 

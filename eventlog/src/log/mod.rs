@@ -7,8 +7,9 @@
 //!
 //! Append steps (the durability contract):
 //! 1. `stage` assigns the next sequence numbers, chains the hashes and inserts the group's
-//!    records and their stream index entries (one plain sled insert each). Nothing is durable
-//!    yet, and the head does not name them yet.
+//!    records (one plain sled insert each, into the sled tree of the record's chunk; the stream
+//!    index is in memory since issue 16). Nothing is durable yet, and the head does not name
+//!    them yet.
 //! 2. The flusher thread takes the last staged group's end, writes the head (its sequence number
 //!    and hash), flushes sled and `fdatasync`s sled's data file: one sync for every group staged
 //!    so far (group commit). The head only ever names the end of a group.
@@ -33,7 +34,7 @@ pub use codec::{
     SCHEMA_VERSION,
 };
 pub use memory::MemoryLog;
-pub use sled_log::{check_import, open_raw, Checkpoint, LogOptions, SledLog, ARCHIVE_DIR};
+pub use sled_log::{check_import, open_raw, Checkpoint, LogOptions, RawDb, SledLog, ARCHIVE_DIR};
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
 

@@ -44,11 +44,14 @@ use std::thread::JoinHandle;
 
 mod background;
 mod index;
+mod records;
 mod store;
 
 pub use background::open_raw;
 use background::*;
 use index::*;
+pub use records::RawDb;
+use records::*;
 use store::*;
 
 const HEAD_KEY: &[u8] = b"h";
@@ -93,6 +96,14 @@ impl LogOptions {
             segment_records: segment_records.max(1),
             keep_records: segment_records.max(1),
         }
+    }
+}
+
+impl LogOptions {
+    /// The records per sled tree of a log created with these options: segments are whole
+    /// chunks, so the archiver drops trees instead of removing records (see [`records`]).
+    fn chunk_records(&self) -> u64 {
+        self.segment_records.clamp(1, CHUNK_RECORDS_MAX)
     }
 }
 
@@ -178,7 +189,7 @@ impl SledLog {
         options: LogOptions,
         mut on_record: impl FnMut(Record),
     ) -> Result<SledLog, LogError> {
-        let store = Store::open(path)?;
+        let store = Store::open(path, options.chunk_records())?;
         let start = match checkpoint {
             None => (0, [0u8; 32]),
             Some(c) => {
@@ -195,7 +206,7 @@ impl SledLog {
         // only), the others as the scan hands them over.
         let archived = store.archive().top().0;
         let index = StreamIndex::default();
-        index.load(&store.db, archived + 1, start.0)?;
+        index.load(&store.records, archived + 1, start.0)?;
         let (seq, hash) = Self::scan(&store, start, &mut |r: Record| {
             if r.seq.0 > archived {
                 index.push(&r.stream, r.seq.0);
@@ -254,7 +265,7 @@ impl SledLog {
 
     /// Verifies the log at `path` without keeping it open; returns the number of records.
     pub fn verify(path: &Path) -> Result<u64, LogError> {
-        let store = Store::open(path)?;
+        let store = Store::open(path, LogOptions::default().chunk_records())?;
         let (seq, hash) = Self::scan(&store, (0, [0u8; 32]), &mut |_| {})?;
         store.check_mark(seq, hash)?;
         Ok(seq)
@@ -610,7 +621,7 @@ impl EventLog for SledLog {
         if stored.len() < limit {
             let index = &self.shared.index;
             for seq in index.after(stream, after.0.max(top), limit - stored.len()) {
-                let v = store.db.get(event_key(seq))?.ok_or(LogError::Corrupt {
+                let v = store.records.get(seq)?.ok_or(LogError::Corrupt {
                     seq,
                     why: "indexed record is missing".into(),
                 })?;
@@ -726,9 +737,8 @@ impl Shared {
         let Some(&(seq, _, _)) = encoded.last() else {
             return Ok(Seq(head.seq));
         };
-        let db = &self.store.db;
         for (seq, _, bytes) in &encoded {
-            db.insert(event_key(*seq), &bytes[..])?;
+            self.store.records.insert(*seq, bytes)?;
         }
         for (seq, stream, _) in &encoded {
             self.index.push(stream, *seq);

@@ -28,8 +28,8 @@ pub(super) fn open_config(config: sled::Config) -> Result<sled::Db, sled::Error>
 /// Opens the sled database of a log directory as it is, without verifying or repairing
 /// anything: for tools and tests that read or edit raw records. Waits like [`SledLog::open`]
 /// for a lock that a closed handle has not released yet. Archived records are not in it.
-pub fn open_raw(path: &Path) -> Result<sled::Db, LogError> {
-    Ok(open_config(SledLog::config(path))?)
+pub fn open_raw(path: &Path) -> Result<RawDb, LogError> {
+    RawDb::new(open_config(SledLog::config(path))?)
 }
 
 impl Shared {
@@ -86,7 +86,7 @@ impl Shared {
 }
 
 /// Removes the records past the head; returns how many.
-pub(super) fn drop_past_head(db: &sled::Db) -> Result<u64, LogError> {
+pub(super) fn drop_past_head(db: &sled::Db, records: &Records) -> Result<u64, LogError> {
     let head = db
         .get(HEAD_KEY)?
         .and_then(|h| {
@@ -95,14 +95,7 @@ pub(super) fn drop_past_head(db: &sled::Db) -> Result<u64, LogError> {
                 .map(u64::from_be_bytes)
         })
         .unwrap_or(0);
-    let past: Vec<sled::IVec> = db
-        .range(event_key(head.saturating_add(1))..=event_key(u64::MAX))
-        .keys()
-        .collect::<Result<_, _>>()?;
-    for k in &past {
-        db.remove(k)?;
-    }
-    Ok(past.len() as u64)
+    records.remove_after(head)
 }
 
 /// Seals segments while more than `keep + segment` durable records are in sled.
@@ -129,18 +122,17 @@ pub(super) fn archive_one(
     top_hash: [u8; 32],
     n: u64,
 ) -> Result<(), LogError> {
-    let db = &s.store.db;
     let (first, last) = (top + 1, top + n);
     // Read and check them: a segment only ever holds a gap-free chain.
     let mut recs: Vec<(sled::IVec, String)> = Vec::with_capacity(n as usize);
     let mut prev = top_hash;
-    for item in db.range(event_key(first)..=event_key(last)) {
+    for item in s.store.records.range(first, last) {
         let (k, v) = item?;
         let seq = first + recs.len() as u64;
-        if key_seq(&k) != seq {
+        if k != seq {
             return Err(LogError::Corrupt {
                 seq,
-                why: format!("record {seq} is missing (found {} next)", key_seq(&k)),
+                why: format!("record {seq} is missing (found {k} next)"),
             });
         }
         // The envelope alone: the chain check and the stream need nothing of the event.
@@ -170,19 +162,11 @@ pub(super) fn archive_one(
     // Readers look in sled only above the archive's top: these entries are never asked for again.
     s.index.forget_upto(last);
     metrics::counter!("nixfleet_log_archived_records_total").increment(n);
-    // One plain remove per key: a `sled::Batch` does the same per-key work plus a transaction
-    // (and its first use switches all of sled's reads and writes to a global lock), which doubled
-    // the control plane's CPU per report (docs/benchmarks.md, issue 16).
-    // The stream index is in memory (one remove per record, not two).
-    let mut from = first;
-    while from <= last {
-        let to = last.min(from + 4095);
-        let _w = s.store.archive.write().expect("archive lock");
-        for seq in from..=to {
-            db.remove(event_key(seq))?;
-        }
-        from = to + 1;
-    }
+    // Whole chunks go by dropping their trees; a chunk the top cuts through loses its archived
+    // records one plain remove each (a `sled::Batch` does the same per-key work plus a
+    // transaction, and its first use switches all of sled's reads and writes to a global lock:
+    // it doubled the control plane's CPU per report, docs/benchmarks.md, issue 16).
+    s.store.records.remove_upto(last, &s.store.archive)?;
     tracing::debug!(first, last, "log records archived");
     Ok(())
 }

@@ -53,13 +53,9 @@ impl StreamIndex {
     }
 
     /// Rebuilds the index from sled's records `from ..`, reading only each record's envelope.
-    pub(super) fn load(&self, db: &sled::Db, from: u64, upto: u64) -> Result<(), LogError> {
-        if from > upto {
-            return Ok(());
-        }
-        for item in db.range(event_key(from)..=event_key(upto)) {
-            let (k, v) = item?;
-            let seq = key_seq(&k);
+    pub(super) fn load(&self, records: &Records, from: u64, upto: u64) -> Result<(), LogError> {
+        for item in records.range(from, upto) {
+            let (seq, v) = item?;
             let head = super::super::codec::decode_record_head(&v)
                 .map_err(|why| LogError::Corrupt { seq, why })?;
             self.push(&head.stream, seq);

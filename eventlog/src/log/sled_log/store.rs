@@ -36,6 +36,8 @@ impl std::ops::Deref for Bytes {
 /// sled and the archive: the whole log as stored.
 pub(super) struct Store {
     pub(super) db: sled::Db,
+    /// The records, in their chunks' trees.
+    pub(super) records: Records,
     pub(super) archive: RwLock<Archive>,
     /// sled's data file, fdatasynced after each flush.
     pub(super) files: Mutex<SyncedFiles>,
@@ -44,9 +46,21 @@ pub(super) struct Store {
 }
 
 impl Store {
-    pub(super) fn open(path: &Path) -> Result<Store, LogError> {
+    /// Opens the store at `path`; a new log gets chunks of `chunk` records (see [`Records`]).
+    pub(super) fn open(path: &Path, chunk: u64) -> Result<Store, LogError> {
         let db = open_config(SledLog::config(path))?;
         let mut files = SyncedFiles::open(path)?;
+        let records = Records::open(&db, chunk)?;
+        let moved = records.migrate_legacy(&mut || {
+            db.flush()?;
+            files.sync()
+        })?;
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "moved the log's records to one sled tree per chunk (the layout since issue 16)"
+            );
+        }
         let legacy = remove_legacy_index(&db)?;
         if legacy > 0 {
             tracing::info!(
@@ -57,7 +71,7 @@ impl Store {
         // Records past the head belong to a group that was never made durable, so never
         // acknowledged; a crash may have kept any part of it. Dropping them all makes the log
         // end at a group boundary: a decision is in it whole or not at all.
-        let dropped = drop_past_head(&db)?;
+        let dropped = drop_past_head(&db, &records)?;
         if dropped > 0 {
             db.flush()?;
             files.sync()?;
@@ -66,22 +80,15 @@ impl Store {
                 "dropped records past the log's head: a group that was never durable, so never acknowledged"
             );
         }
-        let archive = Archive::open(&path.join(ARCHIVE_DIR))?;
-        let top = archive.top().0;
+        let archive = RwLock::new(Archive::open(&path.join(ARCHIVE_DIR))?);
+        let top = archive.read().expect("archive lock").top().0;
         // A crash after a segment was made durable but before its records left sled: remove them
         // now (the segment holds them).
-        if top > 0 {
-            let leftovers: Vec<sled::IVec> = db
-                .range(event_key(1)..=event_key(top))
-                .keys()
-                .collect::<Result<_, _>>()?;
-            for k in leftovers {
-                db.remove(k)?;
-            }
-        }
+        records.remove_upto(top, &archive)?;
         Ok(Store {
             db,
-            archive: RwLock::new(archive),
+            records,
+            archive,
             files: Mutex::new(files),
             dir: path.to_path_buf(),
         })
@@ -160,13 +167,9 @@ impl Store {
         if from > upto {
             return Ok(out);
         }
-        for item in self
-            .db
-            .range(event_key(from)..=event_key(upto))
-            .take(limit - out.len())
-        {
-            let (k, v) = item?;
-            out.push((key_seq(&k), Bytes::Sled(v)));
+        for item in self.records.range(from, upto).take(limit - out.len()) {
+            let (seq, v) = item?;
+            out.push((seq, Bytes::Sled(v)));
         }
         Ok(out)
     }
@@ -176,6 +179,6 @@ impl Store {
         if seq <= arch.top().0 {
             return Ok(arch.get(seq)?.map(Bytes::Owned));
         }
-        Ok(self.db.get(event_key(seq))?.map(Bytes::Sled))
+        Ok(self.records.get(seq)?.map(Bytes::Sled))
     }
 }
