@@ -65,6 +65,16 @@ pub enum Commands {
     /// the events API or, with --data-dir, on a data directory.
     #[command(flatten)]
     Replay(crate::replay::ReplayCmd),
+    /// Back up a running control plane's event log (over the events API, or --data-dir) into a
+    /// new data directory: a consistent cut, verified.
+    Backup(commands::backup::BackupArgs),
+    /// Restore a backup into a control plane's data directory (the control plane stopped).
+    Restore(commands::backup::RestoreArgs),
+    /// The event log itself: copy it between data directories and PostgreSQL.
+    Log {
+        #[command(subcommand)]
+        cmd: commands::backup::LogCmd,
+    },
     /// A fleet CA and its certificates, for hand-made fleets and tests.
     Pki {
         #[command(subcommand)]
@@ -104,5 +114,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Commands::Rollback(args) => commands::rollback::run(&settings()?, args),
         Commands::Keys { cmd } => commands::keys::run(&settings()?, cmd),
         Commands::Replay(cmd) => crate::replay::run(&global, cmd),
+        Commands::Backup(args) => commands::backup::backup(&global, args),
+        Commands::Restore(args) => commands::backup::restore(&global, args),
+        Commands::Log { cmd } => commands::backup::log(&global, cmd),
     }
 }

@@ -18,6 +18,34 @@ use std::path::Path;
 /// copy, verifying the chain. The original is never opened by sled,
 /// so this works on a live control plane's directory and never changes it.
 pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
+    let mut records = Vec::new();
+    open_copy_with(data_dir, |r| records.push(r)).map(|_| records)
+}
+
+/// A log opened on a private copy of a data directory (see [`open_copy`]), for reading it page
+/// by page (`read_after`) rather than all at once. The copy is removed when this is dropped.
+pub struct LogCopy {
+    log: Option<SledLog>,
+    dir: std::path::PathBuf,
+}
+
+impl LogCopy {
+    /// The copy's log: verified at open (every record, the chain, the head and the mark).
+    pub fn log(&self) -> &SledLog {
+        self.log.as_ref().expect("the log is open until drop")
+    }
+}
+
+impl Drop for LogCopy {
+    fn drop(&mut self) {
+        drop(self.log.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Like [`open_copy`], but keeps the copy open, handing each record to `on_record` as the open
+/// verifies it.
+pub fn open_copy_with(data_dir: &Path, on_record: impl FnMut(Record)) -> Result<LogCopy, LogError> {
     let src =
         if data_dir.join("log").join("conf").exists() || data_dir.join("log").join("db").exists() {
             data_dir.join("log")
@@ -35,13 +63,19 @@ pub fn open_copy(data_dir: &Path) -> Result<Vec<Record>, LogError> {
         std::process::id(),
         rand::random::<u32>()
     ));
+    let mut copy = LogCopy {
+        log: None,
+        dir: tmp.clone(),
+    };
     copy_dir(&src, &tmp)
         .map_err(|e| LogError::Io(format!("cannot copy {}: {e}", src.display())))?;
-    let mut records = Vec::new();
-    let result =
-        SledLog::open_with(&tmp, None, LogOptions::NO_ARCHIVING, |r| records.push(r)).map(drop);
-    let _ = std::fs::remove_dir_all(&tmp);
-    result.map(|_| records)
+    copy.log = Some(SledLog::open_with(
+        &tmp,
+        None,
+        LogOptions::NO_ARCHIVING,
+        on_record,
+    )?);
+    Ok(copy)
 }
 
 /// Verifies a data directory (on a copy): the number of records, or the first bad one.

@@ -1,5 +1,6 @@
 //! One module per command group; each owns its clap arguments and its run function.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod demo;
 pub mod deploy;

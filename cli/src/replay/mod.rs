@@ -6,7 +6,7 @@
 //! is `nixfleet_eventlog::postmortem`; this module parses flags, picks the source and prints.
 
 mod events;
-mod source;
+pub mod source;
 mod story;
 mod tables;
 mod text;

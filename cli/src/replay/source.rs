@@ -9,7 +9,7 @@ use nixfleet_eventlog::postmortem;
 use std::path::{Path, PathBuf};
 
 /// Records per request (the API's largest page).
-const PAGE: usize = 10_000;
+pub const PAGE: usize = 10_000;
 /// Seconds one long poll of `--follow` waits; below the client's 30 s request timeout.
 pub const FOLLOW_WAIT_SECS: u64 = 20;
 
@@ -91,7 +91,9 @@ impl Source {
     }
 }
 
-fn page(client: &Client, after: u64, stream: Option<&str>, wait: u64) -> Result<Vec<Record>> {
+/// One page (up to [`PAGE`]) of durable records after `after` from the events API, turned back
+/// into the stored records; `wait` seconds of long poll for the first.
+pub fn page(client: &Client, after: u64, stream: Option<&str>, wait: u64) -> Result<Vec<Record>> {
     let mut pairs = vec![("after", after.to_string()), ("limit", PAGE.to_string())];
     if let Some(s) = stream {
         pairs.push(("stream", s.to_string()));
@@ -119,9 +121,15 @@ const COPIES: usize = 3;
 /// Reads a data directory through [`postmortem::open_copy`], verifying it; a damage is reported
 /// only when [`COPIES`] copies in a row show it.
 pub fn read_copy(dir: &Path) -> Result<Vec<Record>, LogError> {
+    with_copies(|| postmortem::open_copy(dir))
+}
+
+/// Runs `open`, which reads a copy of a data directory, again while it finds damage, up to
+/// [`COPIES`] times in all.
+pub fn with_copies<T>(mut open: impl FnMut() -> Result<T, LogError>) -> Result<T, LogError> {
     let mut attempt = 1;
     loop {
-        match postmortem::open_copy(dir) {
+        match open() {
             Err(e) if attempt < COPIES && is_damage(&e) => attempt += 1,
             other => return other,
         }

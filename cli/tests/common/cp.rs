@@ -80,6 +80,16 @@ pub fn operator_pki(s: &Scratch) -> PathBuf {
 
 /// The same, inside network namespace `ns` (on its loopback) when given.
 pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
+    start_full(s, ns, &[])
+}
+
+/// [`start`] with these `NIXFLEET_CP_*` variables set for the control plane (the supervisor
+/// passes on none of the test's own).
+pub fn start_with_env(s: &Scratch, env: &[(&str, &str)]) -> ControlPlane {
+    start_full(s, None, env)
+}
+
+fn start_full(s: &Scratch, ns: Option<&str>, env: &[(&str, &str)]) -> ControlPlane {
     let pki = operator_pki(s);
     let [port] = free_ports().expect("free port");
     std::fs::write(
@@ -96,7 +106,7 @@ pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
         data_dir: s.join("cp-data"),
         pki: &pki,
     };
-    let cmd = match ns {
+    let mut cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns]).arg(&bin).args(launch.args());
@@ -104,6 +114,7 @@ pub fn start_in(s: &Scratch, ns: Option<&str>) -> ControlPlane {
         }
         None => launch.command(),
     };
+    cmd.envs(env.iter().copied());
     let procs = Supervisor::default();
     procs
         .spawn("the control plane", cmd, &s.join("cp.log"))
