@@ -247,58 +247,30 @@ fn a_log_copied_to_postgresql_and_back_keeps_every_hash() {
     drop(cp);
     let live = postmortem::open_copy(&s.join("cp-data")).unwrap();
     let pg = PgServer::start();
-    let out = nf_ok(
-        &s,
-        &[
-            "log",
-            "copy",
-            "--from",
-            d(&s.join("cp-data")),
-            "--to",
-            &pg.url(),
-        ],
-    );
-    assert!(
-        out.starts_with(&format!("copied records 1 to {}", live.len())),
-        "{out}"
-    );
+    let copy = |from: &str, to: &str| nf(&s, &["log", "copy", "--from", from, "--to", to]);
+    let copied = format!("copied records 1 to {}", live.len());
+    let out = copy(d(&s.join("cp-data")), &pg.url());
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with(&copied), "{}", stdout(&out));
     // Into a database that holds a log already: refused.
-    let out = nf(
-        &s,
-        &[
-            "log",
-            "copy",
-            "--from",
-            d(&s.join("cp-data")),
-            "--to",
-            &pg.url(),
-        ],
-    );
+    let out = copy(d(&s.join("cp-data")), &pg.url());
     assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("already holds an event log"),
         "{}",
         stderr(&out)
     );
-    let out = nf_ok(
-        &s,
-        &[
-            "log",
-            "copy",
-            "--from",
-            &pg.url(),
-            "--to",
-            d(&s.join("back")),
-        ],
-    );
-    assert!(
-        out.starts_with(&format!("copied records 1 to {}", live.len())),
-        "{out}"
-    );
+    let out = copy(&pg.url(), d(&s.join("back")));
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with(&copied), "{}", stdout(&out));
+    // And data directory to data directory.
+    let out = copy(d(&s.join("back")), d(&s.join("back2")));
+    assert_exit(&out, 0);
     let back = postmortem::open_copy(&s.join("back")).unwrap();
     assert_eq!(back, live);
     assert_eq!(hashes(&back), hashes(&live));
-    for dir in ["cp-data", "back"] {
+    assert_eq!(postmortem::open_copy(&s.join("back2")).unwrap(), live);
+    for dir in ["cp-data", "back", "back2"] {
         let out = nf_ok(&s, &["verify", "--data-dir", d(&s.join(dir))]);
         assert!(
             out.starts_with(&format!("ok: {} records", live.len())),

@@ -90,6 +90,12 @@ pub fn encode_record(
     encode_record_of(seq, at, actor, &event.stream(), prev_hash, event)
 }
 
+/// The stored bytes of a decoded record, for copying it into another log (`EventLog::import`):
+/// the storage form is a deterministic encoding, so these are the bytes it was decoded from.
+pub fn encode_stored(r: &Record) -> Vec<u8> {
+    encode_record_of(r.seq, r.at, &r.actor, &r.stream, r.prev_hash, &r.event)
+}
+
 /// [`encode_record`] with the event's stream (`event.stream()`) already at hand, so the append
 /// path, which needs it for the stream index too, makes it once. The same bytes.
 pub(super) fn encode_record_of(

@@ -115,14 +115,7 @@ impl EventLog for MemoryLog {
         let mut prev = v.last().map(|b| hash_bytes(b)).unwrap_or([0; 32]);
         for r in records {
             super::sled_log::check_import(r, (v.len() + staged.len()) as u64, prev)?;
-            let bytes = super::codec::encode_record_of(
-                r.seq,
-                r.at,
-                &r.actor,
-                &r.stream,
-                r.prev_hash,
-                &r.event,
-            );
+            let bytes = super::encode_stored(r);
             prev = hash_bytes(&bytes);
             staged.push(bytes);
         }

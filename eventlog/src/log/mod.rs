@@ -30,8 +30,8 @@ pub mod retention;
 mod sled_log;
 
 pub use codec::{
-    decode_record, encode_record, hash_bytes, Record, StoredEnvelope, RECORD_BYTES_MAX,
-    SCHEMA_VERSION,
+    decode_record, encode_record, encode_stored, hash_bytes, Record, StoredEnvelope,
+    RECORD_BYTES_MAX, SCHEMA_VERSION,
 };
 pub use memory::MemoryLog;
 pub use sled_log::{check_import, open_raw, Checkpoint, LogOptions, RawDb, SledLog, ARCHIVE_DIR};

@@ -676,14 +676,7 @@ impl EventLog for SledLog {
         for r in records {
             check_import(r, seq, hash)?;
             seq += 1;
-            let bytes = super::codec::encode_record_of(
-                r.seq,
-                r.at,
-                &r.actor,
-                &r.stream,
-                r.prev_hash,
-                &r.event,
-            );
+            let bytes = super::encode_stored(r);
             if bytes.len() > RECORD_BYTES_MAX {
                 return Err(LogError::Io(format!(
                     "record {seq} of {} bytes is over the {RECORD_BYTES_MAX}-byte record cap",
