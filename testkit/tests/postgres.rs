@@ -82,3 +82,26 @@ fn a_promoted_synchronous_standby_has_every_committed_row() {
         ["committed on the primary", "after the failover"]
     );
 }
+
+#[test]
+fn a_paused_server_answers_nothing_until_it_is_resumed() {
+    let pg = PgServer::start();
+    let mut before = connect(&pg);
+    pg.pause();
+    let url = pg.url();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answered = postgres::Client::connect(&url, postgres::NoTls)
+            .and_then(|mut c| c.simple_query("SELECT 1"))
+            .is_ok();
+        let _ = tx.send(answered);
+    });
+    let wait = std::time::Duration::from_secs(2);
+    assert!(rx.recv_timeout(wait).is_err(), "a paused server answered");
+    pg.resume();
+    assert!(
+        rx.recv_timeout(wait * 10).unwrap(),
+        "no answer once resumed"
+    );
+    before.simple_query("SELECT 1").unwrap();
+}
