@@ -337,8 +337,5 @@ fn check_tags(tags: &[Tag]) -> Result<(), Rejection> {
 }
 
 fn sorted(tags: &[Tag]) -> Vec<Tag> {
-    let mut v = tags.to_vec();
-    v.sort();
-    v.dedup();
-    v
+    crate::state::sorted_tags(tags)
 }

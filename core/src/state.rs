@@ -7,9 +7,12 @@
 use crate::event::*;
 use crate::ids::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+pub use history::HealthEntry;
 
 // The reducer, one module a group of events; `State::apply` dispatches to them.
+mod history;
 mod keys;
 mod machines;
 mod reports;
@@ -96,21 +99,6 @@ impl SwitchEntry {
     }
 }
 
-/// One health result set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthEntry {
-    /// Its sequence number.
-    pub seq: Seq,
-    /// When it was appended.
-    pub at: Timestamp,
-    /// What the machine ran.
-    pub generation: Option<StorePath>,
-    /// The results.
-    pub results: Vec<CheckResult>,
-    /// True when all passed.
-    pub all_passed: bool,
-}
-
 /// A machine row (machines, plus its machine_tags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
@@ -120,19 +108,20 @@ pub struct Machine {
     pub lifecycle: Lifecycle,
     /// When it registered.
     pub registered_at: Timestamp,
-    /// Tags.
-    pub tags: BTreeSet<Tag>,
-    /// Desired generation.
-    pub desired: Option<Desired>,
+    /// Tags, sorted, each once.
+    pub tags: Vec<Tag>,
+    /// Desired generation (boxed: most machines have none most of the time).
+    pub desired: Option<Box<Desired>>,
     /// Last report.
     pub last_report: Option<LastReport>,
     /// Paths it must not be asked to apply again, with the reason.
     pub quarantined: BTreeMap<StorePath, String>,
     /// Latest health results, newest last, bounded by [`HEALTH_HISTORY_MAX`].
+    #[serde(deserialize_with = "history::deserialize")]
     pub health: VecDeque<HealthEntry>,
-    /// What its last reported switch did.
+    /// What its last reported switch did (boxed: reported only around a switch).
     #[serde(default)]
-    pub last_switch: Option<SwitchEntry>,
+    pub last_switch: Option<Box<SwitchEntry>>,
     /// Booted kernel, initrd or systemd that differ from the running generation's (empty: none).
     #[serde(default)]
     pub reboot_needed: Vec<String>,
@@ -325,6 +314,16 @@ pub struct AuditEntry {
     pub target: String,
     /// Details.
     pub detail: String,
+}
+
+/// Tags as a machine row keeps them (and commands compare them): sorted, each once, no spare
+/// capacity.
+pub(crate) fn sorted_tags(tags: &[Tag]) -> Vec<Tag> {
+    let mut v = tags.to_vec();
+    v.sort();
+    v.dedup();
+    v.shrink_to_fit();
+    v
 }
 
 /// All projections.

@@ -34,7 +34,7 @@ pub(super) fn register(
         });
     }
     let tags = sorted(tags);
-    if m.tags.iter().cloned().collect::<Vec<_>>() != tags {
+    if m.tags != tags {
         out.push(Event::TagsSet {
             machine: machine.clone(),
             tags,

@@ -35,7 +35,7 @@ pub(super) fn report(
         }),
         Some(m) => {
             // Declared tags replace stored ones; an agent declaring none leaves them alone.
-            if !tags.is_empty() && m.tags.iter().cloned().collect::<Vec<_>>() != tags {
+            if !tags.is_empty() && m.tags != tags {
                 out.push(Event::TagsSet {
                     machine: machine.clone(),
                     tags,

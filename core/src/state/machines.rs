@@ -20,7 +20,7 @@ impl State {
                         id: machine.clone(),
                         lifecycle: *lifecycle,
                         registered_at: at,
-                        tags: tags.iter().cloned().collect(),
+                        tags: sorted_tags(tags),
                         desired: None,
                         last_report: None,
                         quarantined: BTreeMap::new(),
@@ -38,7 +38,7 @@ impl State {
             }
             Event::TagsSet { machine, tags, .. } => {
                 if let Some(m) = self.machines.get_mut(machine) {
-                    m.tags = tags.iter().cloned().collect();
+                    m.tags = sorted_tags(tags);
                 }
             }
             Event::DesiredGenerationSet {
@@ -51,12 +51,12 @@ impl State {
                     // A new desired path ends the quarantine of other paths: the operator moved on.
                     m.quarantined.retain(|p, _| p == path);
                     m.decided_seq = seq;
-                    m.desired = Some(Desired {
+                    m.desired = Some(Box::new(Desired {
                         path: path.clone(),
                         cache_url: cache_url.clone(),
                         cause: cause.clone(),
                         set_at: at,
-                    });
+                    }));
                 }
             }
             Event::DesiredGenerationCleared { machine, .. } => {

@@ -60,16 +60,7 @@ impl State {
                     .filter(|(m, _)| m == machine)
                     .map(|(_, t)| t);
                 if let Some(m) = self.machines.get_mut(machine) {
-                    if m.health.len() == HEALTH_HISTORY_MAX {
-                        m.health.pop_front();
-                    }
-                    m.health.push_back(HealthEntry {
-                        seq,
-                        at,
-                        generation: generation.clone(),
-                        results: results.clone(),
-                        all_passed: *all_passed,
-                    });
+                    history::push(&mut m.health, seq, at, generation, results, *all_passed);
                 }
                 self.judge(machine, seq, |target, started_at| {
                     if generation.as_ref() != Some(target) {
@@ -114,7 +105,7 @@ impl State {
                     failed_units: *failed_units,
                 };
                 if let Some(m) = self.machines.get_mut(machine) {
-                    m.last_switch = Some(entry.clone());
+                    m.last_switch = Some(Box::new(entry.clone()));
                 }
                 let options = self
                     .active_rollout_of
