@@ -3,9 +3,10 @@
 //! log through `EventLog::import`, which refuses any record that does not continue the chain.
 //!
 //! - `backup --to DIR` reads a running control plane's log over the events API, which serves
-//!   only durable records; it stops at the first short page, whose last record is the durable
-//!   head at that moment, so the backup ends at the end of a group the control plane had made
-//!   durable (acknowledged or about to be): a consistent cut at a decision boundary. With
+//!   only durable records, up to the durable head found when it starts (`Reader::head`: the
+//!   end of a page shorter than asked for, always the end of a group), so the backup ends at
+//!   the end of a group the control plane had made durable: a consistent cut at a decision
+//!   boundary, however fast records keep coming meanwhile. With
 //!   `--data-dir LIVE` it reads a data directory through the post-mortem copy reader instead
 //!   (the same cut: the copy opens as a crash would, at the last durable group).
 //! - `restore --from DIR --data-dir TARGET` (control plane stopped) verifies the backup,
@@ -204,14 +205,54 @@ impl Reader {
         }
     }
 
-    fn page(&self, after: u64) -> Result<Vec<Record>> {
+    /// Up to `limit` (at most [`PAGE`]) records after `after`.
+    fn page(&self, after: u64, limit: usize) -> Result<Vec<Record>> {
         let log: &dyn EventLog = match self {
-            Reader::Api(client, _) => return source::page(client, after, None, 0),
+            Reader::Api(client, _) => return source::page(client, after, None, 0, limit),
             Reader::Copy(c, _) => c.log(),
             Reader::Log(l, _) => l.as_ref(),
         };
-        log.read_after(nixfleet_core::ids::Seq(after), PAGE)
+        log.read_after(nixfleet_core::ids::Seq(after), limit)
             .map_err(|e| CliError::failed(format!("reading {}: {e}", self.name())))
+    }
+
+    /// Whether record `seq` is there (durable, for the events API).
+    fn has(&self, seq: u64) -> Result<bool> {
+        Ok(!self.page(seq - 1, 1)?.is_empty())
+    }
+
+    /// The last record now, at the end of a group: where the copy stops, however fast records
+    /// keep coming. A page shorter than asked for ends at the source's durable (committed)
+    /// head of that moment, which is always the end of a group (the events API serves nothing
+    /// past it; PostgreSQL commits a group in one transaction); the page is asked for from
+    /// half a page before the last record, found by a search of single-record reads.
+    fn head(&self) -> Result<u64> {
+        if !self.has(1)? {
+            return Ok(0);
+        }
+        let (mut lo, mut hi) = (1u64, 2u64);
+        while self.has(hi)? {
+            (lo, hi) = (hi, hi.saturating_mul(2));
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.has(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        loop {
+            let page = self.page(lo.saturating_sub(PAGE as u64 / 2), PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(lo);
+            };
+            if page.len() < PAGE {
+                return Ok(last.seq.0);
+            }
+            // More than half a page came meanwhile: again from the new end.
+            lo = last.seq.0;
+        }
     }
 }
 
@@ -242,13 +283,21 @@ fn copy(from: &Reader, to: &Place, force: Option<bool>) -> Result<Copied> {
 }
 
 fn copy_into(from: &Reader, to: &Place, log: &dyn EventLog) -> Result<Copied> {
+    let head = from.head()?;
     let mut last = Copied {
         last: 0,
         hash: [0; 32],
     };
-    loop {
-        let page = from.page(last.last)?;
-        let Some(end) = page.last() else { break };
+    while last.last < head {
+        let want = PAGE.min((head - last.last) as usize);
+        let page = from.page(last.last, want)?;
+        let Some(end) = page.last() else {
+            return Err(CliError::failed(format!(
+                "{} ended at record {} while reading up to {head}",
+                from.name(),
+                last.last
+            )));
+        };
         let end = end.seq.0;
         if let Some(r) = page.iter().find(|r| r.stream != r.event.stream()) {
             return Err(broken(from, r.seq.0, "its stream does not match its event"));
@@ -258,10 +307,6 @@ fn copy_into(from: &Reader, to: &Place, log: &dyn EventLog) -> Result<Copied> {
             e => CliError::failed(format!("writing to {}: {e}", to.name())),
         })?;
         last.last = end;
-        // A short page ends at the source's durable head of that moment: the end of a group.
-        if page.len() < PAGE {
-            break;
-        }
     }
     if last.last == 0 {
         return Err(CliError::failed(format!(

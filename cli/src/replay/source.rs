@@ -64,7 +64,7 @@ impl Source {
                 let mut out: Vec<Record> = Vec::new();
                 let mut from = after;
                 loop {
-                    let page = page(client, from, stream, 0)?;
+                    let page = page(client, from, stream, 0, PAGE)?;
                     let Some(last) = page.last() else { break };
                     from = last.seq.0;
                     let full = page.len() >= PAGE;
@@ -86,15 +86,21 @@ impl Source {
                 std::thread::sleep(std::time::Duration::from_secs(2));
                 self.after(after, stream)
             }
-            Source::Api(client, _) => page(client, after, stream, FOLLOW_WAIT_SECS),
+            Source::Api(client, _) => page(client, after, stream, FOLLOW_WAIT_SECS, PAGE),
         }
     }
 }
 
-/// One page (up to [`PAGE`]) of durable records after `after` from the events API, turned back
-/// into the stored records; `wait` seconds of long poll for the first.
-pub fn page(client: &Client, after: u64, stream: Option<&str>, wait: u64) -> Result<Vec<Record>> {
-    let mut pairs = vec![("after", after.to_string()), ("limit", PAGE.to_string())];
+/// One page (up to `limit`, at most [`PAGE`]) of durable records after `after` from the events
+/// API, turned back into the stored records; `wait` seconds of long poll for the first.
+pub fn page(
+    client: &Client,
+    after: u64,
+    stream: Option<&str>,
+    wait: u64,
+    limit: usize,
+) -> Result<Vec<Record>> {
+    let mut pairs = vec![("after", after.to_string()), ("limit", limit.to_string())];
     if let Some(s) = stream {
         pairs.push(("stream", s.to_string()));
     }
