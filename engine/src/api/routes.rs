@@ -60,13 +60,13 @@ pub const ROUTES: &[(&str, &str, Handler)] = &[
 
 /// Normalises a path for metrics labels: ids become `{id}`.
 pub fn route_label(path: &str) -> String {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let mut out = String::new();
-    for (i, s) in segs.iter().enumerate() {
+    // Per request (the metrics' label): no vector of segments (issue 16's profile).
+    let mut out = String::with_capacity(path.len() + 1);
+    for (i, s) in path.trim_matches('/').split('/').enumerate() {
         out.push('/');
         let keep = i < 2
             || matches!(
-                *s,
+                s,
                 "machines"
                     | "releases"
                     | "rollouts"
@@ -158,19 +158,21 @@ where
 
 /// The handler of the first route whose method and pattern match, with the path parameters.
 fn find(method: &str, segs: &[&str]) -> Option<(Handler, Vec<String>)> {
+    // Per request: the patterns are walked in place, not split into vectors (that was about 3 %
+    // of the control plane's CPU per report in issue 16's profile).
     ROUTES.iter().find_map(|(m, pattern, h)| {
-        let pattern: Vec<&str> = pattern.split('/').skip(1).collect();
-        if *m != method || pattern.len() != segs.len() {
+        let parts = || pattern.split('/').skip(1);
+        if *m != method
+            || parts().count() != segs.len()
+            || !parts().zip(segs).all(|(p, s)| p.starts_with('{') || p == *s)
+        {
             return None;
         }
-        let mut params = Vec::new();
-        for (p, s) in pattern.iter().zip(segs) {
-            if p.starts_with('{') {
-                params.push((*s).to_owned());
-            } else if p != s {
-                return None;
-            }
-        }
+        let params = parts()
+            .zip(segs)
+            .filter(|(p, _)| p.starts_with('{'))
+            .map(|(_, s)| (*s).to_owned())
+            .collect();
         Some((*h, params))
     })
 }
