@@ -164,7 +164,9 @@ fn find(method: &str, segs: &[&str]) -> Option<(Handler, Vec<String>)> {
         let parts = || pattern.split('/').skip(1);
         if *m != method
             || parts().count() != segs.len()
-            || !parts().zip(segs).all(|(p, s)| p.starts_with('{') || p == *s)
+            || !parts()
+                .zip(segs)
+                .all(|(p, s)| p.starts_with('{') || p == *s)
         {
             return None;
         }
