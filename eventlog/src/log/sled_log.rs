@@ -1,10 +1,11 @@
 //! The sled-backed log (the embedded default), with group commit and an archive of sealed segments.
 //!
-//! Layout in one sled tree:
-//! - `e` + seq (big-endian u64) → encoded record (one plain insert per event: sled batches are
-//!   transactions and cost far more, see docs/benchmarks.md; measured again in issue 16, a batch
-//!   per group commit and per chunk of the archiver's removes doubled CPU per report)
-//! - `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher just before
+//! Layout:
+//! - `e` + seq (big-endian u64) → encoded record, in the sled tree of the record's chunk of
+//!   consecutive records ([`records`]; one plain insert per event: sled batches are transactions
+//!   and cost far more, see docs/benchmarks.md; measured again in issue 16, a batch per group
+//!   commit and per chunk of the archiver's removes doubled CPU per report)
+//! - in sled's default tree, `c` → the chunk size, and `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher just before
 //!   each sync, so it always names the end of a group that the same sync makes durable. At open,
 //!   records must reach the head (else the tail was truncated); records past it belong to a group
 //!   that was never durable (never acknowledged), and are dropped, whole.
@@ -16,7 +17,7 @@
 //! Records far behind the head move to the archive (`archive/` next to sled's files, see
 //! [`super::archive`]): once more than `keep + segment` durable records are in sled, a background
 //! thread writes the oldest `segment` of them to a sealed segment file, makes it durable, and only
-//! then removes them from sled. sled's memory (and the stream index's) grows with what it holds,
+//! then removes them from sled (dropping whole chunks' trees). sled's memory (and the stream index's) grows with what it holds,
 //! so this is what keeps the control plane's memory flat on a log that grows for ever. Readers see
 //! one log: every read takes the archive's read lock, finds the archive's top under it and reads
 //! what is at or below the top from the archive, the rest from sled; removals from sled take the
