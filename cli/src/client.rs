@@ -29,6 +29,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The error of the control plane's own 503 when a request outlives its deadline: the command may
 /// still be applied, so a write is not resent after it.
 const REQUEST_TIMED_OUT: &str = "request timed out";
+/// How the control plane's 503 begins when its database connection broke during a commit: the
+/// write may have been recorded, so it is not resent either.
+const COMMIT_UNCERTAIN: &str = "commit outcome unknown";
 /// System roots, added next to `--ca-cert` so a public CA keeps working.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -127,8 +130,9 @@ impl Client {
                 Err(Failure::Transport(e)) => unreachable_why(e, method == Method::Get),
                 Ok((503, text)) => {
                     let server = server_message(text);
-                    (method == Method::Get || server != REQUEST_TIMED_OUT)
-                        .then(|| format!("HTTP 503: {server}"))
+                    let maybe_applied =
+                        server == REQUEST_TIMED_OUT || server.starts_with(COMMIT_UNCERTAIN);
+                    (method == Method::Get || !maybe_applied).then(|| format!("HTTP 503: {server}"))
                 }
                 Ok(_) | Err(Failure::Body(_)) => None,
             };

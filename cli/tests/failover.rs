@@ -161,6 +161,16 @@ fn a_write_that_may_have_reached_the_first_control_plane_is_not_resent_a_read_is
     assert_exit(&out, 5);
     assert!(!stderr(&out).contains("trying"), "{}", stderr(&out));
     assert_eq!(key_names(&s, &[]), ["admin"]);
+
+    // A shared log's database connection broke during the commit: the write may be in the log.
+    let (port, _) = standin::serve(Reply::Unavailable(
+        "commit outcome unknown: the connection to the event log's database broke during the commit",
+    ));
+    let uncertain = format!("http://127.0.0.1:{port}");
+    let out = create_ci(&s, &format!("{uncertain},{url}"));
+    assert_exit(&out, 5);
+    assert!(!stderr(&out).contains("trying"), "{}", stderr(&out));
+    assert_eq!(key_names(&s, &[]), ["admin"]);
 }
 
 #[test]

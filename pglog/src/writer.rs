@@ -55,6 +55,8 @@ pub(crate) struct Writer {
     reset: bool,
     /// Failed commits so far.
     failures: u64,
+    /// Whether the last failure happened with the COMMIT on the way (its outcome is unknown).
+    uncertain: bool,
 }
 
 impl Writer {
@@ -68,6 +70,7 @@ impl Writer {
             committed: Head::ZERO,
             reset: false,
             failures: 0,
+            uncertain: false,
         }
     }
 
@@ -330,7 +333,8 @@ pub(crate) fn stage(
     Ok(Seq(head.seq))
 }
 
-/// Inserts the pending records and commits the open turn.
+/// Inserts the pending records and commits the open turn. A failure of the COMMIT itself is
+/// [`LogError::Uncertain`]: the server may have committed before the connection broke.
 fn commit_turn(w: &mut Writer, s: &Shared) -> Result<(), LogError> {
     let turn = w.turn.take().expect("a turn is open");
     let pending = std::mem::take(&mut w.pending);
@@ -383,7 +387,7 @@ fn commit_turn(w: &mut Writer, s: &Shared) -> Result<(), LogError> {
     let notify = format!("NOTIFY nixfleet_log, '{}'; COMMIT", cp.replace('\'', "''"));
     client
         .batch_execute(&notify)
-        .map_err(|e| unavailable("committing", &e))
+        .map_err(|e| LogError::Uncertain(format!("PostgreSQL: committing: {e}")))
 }
 
 /// Commits the open turn and records the outcome.
@@ -399,6 +403,7 @@ fn commit(w: &mut Writer, s: &Shared) {
             tracing::error!(error = %e, "a write turn was not committed; its requests fail");
             w.drop_connection();
             w.failures += 1;
+            w.uncertain = matches!(e, LogError::Uncertain(_));
             if staged {
                 w.last = w.committed;
                 w.reset = true;
@@ -442,9 +447,13 @@ pub(crate) fn wait_durable(s: &Shared, seq: Seq) -> Result<(), LogError> {
     let failures = w.failures;
     loop {
         if w.failures != failures {
-            return Err(LogError::Unavailable(
-                "PostgreSQL: the commit failed; nothing of the request was acknowledged".into(),
-            ));
+            return Err(if w.uncertain {
+                LogError::Uncertain("the connection to PostgreSQL broke during the commit".into())
+            } else {
+                LogError::Unavailable(
+                    "PostgreSQL: the commit failed; nothing of the request was recorded".into(),
+                )
+            });
         }
         if w.committed.seq >= seq.0 {
             return Ok(());

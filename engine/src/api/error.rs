@@ -114,6 +114,16 @@ impl From<LogError> for ApiError {
                         .into(),
                 }
             }
+            LogError::Uncertain(_) => {
+                tracing::warn!(error = %e, "write outcome unknown: the database connection broke during the commit");
+                ApiError {
+                    status: 503,
+                    message: "commit outcome unknown: the connection to the event log's database \
+                              broke during the commit, so the request may or may not have been \
+                              recorded; check before sending it again"
+                        .into(),
+                }
+            }
             e => ApiError::internal(&e),
         }
     }

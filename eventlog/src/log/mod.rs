@@ -73,6 +73,10 @@ pub enum LogError {
     /// appended, and a later attempt may succeed (the API answers 503).
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// A shared log's connection was lost while its commit was on the way: the records may or may
+    /// not be in the log (the API answers 503 saying so, and clients do not resend a write).
+    #[error("commit outcome unknown: {0}")]
+    Uncertain(String),
     /// Another control plane appended to a shared log after this decision's projections were
     /// read: nothing was appended; catch up ([`EventLog::begin_write`]) and decide again.
     #[error("another control plane appended first; catch up and decide again")]
