@@ -231,6 +231,24 @@ fn restore_refuses_a_data_directory_in_use_or_not_empty_and_a_damaged_backup() {
         stderr(&out)
     );
     assert!(!s.join("t").exists());
+    // So is one shorter than its acknowledged mark says it was (three copies tried).
+    nixfleet_eventlog::log::durable::Mark {
+        seq: 1000,
+        hash: [7; 32],
+    }
+    .write(&b.join("log"))
+    .unwrap();
+    let out = nf(
+        &s,
+        &["restore", "--from", d(&b), "--data-dir", d(&s.join("t"))],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("lost acknowledged events: it ends at record 7, but record 1000"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s.join("t").exists());
 }
 
 #[test]

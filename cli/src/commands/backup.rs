@@ -187,8 +187,15 @@ enum Reader {
 
 impl Reader {
     fn dir(d: &Path) -> Result<Reader> {
-        let copy = source::with_copies(|| postmortem::open_copy_with(d, |_| {}))
-            .map_err(|e| source::dir_error(d, e))?;
+        let copy = source::with_copies(|| postmortem::open_copy_with(d, |_| {})).map_err(|e| {
+            match e {
+                LogError::Lost { .. } => CliError::failed(format!(
+                    "{e}; if a control plane is writing to {}, its files were copied at different moments: back up over the events API instead (without --data-dir), or try again",
+                    d.display()
+                )),
+                e => source::dir_error(d, e),
+            }
+        })?;
         Ok(Reader::Copy(Box::new(copy), d.display().to_string()))
     }
 

@@ -130,13 +130,16 @@ pub fn read_copy(dir: &Path) -> Result<Vec<Record>, LogError> {
     with_copies(|| postmortem::open_copy(dir))
 }
 
-/// Runs `open`, which reads a copy of a data directory, again while it finds damage, up to
-/// [`COPIES`] times in all.
+/// Runs `open`, which reads a copy of a data directory, again while it finds damage or a log
+/// shorter than its acknowledged mark, up to [`COPIES`] times in all: sled's files copied while a
+/// control plane writes fast can come back older than the mark copied before them.
 pub fn with_copies<T>(mut open: impl FnMut() -> Result<T, LogError>) -> Result<T, LogError> {
     let mut attempt = 1;
     loop {
         match open() {
-            Err(e) if attempt < COPIES && is_damage(&e) => attempt += 1,
+            Err(e) if attempt < COPIES && (is_damage(&e) || matches!(e, LogError::Lost { .. })) => {
+                attempt += 1
+            }
             other => return other,
         }
     }
