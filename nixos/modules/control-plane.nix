@@ -47,6 +47,18 @@ let
     configFile = effectiveConfigFile;
   };
 
+  usesPostgres = cfg.logBackend == "postgres";
+  # The database runs on this host: the unit starts after it (and wants it).
+  localPostgres = usesPostgres && (config.services.postgresql.enable or false);
+  # The URL may come only from environmentFile (NIXFLEET_CP_LOG_POSTGRES_URL=...), which
+  # the build sandbox cannot read: --check-config then validates with a stand-in URL (it
+  # parses the flags and connects to nothing).
+  checkValues =
+    values
+    // lib.optionalAttrs (usesPostgres && cfg.postgresUrl == null) {
+      postgresUrl = "postgres://check-config@localhost/nixfleet";
+    };
+
   argv = flags.args {
     inherit service values;
     credentialDir = "%d";
@@ -55,7 +67,8 @@ let
   # Same argv as the unit, with %d spelled out: --check-config validates
   # without reading files, so the credential paths only need to be well formed.
   checkArgv = flags.args {
-    inherit service values;
+    inherit service;
+    values = checkValues;
     credentialDir = "/run/credentials/nixfleet-control-plane.service";
   };
 
@@ -165,6 +178,67 @@ in
       '';
     };
 
+    logBackend = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "sled"
+          "postgres"
+        ]
+      );
+      default = default "logBackend";
+      example = "postgres";
+      description = ''
+        Where the event log lives: `"sled"` (embedded, in `dataDir`) or `"postgres"` (a
+        PostgreSQL database that several control planes share, each serving the API, one of
+        them at a time running the executor under a fenced lease). `null` is the binary's
+        default, sled.
+      '';
+    };
+
+    postgresUrl = mkOption {
+      type = types.nullOr types.str;
+      default = default "postgresUrl";
+      example = "postgres://nixfleet@db.example:5432/nixfleet";
+      description = ''
+        PostgreSQL connection string (URL or libpq `key=value`) for `logBackend = "postgres"`.
+        It lands in the Nix store and on the unit's command line: give a URL without a
+        password (trust, peer or certificate authentication), or leave this null and put
+        `NIXFLEET_CP_LOG_POSTGRES_URL=postgres://user:password@host/db` in `environmentFile`.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/nixfleet-cp.env";
+      description = ''
+        File of `NAME=value` lines read by systemd when the unit starts (`EnvironmentFile=`),
+        outside the store; e.g. `NIXFLEET_CP_LOG_POSTGRES_URL=...` when the database URL holds
+        a password. Must not be a store path.
+      '';
+    };
+
+    cpId = mkOption {
+      type = types.nullOr types.str;
+      default = default "cpId";
+      example = "cp-1";
+      description = ''
+        This control plane's name among those sharing a PostgreSQL log: written with every
+        record it appends and in the executor's lease. `null`: host name and port.
+      '';
+    };
+
+    executorLeaseSeconds = mkOption {
+      type = types.nullOr (types.ints.between 2 3600);
+      default = default "executorLeaseSeconds";
+      example = 6;
+      description = ''
+        How long the executor's lease lasts unrenewed with a shared log, in seconds: after a
+        control plane holding it dies, another one runs the executor within about this
+        time. `null`: the binary's default (6).
+      '';
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -190,6 +264,18 @@ in
         message = "services.nixfleet-control-plane: set tls.cert and tls.key, or insecure = true (tests only).";
       }
       {
+        assertion = !usesPostgres || cfg.postgresUrl != null || cfg.environmentFile != null;
+        message = "services.nixfleet-control-plane: logBackend = \"postgres\" needs postgresUrl (e.g. postgres://nixfleet@db:5432/nixfleet), or environmentFile setting NIXFLEET_CP_LOG_POSTGRES_URL.";
+      }
+      {
+        assertion = usesPostgres || (cfg.postgresUrl == null && cfg.cpId == null && cfg.executorLeaseSeconds == null);
+        message = "services.nixfleet-control-plane: postgresUrl, cpId and executorLeaseSeconds apply to logBackend = \"postgres\" only; set it.";
+      }
+      {
+        assertion = !isStorePath cfg.environmentFile;
+        message = "services.nixfleet-control-plane.environmentFile must not be a store path (the Nix store is world-readable).";
+      }
+      {
         assertion = port != null;
         message = "services.nixfleet-control-plane.listen must be HOST:PORT, got ${cfg.listen}.";
       }
@@ -207,8 +293,8 @@ in
     systemd.services.nixfleet-control-plane = {
       description = "nixfleet control plane";
       wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ] ++ lib.optional localPostgres "postgresql.service";
+      after = [ "network-online.target" ] ++ lib.optional localPostgres "postgresql.service";
 
       serviceConfig = {
         Type = "notify";
@@ -218,6 +304,7 @@ in
         RestartSec = "5s";
 
         LoadCredential = flags.credentials { inherit service values; };
+        EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
 
         DynamicUser = true;
         StateDirectory = stateDirName;

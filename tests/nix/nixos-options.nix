@@ -265,6 +265,19 @@ in
       }) { };
     };
     services.prometheus.exporters.node = nodeExporterOptions;
+    # nixos/modules/services/databases/postgresql.nix (the options we use).
+    services.postgresql = {
+      enable = lib.mkEnableOption "PostgreSQL Server";
+      enableTCPIP = opt types.bool false;
+      authentication = opt types.lines "";
+      ensureDatabases = opt (types.listOf types.str) [ ];
+      ensureUsers = opt (types.listOf (
+        types.submodule {
+          options.name = optNoDefault types.str;
+          options.ensureDBOwnership = opt types.bool false;
+        }
+      )) [ ];
+    };
     services.xserver = enableOnly "the X server";
 
     programs.zsh = enableOnly "zsh";

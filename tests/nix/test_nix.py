@@ -524,6 +524,56 @@ def test_the_control_plane_refuses_a_key_in_the_store_and_a_half_tls_setup():
     assert any("set tls.cert and tls.key together" in m for m in failed)
 
 
+def test_the_postgres_log_backend_renders_its_flags_and_is_refused_without_a_url():
+    pg = dict(logBackend="postgres", postgresUrl="postgres://nixfleet@db:5432/nixfleet", cpId="cp-1",
+              executorLeaseSeconds=4)
+    result = eval_module("nixos/modules/control-plane.nix", cp_values(**pg))
+    svc = result["systemd"]["services"]["nixfleet-control-plane"]
+    argv = svc["serviceConfig"]["ExecStart"].split(" ")
+    for flag, value in (("--log-backend", "postgres"), ("--log-postgres-url", "postgres://nixfleet@db:5432/nixfleet"),
+                        ("--cp-id", "cp-1"), ("--executor-lease-secs", "4")):
+        assert argv[argv.index(flag) + 1] == value, (flag, argv)
+    assert not [a for a in result["assertions"] if not a["assertion"]]
+    # The database is elsewhere: no ordering on a postgresql.service this host does not run.
+    assert "postgresql.service" not in svc["after"] + svc["wants"], svc["after"]
+    # The default renders none of the new flags (the binary's sled).
+    plain = eval_module("nixos/modules/control-plane.nix", cp_values())
+    argv = plain["systemd"]["services"]["nixfleet-control-plane"]["serviceConfig"]["ExecStart"].split(" ")
+    assert not {"--log-backend", "--log-postgres-url", "--cp-id", "--executor-lease-secs"} & set(argv), argv
+    failed = failed_assertions(cp_values(logBackend="postgres"))
+    assert any('logBackend = "postgres" needs postgresUrl' in m for m in failed), failed
+    failed = failed_assertions(cp_values(cpId="cp-1", postgresUrl="postgres://db/nixfleet"))
+    assert any("apply to logBackend = \"postgres\" only" in m for m in failed), failed
+    assert "not of type" in eval_failure(f"[ {json_module(cp_values(**dict(pg, executorLeaseSeconds=1)))} ]")
+
+
+def test_a_local_database_orders_the_control_plane_after_postgresql():
+    values = cp_values(logBackend="postgres", postgresUrl="postgres://nixfleet@localhost/nixfleet")
+    values["services"]["postgresql"] = {"enable": True}
+    svc = eval_module("nixos/modules/control-plane.nix", values)["systemd"]["services"]["nixfleet-control-plane"]
+    assert "postgresql.service" in svc["after"] and "postgresql.service" in svc["wants"], svc
+    # A local PostgreSQL with the sled log: no ordering.
+    values = cp_values()
+    values["services"]["postgresql"] = {"enable": True}
+    svc = eval_module("nixos/modules/control-plane.nix", values)["systemd"]["services"]["nixfleet-control-plane"]
+    assert "postgresql.service" not in svc["after"], svc["after"]
+
+
+def test_a_postgres_url_with_a_password_comes_from_an_environment_file_outside_the_store():
+    values = cp_values(logBackend="postgres", environmentFile="/run/secrets/nixfleet-cp.env")
+    result = eval_module("nixos/modules/control-plane.nix", values)
+    svc = result["systemd"]["services"]["nixfleet-control-plane"]["serviceConfig"]
+    assert svc["EnvironmentFile"] == "/run/secrets/nixfleet-cp.env"
+    assert "--log-postgres-url" not in svc["ExecStart"]
+    assert not [a for a in result["assertions"] if not a["assertion"]]
+    # The build-time check cannot read the file: it validates with a stand-in URL.
+    [script] = nix_eval(f"map (d: d.script) {evaluation(f'[ {json_module(values)} ]')}.config.system.extraDependencies")
+    assert "--log-postgres-url postgres://check-config@localhost/nixfleet" in script, script
+    failed = failed_assertions(cp_values(logBackend="postgres",
+                                         environmentFile="/nix/store/00000000000000000000000000000000-cp.env"))
+    assert any("environmentFile must not be a store path" in m for m in failed), failed
+
+
 def test_the_build_time_config_check_runs_the_binary_with_the_units_own_arguments():
     values = json_module(cp_values(settings={'executor': {'tick_ms': 500}}))
     expr = f"map (d: d.script) {evaluation(f'[ {values} ]')}.config.system.extraDependencies"
