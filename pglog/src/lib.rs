@@ -25,6 +25,7 @@
 
 mod lease;
 mod schema;
+mod tls;
 mod writer;
 
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
@@ -113,7 +114,10 @@ pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Connects to `url` (a libpq connection string or `postgres://` URL).
+/// TLS is used when the string asks for it (`sslmode=require`, `verify-ca`, `verify-full`, with
+/// `sslrootcert=FILE`; see [`tls`]).
 pub(crate) fn connect(url: &str) -> Result<postgres::Client, LogError> {
+    let (url, tls) = tls::split(url)?;
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| LogError::Io(format!("invalid PostgreSQL connection string: {e}")))?;
@@ -121,9 +125,20 @@ pub(crate) fn connect(url: &str) -> Result<postgres::Client, LogError> {
         config.connect_timeout(Duration::from_secs(3));
     }
     config.keepalives_idle(Duration::from_secs(10));
-    let mut client = config
-        .connect(postgres::NoTls)
-        .map_err(|e| unavailable("connecting to PostgreSQL", &e))?;
+    let mut client = match &tls {
+        tls::Tls::Off => config.connect(postgres::NoTls),
+        tls::Tls::Verify { root_cert } => config.connect(tls::connector(root_cert.as_deref())?),
+    }
+    .map_err(|e| match &tls {
+        tls::Tls::Off => unavailable("connecting to PostgreSQL", &e),
+        tls::Tls::Verify { root_cert } => unavailable(
+            &format!(
+                "connecting to PostgreSQL over TLS (server certificate checked against {})",
+                root_cert.as_deref().unwrap_or("the webpki-roots CAs")
+            ),
+            &e,
+        ),
+    })?;
     // A turn left open by a paused or partitioned process must not hold the head's lock for
     // long: the server ends it (and so refuses its appends) after 3 s of silence.
     client
@@ -137,7 +152,12 @@ pub(crate) fn connect(url: &str) -> Result<postgres::Client, LogError> {
 pub(crate) fn unavailable(what: &str, e: &postgres::Error) -> LogError {
     match e.as_db_error() {
         Some(db) => LogError::Unavailable(format!("PostgreSQL: {what}: {}", db.message())),
-        None => LogError::Unavailable(format!("PostgreSQL: {what}: {e}")),
+        // The client's own text names only the kind ("error performing TLS handshake"); the
+        // cause says what to fix (e.g. "invalid peer certificate: UnknownIssuer").
+        None => match std::error::Error::source(e) {
+            Some(cause) => LogError::Unavailable(format!("PostgreSQL: {what}: {e}: {cause}")),
+            None => LogError::Unavailable(format!("PostgreSQL: {what}: {e}")),
+        },
     }
 }
 

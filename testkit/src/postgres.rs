@@ -47,6 +47,20 @@ pub struct PgServer {
 impl PgServer {
     /// Initializes a new cluster, starts it and creates the role and database `nixfleet`.
     pub fn start() -> PgServer {
+        PgServer::start_inner(false)
+    }
+
+    /// Like [`PgServer::start`], with `ssl = on`: a server certificate for `127.0.0.1` and
+    /// `localhost` signed by a CA made here with rcgen, and a `pg_hba.conf` that accepts TCP
+    /// connections only over TLS (`hostssl`; `hostnossl … reject`). Returns the CA's PEM file,
+    /// for `?sslmode=verify-full&sslrootcert=FILE`.
+    pub fn start_with_tls() -> (PgServer, PathBuf) {
+        let pg = PgServer::start_inner(true);
+        let ca = pg.root.join("ca.pem");
+        (pg, ca)
+    }
+
+    fn start_inner(tls: bool) -> PgServer {
         let mut pg = PgServer::new_dir(None);
         run_ok(&mut pg.as_postgres(
             "initdb",
@@ -60,16 +74,27 @@ impl PgServer {
                 "--locale=C",
             ],
         ));
+        // With TLS, a connection without it matches no `hostssl` line and is refused.
+        let (host, refuse) = if tls {
+            ("hostssl", "hostnossl all all 0.0.0.0/0 reject\n")
+        } else {
+            ("host", "")
+        };
         std::fs::write(
             pg.data().join("pg_hba.conf"),
-            "# For testing only: trust on loopback and the private socket. Never copy this.\n\
-             local all all trust\n\
-             host all all 127.0.0.1/32 trust\n\
-             local replication all trust\n\
-             host replication all 127.0.0.1/32 trust\n",
+            format!(
+                "# For testing only: trust on loopback and the private socket. Never copy this.\n\
+                 local all all trust\n\
+                 {host} all all 127.0.0.1/32 trust\n\
+                 local replication all trust\n\
+                 {host} replication all 127.0.0.1/32 trust\n{refuse}"
+            ),
         )
         .expect("write pg_hba.conf");
         pg.configure();
+        if tls {
+            pg.make_certificates();
+        }
         pg.run_pg_ctl_start();
         pg.psql("postgres", "CREATE ROLE nixfleet LOGIN");
         pg.psql("postgres", "CREATE DATABASE nixfleet OWNER nixfleet");
@@ -247,6 +272,45 @@ impl PgServer {
             standby_name,
             running: false,
         }
+    }
+
+    /// Writes `ca.pem` (in the root) and the server's `server.crt`/`server.key` (in the data
+    /// directory, the key readable by `postgres` only, as the server demands) and turns TLS on.
+    fn make_certificates(&self) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "nixfleet test PostgreSQL CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server parameters");
+        let key = KeyPair::generate().expect("server key");
+        let cert = server.signed_by(&key, &issuer).expect("server certificate");
+        std::fs::write(self.root.join("ca.pem"), ca_cert.pem()).expect("write ca.pem");
+        let (crt, pem_key) = (
+            self.data().join("server.crt"),
+            self.data().join("server.key"),
+        );
+        std::fs::write(&crt, cert.pem()).expect("write server.crt");
+        std::fs::write(&pem_key, key.serialize_pem()).expect("write server.key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        if is_root() {
+            run_ok(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&crt)
+                    .arg(&pem_key),
+            );
+        }
+        append(
+            &self.data().join("postgresql.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
     }
 
     fn data(&self) -> PathBuf {
