@@ -500,7 +500,10 @@ impl Engine {
         // changed hands.
         let mut changes = self.log.changes();
         loop {
-            let sleep = match self.next_deadline() {
+            // On a shared log only the lease holder decides on the clock; the others wait for
+            // changes (an append elsewhere, or the lease coming their way).
+            let deciding = !self.shared || self.leading.load(Ordering::SeqCst);
+            let sleep = match self.next_deadline().filter(|_| deciding) {
                 Some(t) => {
                     std::time::Duration::from_millis(t.0.saturating_sub(self.now().0).max(1))
                 }

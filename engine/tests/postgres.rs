@@ -135,7 +135,9 @@ fn gated_agents(
                     ) {
                         if let Some(p) = serde_json::from_str::<Value>(&t).unwrap()["hash"].as_str()
                         {
-                            current = p.to_owned();
+                            if switch.load(Ordering::SeqCst) {
+                                current = p.to_owned();
+                            }
                         }
                     }
                     i += 1;
@@ -249,6 +251,11 @@ fn fleet() -> Fleet {
 
 /// A release of generation 2 for every host and a staged rollout of it, created on `cp`.
 fn roll_out(cp: &Cp, key: &str) -> String {
+    roll_out_with(cp, key, 60)
+}
+
+/// [`roll_out`] with a health timeout of `timeout` seconds (on failure: pause).
+fn roll_out_with(cp: &Cp, key: &str, timeout: u64) -> String {
     let op = cp.client("operator", Some(key));
     let entries: Vec<Value> = HOSTS.iter().map(|h| serde_json::json!({"hostname": h, "store_path": gen(h, 2), "platform": "x86_64-linux"})).collect();
     let rel = op.json(
@@ -263,7 +270,7 @@ fn roll_out(cp: &Cp, key: &str) -> String {
     op.json(
         "POST",
         "/api/v1/rollouts",
-        Some(&serde_json::json!({"release_id": rel, "strategy": "staged", "batch_sizes": ["2", "2", "100%"], "target": {"tags": ["web"]}, "health_timeout": 60}).to_string()),
+        Some(&serde_json::json!({"release_id": rel, "strategy": "staged", "batch_sizes": ["2", "2", "100%"], "target": {"tags": ["web"]}, "health_timeout": timeout, "on_failure": "pause"}).to_string()),
         201,
     )["rollout_id"]
         .as_str()
@@ -349,15 +356,26 @@ fn three_control_planes_serve_one_log_and_the_rollout_survives_the_leaders_death
         .lock()
         .unwrap()
         .retain(|p| cps.iter().flatten().any(|c| c.port == *p));
+    switch.store(true, Ordering::SeqCst);
     let (new_leader, new_epoch) = wait_lease(&pg, Some(&leader));
     assert!(
         new_epoch > epoch,
         "the lease changed hands without a new epoch"
     );
     let live = cps.iter().flatten().next().unwrap();
-    wait_until("the rollout to complete under the new leader", 60, || {
-        rollout_status(live, &f.key, &id) == "completed"
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rollout_status(live, &f.key, &id) != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not complete under the new leader; the live control planes' logs:\n{}",
+            cps.iter()
+                .flatten()
+                .map(|c| c.log_text())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().unwrap();
@@ -559,4 +577,73 @@ fn an_unreachable_database_refuses_writes_serves_reads_and_recovers_by_itself() 
         .filter(|r| matches!(r.event, Event::ReportReceived { .. }))
         .count();
     assert_eq!(n, 2, "exactly the two acknowledged reports are in the log");
+}
+
+#[test]
+fn the_new_leader_decides_a_health_timeout_the_old_one_had_armed() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let mut f = fleet();
+    let mut cps: Vec<Option<Cp>> = ["cp-a", "cp-b"]
+        .iter()
+        .map(|n| Some(start_cp(&f.root, &f.pki, &url, n)))
+        .collect();
+    f.key = bootstrap(cps[0].as_ref().unwrap());
+    let (leader, _) = wait_lease(&pg, None);
+    let li = if leader == "cp-a" { 0 } else { 1 };
+    let follower_port = cps[1 - li].as_ref().unwrap().port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    // The machines never move to the release: the first batch can only time out.
+    let threads = gated_agents(
+        Arc::new(Mutex::new(vec![follower_port])),
+        &f.pki.dir,
+        stop.clone(),
+        acked.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let follower = cps[1 - li].as_ref().unwrap();
+    let op = follower.client("operator", Some(&f.key));
+    wait_until("the six machines", 30, || {
+        let (s, t) = op.get("/api/v1/machines");
+        s == 200
+            && serde_json::from_str::<Value>(&t)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+                == 6
+    });
+    let id = roll_out_with(follower, &f.key, 4);
+    wait_until("the first batch to start", 30, || {
+        records(&url).iter().any(|r| matches!(&r.event, Event::BatchStarted { rollout, .. } if rollout.to_string() == id))
+    });
+    cps[li].as_mut().unwrap().kill9();
+    let follower = cps[1 - li].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rollout_status(follower, &f.key, &id) != "paused" {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not pause the rollout on its timeout; its log:\n{}",
+            follower.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = records(&url);
+    assert_no_batch_decided_twice(&all);
+    let by = origins(&pg);
+    let failed: Vec<_> = all
+        .iter()
+        .filter(|r| matches!(r.event, Event::BatchFailed { .. }))
+        .map(|r| by[&r.seq.0].0.clone())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![["cp-a", "cp-b"][1 - li].to_owned()],
+        "the timeout was decided once, by the new leader"
+    );
 }

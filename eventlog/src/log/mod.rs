@@ -181,6 +181,7 @@ pub trait EventLog: Send + Sync + 'static {
 
 /// What catching up with a shared log hands the projections.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // `Reset` is rare; boxing every record would cost more.
 pub enum Follow {
     /// Start over from empty projections: the ones held include records that were staged here
     /// but never committed (their commit failed), so they are rebuilt from record 1.
