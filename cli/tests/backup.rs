@@ -67,6 +67,14 @@ fn writes(s: &Scratch, key: &str, stop: &AtomicBool, done: &AtomicUsize) {
     }
 }
 
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn wait_for_writes(done: &AtomicUsize, n: usize) {
     for _ in 0..600 {
         if done.load(Ordering::SeqCst) >= n {
@@ -84,6 +92,8 @@ fn a_backup_taken_under_load_is_a_verified_prefix_and_a_control_plane_starts_on_
     let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
     let (online, offline) = std::thread::scope(|scope| {
         scope.spawn(|| writes(&s, &key, &stop, &done));
+        // The writer stops however this ends (a failed assertion too), so the scope can end.
+        let _stop = StopOnDrop(&stop);
         wait_for_writes(&done, 60);
         // Both backups while the writes go on: over the events API, and through the copy reader
         // of the live data directory.
