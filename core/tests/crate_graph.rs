@@ -127,7 +127,29 @@ fn the_cli_and_the_agent_link_no_control_plane() {
         assert!(!links(&cli, server), "the nixfleet CLI links {server}");
     }
     let agent = linked("nixfleet-agent");
-    for server in ["nixfleet-engine", "nixfleet-eventlog", "hyper", "sled"] {
+    for server in [
+        "nixfleet-engine",
+        "nixfleet-eventlog",
+        "nixfleet-pglog",
+        "postgres",
+        "hyper",
+        "sled",
+    ] {
         assert!(!links(&agent, server), "the agent links {server}");
+    }
+}
+
+#[test]
+fn the_postgres_log_is_a_log_not_a_server() {
+    let deps = direct("pglog");
+    let ours = nixfleet(&deps);
+    assert!(
+        ours.iter()
+            .all(|d| ["nixfleet-core", "nixfleet-eventlog"].contains(d)),
+        "nixfleet-pglog may depend on the core and the event log only, not {ours:?}"
+    );
+    let tree = linked("nixfleet-pglog");
+    for server in ["hyper", "nixfleet-engine"] {
+        assert!(!links(&tree, server), "nixfleet-pglog links {server}");
     }
 }
