@@ -221,6 +221,14 @@ fn restore_refuses_a_data_directory_in_use_or_not_empty_and_a_damaged_backup() {
     let out = restore(d(&live), true);
     assert_exit(&out, 0);
     assert!(!nixfleet_eventlog::snapshot::path(&live).exists());
+    // A damaged log is replaced too (that is what a restore is for).
+    let garbage = s.join("garbage");
+    std::fs::create_dir_all(garbage.join("log")).unwrap();
+    std::fs::write(garbage.join("log/db"), [0x5a; 4096]).unwrap();
+    std::fs::write(garbage.join("log/conf"), "not sled's").unwrap();
+    assert_exit(&restore(d(&garbage), true), 0);
+    let verified = nf_ok(&s, &["verify", "--data-dir", d(&garbage)]);
+    assert!(verified.starts_with("ok: 7 records"), "{verified}");
     // A damaged backup is refused before anything is written.
     let damaged = s.join("damaged");
     std::fs::create_dir_all(&damaged).unwrap();

@@ -438,13 +438,17 @@ fn prepare_dir(dir: &Path, force: bool, hint: &str) -> Result<()> {
     }
     let log = dir.join("log");
     if force && log.exists() {
-        // sled's lock: a control plane holding this log keeps it, and the open fails.
-        drop(nixfleet_eventlog::log::open_raw(&log).map_err(|e| {
-            CliError::usage(format!(
-                "cannot take {} ({e}): stop the control plane that uses it first",
-                log.display()
-            ))
-        })?);
+        // sled's lock: a control plane holding this log keeps it, and the open fails. Any other
+        // failure is a damaged log, which is what a restore is for.
+        match nixfleet_eventlog::log::open_raw(&log) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                return Err(CliError::usage(format!(
+                    "{} is in use ({e}): stop the control plane that uses it first",
+                    log.display()
+                )));
+            }
+            Ok(_) | Err(_) => {}
+        }
         std::fs::remove_dir_all(&log)
             .map_err(|e| CliError::failed(format!("cannot remove {}: {e}", log.display())))?;
     }
