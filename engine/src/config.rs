@@ -56,7 +56,7 @@ pub struct Flags {
     #[arg(long, env = "NIXFLEET_CP_LOG_BACKEND")]
     pub log_backend: Option<String>,
     /// The PostgreSQL connection string (`postgres://user@host:port/db` or libpq key=value) for
-    /// `--log-backend postgres`.
+    /// `--log-backend postgres`; TLS with `sslmode=verify-full&sslrootcert=CA.pem`.
     #[arg(long, env = "NIXFLEET_CP_LOG_POSTGRES_URL")]
     pub log_postgres_url: Option<String>,
     /// This control plane's name among those sharing a PostgreSQL log, recorded with every
