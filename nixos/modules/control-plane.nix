@@ -178,34 +178,15 @@ in
       '';
     };
 
-    logBackend = mkOption {
-      type = types.nullOr (
-        types.enum [
-          "sled"
-          "postgres"
-        ]
-      );
-      default = default "logBackend";
-      example = "postgres";
-      description = ''
-        Where the event log lives: `"sled"` (embedded, in `dataDir`) or `"postgres"` (a
-        PostgreSQL database that several control planes share, each serving the API, one of
-        them at a time running the executor under a fenced lease). `null` is the binary's
-        default, sled.
-      '';
-    };
+    logBackend = option "logBackend" (types.nullOr (
+      types.enum [
+        "sled"
+        "postgres"
+      ]
+    )) "Where the event log lives: `\"sled\"` (embedded, in `dataDir`) or `\"postgres\"` (a PostgreSQL database several control planes share, each serving the API, one at a time running the executor under a fenced lease). `null`: the binary's default, sled.";
 
-    postgresUrl = mkOption {
-      type = types.nullOr types.str;
-      default = default "postgresUrl";
-      example = "postgres://nixfleet@db.example:5432/nixfleet";
-      description = ''
-        PostgreSQL connection string (URL or libpq `key=value`) for `logBackend = "postgres"`.
-        It lands in the Nix store and on the unit's command line: give a URL without a
-        password (trust, peer or certificate authentication), or leave this null and put
-        `NIXFLEET_CP_LOG_POSTGRES_URL=postgres://user:password@host/db` in `environmentFile`.
-      '';
-    };
+    # Lands in the store and on the command line: no password here (see environmentFile).
+    postgresUrl = option "postgresUrl" (types.nullOr types.str) "PostgreSQL connection string (URL or libpq `key=value`, e.g. `postgres://nixfleet@db:5432/nixfleet`) for `logBackend = \"postgres\"`. It lands in the Nix store and on the unit's command line: use trust, peer or certificate authentication, or leave this null and set `NIXFLEET_CP_LOG_POSTGRES_URL` in `environmentFile`.";
 
     environmentFile = mkOption {
       type = types.nullOr types.str;
@@ -218,26 +199,11 @@ in
       '';
     };
 
-    cpId = mkOption {
-      type = types.nullOr types.str;
-      default = default "cpId";
-      example = "cp-1";
-      description = ''
-        This control plane's name among those sharing a PostgreSQL log: written with every
-        record it appends and in the executor's lease. `null`: host name and port.
-      '';
-    };
+    cpId = option "cpId" (types.nullOr types.str) "This control plane's name among those sharing a PostgreSQL log, written with every record it appends and in the executor's lease. `null`: host name and port.";
 
-    executorLeaseSeconds = mkOption {
-      type = types.nullOr (types.ints.between 2 3600);
-      default = default "executorLeaseSeconds";
-      example = 6;
-      description = ''
-        How long the executor's lease lasts unrenewed with a shared log, in seconds: after a
-        control plane holding it dies, another one runs the executor within about this
-        time. `null`: the binary's default (6).
-      '';
-    };
+    executorLeaseSeconds = option "executorLeaseSeconds" (types.nullOr (
+      types.ints.between 2 3600
+    )) "How long the executor's lease lasts unrenewed with a shared log, in seconds: after the control plane holding it dies, another runs the executor within about this time. `null`: the binary's default (6).";
 
     checkConfig = mkOption {
       type = types.bool;

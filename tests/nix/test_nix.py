@@ -798,6 +798,7 @@ in builtins.mapAttrs (host: p:
     agent = if p ? agent then c.services.nixfleet-agent else null;
     cp = if p ? controlPlane then c.services.nixfleet-control-plane else null;
     cache = if p ? cacheServer then c.services.nixfleet-cache-server else null;
+    postgres = if p ? database then c.services.postgresql else null;
     units = builtins.mapAttrs (_: u: u.wantedBy) c.systemd.services;
     nodeJson = c.environment.etc."nixfleet-vmtests/node.json".text;
     specialisations = builtins.mapAttrs (_: sp:
@@ -825,7 +826,12 @@ def test_every_scenario_node_evaluates_through_the_helpers_into_declared_options
             defs = node["defs"]
             assert json.loads(defs["nodeJson"])["host"] == host
             if node["role"] == "control-plane":
-                assert defs["cp"]["enable"] is True and defs["cp"]["tls"]["key"] == "/etc/nixfleet-tls/cp-key.pem"
+                # The fleet's cp, or one of several control planes with a certificate of its own name.
+                assert defs["cp"]["enable"] is True and defs["cp"]["tls"]["key"] in (
+                    "/etc/nixfleet-tls/cp-key.pem", f"/etc/nixfleet-tls/{host}-key.pem"), (d, host)
+            if node["role"] == "database":
+                assert defs["postgres"]["enable"] and defs["postgres"]["ensureDatabases"] == ["nixfleet"], defs
+                assert "host all all samenet trust" in defs["postgres"]["authentication"], defs
             if node["role"] == "agent":
                 assert defs["agent"]["enable"] is True and defs["agent"]["machineId"] == host, (d, host)
                 assert defs["agent"]["tls"]["clientKey"] == f"/etc/nixfleet-tls/{host}-key.pem"
@@ -1123,6 +1129,14 @@ ASSERTION_CASES = [
      "services.nixfleet-control-plane.listen must be HOST:PORT"),
     ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "dataDir": "/var/lib/a/b"}}},
      "services.nixfleet-control-plane.dataDir must be a directory directly under /var/lib"),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "logBackend": "postgres"}}},
+     'services.nixfleet-control-plane: logBackend = "postgres" needs postgresUrl'),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "cpId": "cp-1"}}},
+     'services.nixfleet-control-plane: postgresUrl, cpId and executorLeaseSeconds apply to logBackend = "postgres" only'),
+    ({"services": {"nixfleet-control-plane": {"enable": True, "insecure": True, "logBackend": "postgres",
+                                              "postgresUrl": "postgres://db/nixfleet",
+                                              "environmentFile": "/nix/store/00000000000000000000000000000000-e"}}},
+     "services.nixfleet-control-plane.environmentFile must not be a store path"),
     ({"services": {"nixfleet-cache-server": {"enable": True}}},
      "services.nixfleet-cache-server.signingKeyFile must be set"),
     ({"nixfleet": {"backup": {"enable": True, "backend": "restic", "restic": {"repository": "/r"}}}},

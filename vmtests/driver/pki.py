@@ -35,6 +35,10 @@ def make_tls(out: Path, names: list[str]) -> None:
         sans = f"DNS:{name},DNS:{name}.test"
         if name == "cp":
             sans = "DNS:cp,DNS:cp.test,DNS:localhost,IP:127.0.0.1"
+        elif name.startswith("cp-"):
+            # One of several control planes (vm-ha-failover): its own name, and localhost for
+            # the prelude's API calls made on the host itself.
+            sans += ",DNS:localhost,IP:127.0.0.1"
         ext = out / f"{name}.ext"
         ext.write_text(
             "basicConstraints=CA:FALSE\n"

@@ -19,14 +19,14 @@ import time
 import traceback
 from pathlib import Path
 
-from . import harmonia, log, units
+from . import harmonia, log, postgres, units
 from .machine import Machine, MachineError, python_name
 from .net import Network
 
 VMTESTS = Path(__file__).resolve().parents[1]
 LIB = VMTESTS / "lib"
 SCENARIOS = VMTESTS / "scenarios"
-ROLES = {"control-plane", "agent", "operator", "builder", "cache-server", "ssh-target", "plain"}
+ROLES = {"control-plane", "agent", "operator", "builder", "cache-server", "database", "ssh-target", "plain"}
 SCOPES_ORDER = ["core", "minimal", "firewall", "monitoring", "backup", "secrets"]
 BINARIES = ("nixfleet-control-plane", "nixfleet-agent", "nixfleet")
 
@@ -81,6 +81,8 @@ def load_nodes(name: str) -> dict:
             node["agent"] = _subst(deep_merge(defaults["agent"], spec.get("agent", {})), host)
         if role == "cache-server":
             node["cacheServer"] = _subst(deep_merge(defaults["cacheServer"], spec.get("cacheServer", {})), host)
+        if role == "database":
+            node["database"] = _subst(deep_merge(defaults["database"], spec.get("database", {})), host)
         # "systems" matters only on the NixOS side (helpers.nix): here every node runs fake systems.
         for key in ("openPorts", "nix", "extraFiles", "systems"):
             if key in spec:
@@ -110,6 +112,8 @@ def open_ports(node: dict) -> list[int]:
         ports.append(int(node["controlPlane"]["listen"].rsplit(":", 1)[1]))
     if "cacheServer" in node:
         ports.append(int(node["cacheServer"]["port"]))
+    if "database" in node:
+        ports.append(int(node["database"]["port"]))
     if "monitoring" in node["scopes"]:
         ports.append(9100)
     if node.get("agent", {}).get("metricsPort"):
@@ -235,6 +239,19 @@ def write_layer(layer: Path, host: str, node: dict, network: Network, keys: Keys
         alias = etc / "systemd/system/nixfleet-cache-server.service"
         if not alias.is_symlink():
             alias.symlink_to("/etc/systemd/system/harmonia.service")
+    if "database" in node:
+        # PostgreSQL, the host's Debian server bound read-only (vmtests/driver/postgres.py).
+        db = node["database"]
+        for unit, text in postgres.units(db).items():
+            _write(etc / "systemd/system" / unit, text)
+        _enable(layer, "postgresql.service")
+        _write(layer / postgres.HBA_IN_CONTAINER.lstrip("/"), postgres.hba())
+        _write(layer / postgres.SYSUSERS_IN_CONTAINER.lstrip("/"), postgres.SYSUSERS)
+        _write(layer / postgres.SETUP_IN_CONTAINER.lstrip("/"), postgres.setup_script(db), 0o755)
+        psql = layer / "usr/local/bin/psql"
+        psql.parent.mkdir(parents=True, exist_ok=True)
+        if not psql.is_symlink():
+            psql.symlink_to(postgres.bin_dir() / "psql")
     for path, content in node.get("extraFiles", {}).items():
         _write(layer / path.lstrip("/"), content)
     env = dict(os.environ, ROOT=str(layer), NODE=host, OPEN_TCP_PORTS=" ".join(map(str, open_ports(node))))
@@ -258,6 +275,11 @@ class Run:
             try:
                 binds.append((str(harmonia.binary()), harmonia.BINARY_IN_CONTAINER, True))
             except harmonia.HarmoniaError as e:
+                raise ScenarioError(str(e)) from e
+        if any("database" in n for n in spec["nodes"].values()):
+            try:
+                binds += postgres.binds()
+            except postgres.PostgresError as e:
                 raise ScenarioError(str(e)) from e
         for i, (host, node) in enumerate(spec["nodes"].items()):
             mdir = self.dir / host
@@ -306,6 +328,8 @@ class Run:
                 units_of_interest += ["nixfleet-agent.service", "nixfleet-switch.service", "fake-app.service"]
             if "cacheServer" in node:
                 units_of_interest.append("harmonia.service")
+            if "database" in node:
+                units_of_interest.append("postgresql.service")
             out.append(f"===== {host}: journal of {', '.join(units_of_interest)} =====")
             out.append(m.journal(units_of_interest, lines=150) if m.is_up() else "(machine not running)")
             if m.is_up():

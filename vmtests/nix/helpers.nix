@@ -377,6 +377,24 @@ let
           environment.RUST_LOG = "info";
         };
       }
+      ++ lib.optional (plan ? database) {
+        # The shared event log of several control planes (vm-ha-failover). The local
+        # harness runs the same server (Debian's) with the same database, owner and trust
+        # (vmtests/driver/postgres.py).
+        services.postgresql = {
+          enable = true;
+          enableTCPIP = true;
+          ensureDatabases = [ plan.database.name ];
+          ensureUsers = [
+            {
+              name = plan.database.user;
+              ensureDBOwnership = true;
+            }
+          ];
+          authentication = "host all all samenet trust\n";
+        };
+        networking.firewall.allowedTCPPorts = [ plan.database.port ];
+      }
       ++ lib.optional (builtins.elem plan.role [
         "operator"
         "builder"

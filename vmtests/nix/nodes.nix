@@ -5,7 +5,8 @@
 # - vmtests/lib/node-defaults.json is merged under every node (recursively;
 #   lists and scalars replace), and "@HOST@" becomes the node's name;
 # - controlPlane applies to role "control-plane", cacheServer to role
-#   "cache-server", agent to role "agent" or any node that has an "agent" key;
+#   "cache-server", database to role "database", agent to role "agent" or any
+#   node that has an "agent" key;
 # - scopes default to the defaults' scopes; openPorts, nix, extraFiles and
 #   systems ("fake": a NixOS agent node runs fake systems, see helpers.nix)
 #   are passed through.
@@ -18,6 +19,7 @@ let
     "operator"
     "builder"
     "cache-server"
+    "database"
     "ssh-target"
     "plain"
   ];
@@ -67,6 +69,7 @@ let
       // (if role == "control-plane" then { controlPlane = merged "controlPlane"; } else { })
       // (if role == "agent" || spec ? agent then { agent = merged "agent"; } else { })
       // (if role == "cache-server" then { cacheServer = merged "cacheServer"; } else { })
+      // (if role == "database" then { database = merged "database"; } else { })
       // builtins.intersectAttrs {
         openPorts = null;
         nix = null;

@@ -34,7 +34,15 @@ let
       }) ([ "cp" ] ++ hostnames ++ extraCertNames)
     )
   );
-  sans = n: if n == "cp" then "DNS:cp,DNS:cp.test,DNS:localhost,IP:127.0.0.1" else "DNS:${n},DNS:${n}.test";
+  # cp-<n>: one of several control planes (vm-ha-failover), also called on localhost.
+  sans =
+    n:
+    if n == "cp" then
+      "DNS:cp,DNS:cp.test,DNS:localhost,IP:127.0.0.1"
+    else if builtins.substring 0 3 n == "cp-" then
+      "DNS:${n},DNS:${n}.test,DNS:localhost,IP:127.0.0.1"
+    else
+      "DNS:${n},DNS:${n}.test";
   certFor = n: ''
     printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
       'extendedKeyUsage=serverAuth,clientAuth' 'subjectAltName=${sans n}' > "${n}.ext"
