@@ -2,6 +2,7 @@
 //! operators alike, one of them runs the executor under a lease, and the log keeps every
 //! acknowledged event through the death of a control plane, a paused leader, a promoted standby
 //! and an unreachable database.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The event log on PostgreSQL, shared by several control planes.
 //!
 //! The records are the embedded log's, byte for byte (`nixfleet_eventlog::log::encode_record`,
-//! the same SHA-256 chain), one row each; see [`schema`] for the tables. What PostgreSQL adds is
+//! the same SHA-256 chain), one row each; see `schema.rs` for the tables. What PostgreSQL adds is
 //! that several control planes append to one log, and the log survives the loss of a machine
 //! through the database's own replication (a synchronous standby loses no committed row).
 //!

@@ -1,6 +1,7 @@
 //! The shared log's promises checked against a real PostgreSQL: the chain is the embedded log's,
 //! two writers never append on top of a head they did not see, and executor decisions are fenced
 //! by the lease's epoch.
+#![allow(clippy::unwrap_used)]
 
 use nixfleet_core::ids::KeyName;
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
