@@ -11,6 +11,7 @@
 
 mod conn;
 mod pki;
+mod spawn;
 mod stats;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,10 +20,11 @@ use clap::Parser;
 use conn::{Conn, Target};
 use hyper::Method;
 use nixfleet_proto::api::v1 as wire;
+use spawn::Spawned;
 use stats::Stats;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,15 +36,23 @@ use std::time::{Duration, Instant};
     about = "Load generator for the nixfleet control plane: N agents with their own client certificates reporting over keep-alive mTLS"
 )]
 struct Args {
-    /// Control plane to load, https://HOST:PORT (its --client-ca must be PKI_DIR/ca.pem).
+    /// Control plane to load, https://HOST:PORT (its --client-ca must be PKI_DIR/ca.pem). Given
+    /// several times, the machines are spread over the control planes (machine i on URL i mod N).
     #[arg(long, conflicts_with = "spawn_cp")]
-    url: Option<String>,
+    url: Vec<String>,
     /// Start this nixfleet-control-plane binary on a free loopback port, with the loadgen CA as --client-ca.
     #[arg(long, value_name = "PATH", requires = "data_dir")]
     spawn_cp: Option<PathBuf>,
     /// Data directory of the spawned control plane (created; its log is DATA_DIR.log).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Spawned control planes share this PostgreSQL log (`--log-backend postgres`), with data
+    /// directories DATA_DIR-0, DATA_DIR-1, …
+    #[arg(long, value_name = "URL", requires = "spawn_cp")]
+    postgres_url: Option<String>,
+    /// How many control planes to spawn on --postgres-url; the machines are spread over them.
+    #[arg(long, default_value_t = 1, requires = "postgres_url")]
+    cps: usize,
     /// Directory with ca.pem and ca-key.pem (`nixfleet pki init`); a CA is created there if missing.
     /// Default: a fresh temporary directory.
     #[arg(long, value_name = "DIR")]
@@ -161,46 +171,6 @@ impl Agent {
     }
 }
 
-/// The spawned control plane; stopped with SIGTERM when dropped.
-struct Spawned {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Spawned {
-    fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
-    }
-
-    /// Its resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
-    fn rss_kib(&self) -> Option<(u64, u64)> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        };
-        Some((field("VmRSS:")?, field("VmHWM:")?))
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Prints the spawned control plane's memory now, in all and per machine.
 fn print_memory(spawned: Option<&Spawned>, agents: usize) {
     if let Some((rss, peak)) = spawned.and_then(Spawned::rss_kib) {
@@ -248,33 +218,7 @@ fn parse_url(url: &str) -> Result<(String, u16)> {
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
-fn spawn_cp(bin: &Path, data_dir: &Path, pki: &pki::Pki, port: u16) -> Result<Spawned> {
-    let (cert, key) = pki.write_server("loadgen-cp")?;
-    let log = data_dir.with_extension("log");
-    let out =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--client-ca")
-        .arg(pki.ca_path())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or("warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    Ok(Spawned { child, log })
-}
-
-async fn wait_healthy(op: &mut Conn, spawned: &mut Option<Spawned>) -> Result<()> {
+async fn wait_healthy(op: &mut Conn, mut spawned: Option<&mut Spawned>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(a) = op.call(Method::GET, "/health", None, None).await {
@@ -282,7 +226,7 @@ async fn wait_healthy(op: &mut Conn, spawned: &mut Option<Spawned>) -> Result<()
                 return Ok(());
             }
         }
-        if let Some(s) = spawned.as_mut() {
+        if let Some(s) = spawned.as_deref_mut() {
             if let Ok(Some(st)) = s.child.try_wait() {
                 let log = std::fs::read_to_string(&s.log).unwrap_or_default();
                 bail!(
@@ -299,13 +243,13 @@ async fn wait_healthy(op: &mut Conn, spawned: &mut Option<Spawned>) -> Result<()
 }
 
 async fn run(args: Args) -> Result<()> {
-    if args.agents == 0 || args.concurrency == 0 {
-        bail!("--agents and --concurrency must be at least 1");
+    if args.agents == 0 || args.concurrency == 0 || args.cps == 0 {
+        bail!("--agents, --concurrency and --cps must be at least 1");
     }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be a number of reports per second (0: as fast as possible)");
     }
-    if args.url.is_none() && args.spawn_cp.is_none() {
+    if args.url.is_empty() && args.spawn_cp.is_none() {
         bail!("give --url https://HOST:PORT of a control plane, or --spawn-cp PATH --data-dir DIR");
     }
     let (pki_dir, temp_pki) = match &args.pki_dir {
@@ -324,38 +268,58 @@ async fn run(args: Args) -> Result<()> {
 
 async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
     let pki = Arc::new(pki::Pki::open_or_create(pki_dir)?);
-    let mut spawned = None;
-    let (addr, how): (SocketAddr, String) = match (&args.spawn_cp, &args.url) {
-        (Some(bin), _) => {
+    let mut spawned = Vec::new();
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let how = match &args.spawn_cp {
+        Some(bin) => {
             let data_dir = args
                 .data_dir
                 .as_deref()
                 .ok_or_else(|| anyhow!("--spawn-cp needs --data-dir"))?;
-            let port = free_port()?;
-            spawned = Some(spawn_cp(bin, data_dir, &pki, port)?);
-            (
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                format!("spawned {}", bin.display()),
-            )
+            for i in 0..args.cps {
+                let port = free_port()?;
+                let pg = args.postgres_url.as_deref();
+                spawned.push(spawn::spawn_cp(bin, data_dir, &pki, port, i, pg)?);
+                addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+            match &args.postgres_url {
+                Some(_) => format!("spawned {} x{} on PostgreSQL", bin.display(), args.cps),
+                None => format!("spawned {}", bin.display()),
+            }
         }
-        (None, Some(url)) => {
-            let (host, port) = parse_url(url)?;
-            let addr = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .with_context(|| format!("cannot resolve {host}"))?
-                .next()
-                .ok_or_else(|| anyhow!("{host} has no address"))?;
-            (addr, url.clone())
+        None => {
+            for url in &args.url {
+                let (host, port) = parse_url(url)?;
+                addrs.push(
+                    tokio::net::lookup_host((host.as_str(), port))
+                        .await
+                        .with_context(|| format!("cannot resolve {host}"))?
+                        .next()
+                        .ok_or_else(|| anyhow!("{host} has no address"))?,
+                );
+            }
+            args.url.join(", ")
         }
-        (None, None) => bail!("give --url or --spawn-cp"),
     };
     let server_ca = args.server_ca.clone().unwrap_or_else(|| pki.ca_path());
-    let target = Target::new(addr, &args.server_name, &server_ca)?;
+    let targets = addrs
+        .iter()
+        .map(|a| Target::new(*a, &args.server_name, &server_ca))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        let mut op = Conn::new(t.clone(), t.client_config(pki.client("loadgen-operator")?)?);
+        wait_healthy(&mut op, spawned.get_mut(i)).await?;
+    }
+    let target = targets[0].clone();
     let mut op = Conn::new(
         target.clone(),
         target.client_config(pki.client("loadgen-operator")?)?,
     );
-    wait_healthy(&mut op, &mut spawned).await?;
+    let addr = addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
     println!(
         "nixfleet-loadgen: {} agents, {} in flight, {}, {} s measured after {} s warm-up; control plane {addr} ({how}); load average {}",
         args.agents,
@@ -374,12 +338,15 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
     let mut agents = Vec::with_capacity(args.agents);
     let chunks: Vec<Vec<String>> = ids.chunks(512).map(|c| c.to_vec()).collect();
     let mut handles = Vec::new();
-    for chunk in chunks {
-        let (pki, target) = (pki.clone(), target.clone());
+    for (c, chunk) in chunks.into_iter().enumerate() {
+        let (pki, targets) = (pki.clone(), targets.clone());
         handles.push(tokio::task::spawn_blocking(move || {
             chunk
                 .into_iter()
-                .map(|id| {
+                .enumerate()
+                .map(|(k, id)| {
+                    // Machine i on control plane i mod N.
+                    let target = &targets[(c * 512 + k) % targets.len()];
                     let tls = target.client_config(pki.client(&id)?)?;
                     let body = report_body(&id, &generation(&id, 1))?;
                     Ok(Agent {
@@ -419,12 +386,10 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
     );
 
     // The measured load.
-    let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
+    let cpu_before = spawn::cpu_seconds(&spawned);
     let self_before = cpu_seconds("/proc/self/stat");
     let (agents, mut stats, mut polls, count, window) = load(agents, args).await;
-    let cpu_cp = spawned
-        .as_ref()
-        .and_then(Spawned::cpu_seconds)
+    let cpu_cp = spawn::cpu_seconds(&spawned)
         .zip(cpu_before)
         .map(|(a, b)| a - b);
     let cpu_self = cpu_seconds("/proc/self/stat")
@@ -455,15 +420,13 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
         cpu_self.map(|c| format!("{:.2}", c / wall)).unwrap_or_else(|| "?".into()),
         loadavg()
     );
-    print_memory(spawned.as_ref(), args.agents);
+    print_memory(spawned.first(), args.agents);
 
     if args.decision_rounds > 0 {
         let mut agents = agents;
         decision(args, &target, &pki, &mut op, &mut agents).await?;
     }
-    if let Some(s) = spawned.take() {
-        drop(s);
-    }
+    drop(spawned);
     if !stats.errors.is_empty() {
         bail!("{} reports failed", stats.errors.values().sum::<u64>());
     }

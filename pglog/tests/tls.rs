@@ -1,6 +1,7 @@
 //! TLS to the database: a log opens and appends over TLS with `sslmode=verify-full` and a private
 //! CA (`sslrootcert`), a server certificate from another CA is refused with a message that says
 //! so, and the server of `PgServer::start_with_tls` refuses connections without TLS.
+#![allow(clippy::unwrap_used)]
 
 use nixfleet_core::ids::KeyName;
 use nixfleet_core::{Actor, Event, Seq, Timestamp};
