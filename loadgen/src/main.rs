@@ -266,8 +266,9 @@ async fn run(args: Args) -> Result<()> {
     result
 }
 
-async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
-    let pki = Arc::new(pki::Pki::open_or_create(pki_dir)?);
+/// The control planes to load: spawned (`--spawn-cp`, `--cps`) or given (`--url`), each
+/// answering `/health`; with a line that names them.
+async fn start_targets(args: &Args, pki: &pki::Pki) -> Result<(Vec<Spawned>, Vec<Target>, String)> {
     let mut spawned = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let how = match &args.spawn_cp {
@@ -279,7 +280,7 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
             for i in 0..args.cps {
                 let port = free_port()?;
                 let pg = args.postgres_url.as_deref();
-                spawned.push(spawn::spawn_cp(bin, data_dir, &pki, port, i, pg)?);
+                spawned.push(spawn::spawn_cp(bin, data_dir, pki, port, i, pg)?);
                 addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
             }
             match &args.postgres_url {
@@ -310,18 +311,24 @@ async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
         let mut op = Conn::new(t.clone(), t.client_config(pki.client("loadgen-operator")?)?);
         wait_healthy(&mut op, spawned.get_mut(i)).await?;
     }
-    let target = targets[0].clone();
-    let mut op = Conn::new(
-        target.clone(),
-        target.client_config(pki.client("loadgen-operator")?)?,
-    );
     let addr = addrs
         .iter()
         .map(SocketAddr::to_string)
         .collect::<Vec<_>>()
         .join(" ");
+    Ok((spawned, targets, format!("{addr} ({how})")))
+}
+
+async fn run_with_pki(args: &Args, pki_dir: &Path) -> Result<()> {
+    let pki = Arc::new(pki::Pki::open_or_create(pki_dir)?);
+    let (spawned, targets, names) = start_targets(args, &pki).await?;
+    let target = targets[0].clone();
+    let mut op = Conn::new(
+        target.clone(),
+        target.client_config(pki.client("loadgen-operator")?)?,
+    );
     println!(
-        "nixfleet-loadgen: {} agents, {} in flight, {}, {} s measured after {} s warm-up; control plane {addr} ({how}); load average {}",
+        "nixfleet-loadgen: {} agents, {} in flight, {}, {} s measured after {} s warm-up; control plane {names}; load average {}",
         args.agents,
         args.concurrency.min(args.agents),
         if args.rate > 0.0 { format!("{} reports/s", args.rate) } else { "as fast as possible".into() },
