@@ -258,16 +258,7 @@ fn roll_out(cp: &Cp, key: &str) -> String {
 /// [`roll_out`] with a health timeout of `timeout` seconds (on failure: pause).
 fn roll_out_with(cp: &Cp, key: &str, timeout: u64) -> String {
     let op = cp.client("operator", Some(key));
-    let entries: Vec<Value> = HOSTS.iter().map(|h| serde_json::json!({"hostname": h, "store_path": gen(h, 2), "platform": "x86_64-linux"})).collect();
-    let rel = op.json(
-        "POST",
-        "/api/v1/releases",
-        Some(&serde_json::json!({"entries": entries}).to_string()),
-        201,
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let rel = create_release(&op, &HOSTS, 2);
     op.json(
         "POST",
         "/api/v1/rollouts",
@@ -277,6 +268,20 @@ fn roll_out_with(cp: &Cp, key: &str, timeout: u64) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// Waits until `cp` shows the six machines.
+fn wait_machines(cp: &Cp, key: &str) {
+    let op = cp.client("operator", Some(key));
+    wait_until("the six machines", 30, || {
+        let (s, t) = op.get("/api/v1/machines");
+        s == 200
+            && serde_json::from_str::<Value>(&t)
+                .unwrap()
+                .as_array()
+                .map(Vec::len)
+                == Some(6)
+    });
 }
 
 fn rollout_status(cp: &Cp, key: &str, id: &str) -> String {
@@ -322,17 +327,7 @@ fn three_control_planes_serve_one_log_and_the_rollout_survives_the_leaders_death
     );
     // Every control plane sees every machine, whichever one it reported to.
     for cp in cps.iter().flatten() {
-        let op = cp.client("operator", Some(&f.key));
-        wait_until("every control plane to see the six machines", 30, || {
-            let (s, t) = op.get("/api/v1/machines");
-            s == 200
-                && serde_json::from_str::<Value>(&t)
-                    .unwrap()
-                    .as_array()
-                    .unwrap()
-                    .len()
-                    == 6
-        });
+        wait_machines(cp, &f.key);
     }
     let (leader, epoch) = wait_lease(&pg, None);
     let li = (0..3).find(|i| name(*i) == leader).unwrap();
@@ -443,17 +438,7 @@ fn a_leader_paused_past_its_lease_decides_nothing_after_it_resumes() {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Acked::default()));
     let threads = agents(ports, &f.pki.dir, stop.clone(), acked.clone());
-    let op = follower.client("operator", Some(&f.key));
-    wait_until("the six machines", 30, || {
-        let (s, t) = op.get("/api/v1/machines");
-        s == 200
-            && serde_json::from_str::<Value>(&t)
-                .unwrap()
-                .as_array()
-                .unwrap()
-                .len()
-                == 6
-    });
+    wait_machines(follower, &f.key);
     // Pause the leader, let its lease lapse, start a rollout meanwhile, then resume it.
     let pid = cps[li].child.id().to_string();
     assert!(std::process::Command::new("kill")
@@ -604,17 +589,7 @@ fn the_new_leader_decides_a_health_timeout_the_old_one_had_armed() {
         Arc::new(AtomicBool::new(false)),
     );
     let follower = cps[1 - li].as_ref().unwrap();
-    let op = follower.client("operator", Some(&f.key));
-    wait_until("the six machines", 30, || {
-        let (s, t) = op.get("/api/v1/machines");
-        s == 200
-            && serde_json::from_str::<Value>(&t)
-                .unwrap()
-                .as_array()
-                .unwrap()
-                .len()
-                == 6
-    });
+    wait_machines(follower, &f.key);
     let id = roll_out_with(follower, &f.key, 4);
     wait_until("the first batch to start", 30, || {
         records(&url).iter().any(|r| matches!(&r.event, Event::BatchStarted { rollout, .. } if rollout.to_string() == id))

@@ -308,16 +308,7 @@ fn kill_rounds(rounds: u64, data: &Path, pki: &Pki, mut fs: Option<&mut LazyFs>,
         let threads = agents(cp.port, &pki.dir, round, stop.clone(), acked.clone());
         // A release and a staged rollout to the next generation, decided by the agents' reports.
         std::thread::sleep(Duration::from_millis(50));
-        let entries: Vec<Value> = HOSTS.iter().map(|h| serde_json::json!({"hostname": h, "store_path": gen(h, round as u32 + 1), "platform": "x86_64-linux"})).collect();
-        let rel = op.json(
-            "POST",
-            "/api/v1/releases",
-            Some(&serde_json::json!({"entries": entries}).to_string()),
-            201,
-        )["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let rel = create_release(&op, &HOSTS, round as u32 + 1);
         acked.lock().unwrap().ids.push(rel.clone());
         let (s, t) = op.post("/api/v1/rollouts", &serde_json::json!({"release_id": rel, "strategy": "staged", "batch_sizes": ["1", "1", "100%"], "target": {"tags": ["web"]}, "health_timeout": 3600}).to_string());
         if s == 201 {

@@ -381,3 +381,18 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Creates a release of generation `n` of every host (through `op`, an operator's client) and
+/// returns its id.
+pub fn create_release(op: &Client, hosts: &[&str], n: u32) -> String {
+    let entries: Vec<serde_json::Value> = hosts.iter().map(|h| serde_json::json!({"hostname": h, "store_path": gen(h, n), "platform": "x86_64-linux"})).collect();
+    op.json(
+        "POST",
+        "/api/v1/releases",
+        Some(&serde_json::json!({"entries": entries}).to_string()),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
