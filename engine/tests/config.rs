@@ -89,6 +89,26 @@ fn check_config_refuses_each_bad_setting_with_one_clear_line() {
             "log retention 0 days must be between 1 and 36500",
         ),
         (vec![], "--insecure"),
+        (
+            vec!["--insecure", "--log-backend", "etcd"],
+            "log backend \"etcd\" must be sled or postgres",
+        ),
+        (
+            vec!["--insecure", "--log-backend", "postgres"],
+            "--log-backend postgres needs --log-postgres-url",
+        ),
+        (
+            vec![
+                "--insecure",
+                "--log-backend",
+                "postgres",
+                "--log-postgres-url",
+                "postgres://db/nixfleet",
+                "--executor-lease-secs",
+                "1",
+            ],
+            "executor lease 1 s must be between 2 and 3600",
+        ),
     ];
     for (args, names) in cases {
         assert_one_clear_line(&args, names);
