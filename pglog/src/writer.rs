@@ -112,15 +112,17 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Hands over a pending reset: the projections start over, and so does this process's view.
-fn take_reset(w: &mut Writer, s: &Shared, apply: &mut dyn FnMut(Follow)) {
-    if w.reset {
-        w.reset = false;
+/// Takes a pending reset: this process's view of the log starts over from record 1. The
+/// projections are told ([`Follow::Reset`]) only once the database answered the first read, so
+/// while it cannot be reached they keep serving what they hold rather than nothing.
+fn take_reset(w: &mut Writer, s: &Shared) -> bool {
+    let reset = std::mem::take(&mut w.reset);
+    if reset {
         w.last = Head::ZERO;
         w.committed = Head::ZERO;
         s.staged.store(0, Ordering::SeqCst);
-        apply(Follow::Reset);
     }
+    reset
 }
 
 /// Opens a turn: BEGIN, lock the head, read the lease.
@@ -192,10 +194,17 @@ fn read_committed(
     w: &mut Writer,
     s: &Shared,
     to: Option<u64>,
+    reset: &mut bool,
     apply: &mut dyn FnMut(Follow),
 ) -> Result<(), LogError> {
+    let start_over = |reset: &mut bool, apply: &mut dyn FnMut(Follow)| {
+        if std::mem::take(reset) {
+            apply(Follow::Reset);
+        }
+    };
     loop {
         if to.is_some_and(|t| w.last.seq >= t) {
+            start_over(reset, apply);
             return Ok(());
         }
         let after = w.last.seq as i64;
@@ -218,6 +227,7 @@ fn read_committed(
                 return Err(e);
             }
         };
+        start_over(reset, apply);
         if rows.is_empty() {
             return match to {
                 Some(t) => Err(LogError::Corrupt {
@@ -252,11 +262,12 @@ fn read_committed(
 
 pub(crate) fn begin_write(s: &Shared, apply: &mut dyn FnMut(Follow)) -> Result<bool, LogError> {
     let mut w = s.writer.lock().expect("writer lock");
-    take_reset(&mut w, s, apply);
+    let mut reset = take_reset(&mut w, s);
     if w.turn.is_none() {
-        {
-            let w = &mut *w;
-            crate::off_runtime(|| open_turn(w, s))?;
+        let wr = &mut *w;
+        if let Err(e) = crate::off_runtime(|| open_turn(wr, s)) {
+            w.reset |= reset;
+            return Err(e);
         }
     }
     let (to, leader) = w
@@ -264,7 +275,8 @@ pub(crate) fn begin_write(s: &Shared, apply: &mut dyn FnMut(Follow)) -> Result<b
         .as_ref()
         .map(|t| (t.head.seq, t.leader))
         .expect("a turn is open");
-    if let Err(e) = read_committed(&mut w, s, Some(to), apply) {
+    if let Err(e) = read_committed(&mut w, s, Some(to), &mut reset, apply) {
+        w.reset |= reset;
         w.drop_connection();
         return Err(e);
     }
@@ -273,12 +285,15 @@ pub(crate) fn begin_write(s: &Shared, apply: &mut dyn FnMut(Follow)) -> Result<b
 
 pub(crate) fn follow(s: &Shared, apply: &mut dyn FnMut(Follow)) -> Result<bool, LogError> {
     let mut w = s.writer.lock().expect("writer lock");
-    take_reset(&mut w, s, apply);
     if let Some(t) = &w.turn {
         // This process holds the head's lock: nothing can have been appended elsewhere.
         return Ok(t.leader);
     }
-    read_committed(&mut w, s, None, apply)?;
+    let mut reset = take_reset(&mut w, s);
+    if let Err(e) = read_committed(&mut w, s, None, &mut reset, apply) {
+        w.reset |= reset;
+        return Err(e);
+    }
     Ok(s.held_epoch().is_some())
 }
 

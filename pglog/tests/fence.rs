@@ -150,3 +150,49 @@ fn an_executor_decision_is_refused_once_the_lease_moved_during_its_turn() {
         .unwrap();
     assert_eq!(catch_up(&a), 0);
 }
+
+#[test]
+fn after_a_failed_commit_the_projections_start_over_only_once_the_database_answers() {
+    let mut pg = PgServer::start();
+    let a = open(&pg, "a", 60_000, 1500);
+    a.append(Timestamp(1), &Actor::System, &[key_event(1)])
+        .unwrap();
+    assert!(a.begin_write(&mut |_| {}).is_ok());
+    let seq = a
+        .stage(Timestamp(2), &Actor::System, &[key_event(2)])
+        .unwrap();
+    // The database goes away with the turn open: its commit fails.
+    pg.stop();
+    assert!(
+        a.wait_durable(seq).is_err(),
+        "the commit cannot have succeeded"
+    );
+    // While the database cannot be reached, the projections are not told to start over (they
+    // would serve nothing meanwhile).
+    let mut told = Vec::new();
+    assert!(a.follow(&mut |f| told.push(format!("{f:?}"))).is_err());
+    assert!(told.is_empty(), "told {told:?} without a database");
+    pg.start_again();
+    let mut reset = false;
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a
+        .follow(&mut |f| match f {
+            Follow::Reset => reset = true,
+            Follow::Record(r) => records.push(r.seq.0),
+        })
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the database did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        reset,
+        "the projections start over once the database answers"
+    );
+    assert_eq!(
+        records,
+        vec![1],
+        "then get the committed record, not the failed one"
+    );
+}
