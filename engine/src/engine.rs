@@ -265,7 +265,7 @@ impl Engine {
             let events = decide(&state, cmd, now)?;
             if events.is_empty() {
                 let seq = if leader && !caught.is_empty() {
-                    self.settle_quietly(&mut state, &caught, now)
+                    self.settle_quietly(&mut state, &caught, now)?
                 } else {
                     state.last_seq
                 };
@@ -281,11 +281,11 @@ impl Engine {
             let seq = if !leader {
                 seq
             } else if caught.is_empty() {
-                self.settle_quietly(&mut state, &events, now).max(seq)
+                self.settle_quietly(&mut state, &events, now)?.max(seq)
             } else {
                 let mut all = caught;
                 all.extend(events.iter().cloned());
-                self.settle_quietly(&mut state, &all, now).max(seq)
+                self.settle_quietly(&mut state, &all, now)?.max(seq)
             };
             drop(state);
             self.wake.notify_one();
@@ -296,14 +296,20 @@ impl Engine {
     /// Lets the executor settle after `appended`. On a shared log a failed executor append does
     /// not fail the command that woke it (already staged): it is logged, and the executor decides
     /// again at its next wake. On the embedded log a failure is fatal as before.
-    fn settle_quietly(&self, state: &mut State, appended: &[Event], now: Timestamp) -> Seq {
+    fn settle_quietly(
+        &self,
+        state: &mut State,
+        appended: &[Event],
+        now: Timestamp,
+    ) -> Result<Seq, LogError> {
         match self.settle(state, ExecutorInput::Appended(appended), now) {
-            Ok(seq) => seq,
-            Err(e) => {
+            Ok(seq) => Ok(seq),
+            Err(e) if self.shared => {
                 tracing::warn!(error = %e, "executor decision not appended; retried at the next wake");
                 self.wake.notify_one();
-                state.last_seq
+                Ok(state.last_seq)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -360,7 +366,7 @@ impl Engine {
         }
         let mut all = caught;
         all.extend(more);
-        let seq = self.settle_quietly(&mut state, &all, now);
+        let seq = self.settle_quietly(&mut state, &all, now)?;
         Ok(self
             .settle(&mut state, ExecutorInput::Tick, now)
             .unwrap_or(seq)
