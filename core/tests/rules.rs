@@ -76,6 +76,24 @@ fn an_explicit_failure_fails_the_batch_at_once_without_waiting_for_the_others() 
 }
 
 #[test]
+fn a_failing_periodic_health_report_from_the_old_generation_says_nothing_about_the_release() {
+    let mut f = two_web_machines();
+    f.start("r-1", rel2_to_all_web_machines().health_timeout(300));
+
+    // v0.1: the periodic report's `success` is whether its checks passed; web-01 still runs 1.
+    let ev = f.report(
+        "web-01",
+        Report::on(1).unhealthy().failed().message("health-check"),
+    );
+
+    ev.assert_kinds(&["ReportReceived", "HealthReported"]);
+    assert_eq!(f.health("r-1", 0, "web-01"), MachineHealth::Pending);
+    // A failed deploy of the release (here: it could not fetch it) does count.
+    let ev = f.report("web-01", Report::on(1).failed().message("fetch failed"));
+    ev.assert_ends_with(&["BatchFailed", "RolloutPaused"]);
+}
+
+#[test]
 fn a_failure_within_the_threshold_does_not_fail_the_batch() {
     let mut f = two_web_machines();
     let rollout = rel2_to_all_web_machines()

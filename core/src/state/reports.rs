@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The message of an agent's periodic health report (v0.1 wire value).
+const HEALTH_CHECK_MESSAGE: &str = "health-check";
+
 impl State {
     /// Folds a report, its health results (with their measurement time) or a switch.
     pub(super) fn apply_report_event(&mut self, env: &Envelope) {
@@ -37,7 +40,15 @@ impl State {
                         Some(p) => format!("rolled back from {p}: {message}"),
                         None => format!("report failed: {message}"),
                     };
-                    self.judge(machine, seq, |_, _| {
+                    self.judge(machine, seq, |target, _| {
+                        // A periodic health report (v0.1: `success` = all checks passed) from
+                        // another generation than the release says nothing about the release,
+                        // as its `HealthReported` says nothing: the machine has not moved yet.
+                        let other_generation = generation.as_ref() != Some(target)
+                            && rolled_back_from.as_ref() != Some(target);
+                        if message == HEALTH_CHECK_MESSAGE && other_generation {
+                            return None;
+                        }
                         Some(MachineHealth::Unhealthy(Some(seq), reason.clone()))
                     });
                 }
