@@ -398,9 +398,22 @@ fn given_sealed_segments_then_sled_drops_their_records_trees_whole() {
 /// release build of commit d7e6f92 (`nixfleet-loadgen --agents 10 --rate 100 --duration 2`,
 /// `NIXFLEET_CP_LOG_SEGMENT_RECORDS=64`).
 fn pre_issue_16_log() -> (tempfile::TempDir, PathBuf) {
+    fixture_log("pre-issue-16.tar.gz")
+}
+
+/// A copy of a log directory written by the first layout of issue 16 (one sled key per record,
+/// `e` + seq, in the chunks' trees; chunks and segments of 64 records), made with the release
+/// build of commit 3adc38c (`nixfleet-loadgen --agents 10 --rate 100 --duration 2`,
+/// `NIXFLEET_CP_LOG_SEGMENT_RECORDS=64`).
+fn issue_16_chunks_log() -> (tempfile::TempDir, PathBuf) {
+    fixture_log("issue-16-chunks.tar.gz")
+}
+
+fn fixture_log(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/logs/pre-issue-16.tar.gz");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/logs")
+        .join(name);
     let status = std::process::Command::new("tar")
         .arg("-xzf")
         .arg(&fixture)
@@ -498,5 +511,74 @@ fn given_a_crash_while_an_old_log_was_moved_then_the_next_open_finishes_the_move
     let n = check_whole(&dir);
     assert_eq!(n, 320 + old.len() as u64);
     assert_eq!(legacy_keys(&dir, b"e"), 0);
+    assert_eq!(SledLog::verify(&dir).unwrap(), n);
+}
+
+/// sled's keys with `prefix` in the chunks' trees, as stored (not as `RawDb` shows records).
+fn keys_in_chunk_trees(dir: &Path, prefix: &[u8]) -> Vec<u64> {
+    let raw = nixfleet_eventlog::log::open_raw(dir).unwrap();
+    let mut v = Vec::new();
+    for name in raw.default_tree().tree_names() {
+        if name.len() == 9 && name[0] == b'r' {
+            let t = raw.default_tree().open_tree(&name).unwrap();
+            for k in t.scan_prefix(prefix).keys() {
+                v.push(u64::from_be_bytes(k.unwrap()[1..9].try_into().unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn given_a_log_with_a_key_per_record_then_the_open_moves_them_into_groups_and_reads_the_same() {
+    let (_tmp, dir) = issue_16_chunks_log();
+    let old = keys_in_chunk_trees(&dir, b"e");
+    assert!(old.len() > 64, "the fixture has records in sled: {old:?}");
+    assert!(keys_in_chunk_trees(&dir, b"g").is_empty());
+
+    let n = check_whole(&dir);
+    assert!(n >= *old.last().unwrap());
+    assert_eq!(keys_in_chunk_trees(&dir, b"e"), Vec::<u64>::new());
+    let groups = keys_in_chunk_trees(&dir, b"g");
+    assert!(
+        !groups.is_empty() && groups.len() * 8 <= old.len(),
+        "{} records in {} groups",
+        old.len(),
+        groups.len()
+    );
+    let top = replayed_top(&dir);
+    assert_eq!(seqs_in_sled(&dir), (top + 1..=n).collect::<Vec<_>>());
+    assert_eq!(check_whole(&dir), n, "a second open reads the same");
+    assert_eq!(SledLog::verify(&dir).unwrap(), n);
+}
+
+#[test]
+fn given_a_crash_while_records_were_moved_into_groups_then_the_next_open_unites_both_halves() {
+    let (_tmp, dir) = issue_16_chunks_log();
+    let old = keys_in_chunk_trees(&dir, b"e");
+    // As a crash in the middle of the removals: the first half of the records only in groups
+    // (written here one group per record, as a tool would), the rest only as their old keys.
+    let raw = nixfleet_eventlog::log::open_raw(&dir).unwrap();
+    let half = &old[..old.len() / 2];
+    for &seq in half {
+        let mut k = vec![b'e'];
+        k.extend_from_slice(&seq.to_be_bytes());
+        let mut v = None;
+        for name in raw.default_tree().tree_names() {
+            if name.len() == 9 && name[0] == b'r' {
+                let t = raw.default_tree().open_tree(&name).unwrap();
+                v = v.or(t.remove(&k).unwrap());
+            }
+        }
+        raw.insert(&k, v.unwrap()).unwrap();
+    }
+    raw.flush().unwrap();
+    drop(raw);
+    assert_eq!(keys_in_chunk_trees(&dir, b"g"), half.to_vec());
+
+    let n = check_whole(&dir);
+    assert_eq!(keys_in_chunk_trees(&dir, b"e"), Vec::<u64>::new());
+    assert!(keys_in_chunk_trees(&dir, b"g").len() < half.len());
     assert_eq!(SledLog::verify(&dir).unwrap(), n);
 }

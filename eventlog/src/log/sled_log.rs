@@ -1,14 +1,17 @@
 //! The sled-backed log (the embedded default), with group commit and an archive of sealed segments.
 //!
 //! Layout:
-//! - `e` + seq (big-endian u64) → encoded record, in the sled tree of the record's chunk of
-//!   consecutive records ([`records`]; one plain insert per event: sled batches are transactions
-//!   and cost far more, see docs/benchmarks.md; measured again in issue 16, a batch per group
-//!   commit and per chunk of the archiver's removes doubled CPU per report)
-//! - in sled's default tree, `c` → the chunk size, and `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher just before
-//!   each sync, so it always names the end of a group that the same sync makes durable. At open,
-//!   records must reach the head (else the tail was truncated); records past it belong to a group
-//!   that was never durable (never acknowledged), and are dropped, whole.
+//! - the records, in groups: each group commit's records are one sled value, in the sled tree of
+//!   their chunk of consecutive records ([`records`]: `g` + the group's last seq → each record's
+//!   seq, length and stored bytes). Until issue 16's second change every record was a sled key
+//!   of its own, inserted by the appender under the state lock; now the appender only stages the
+//!   record in memory and the flusher writes the group, so sled's per-key work is done once per
+//!   commit (docs/benchmarks.md, "One sled value per group commit")
+//! - in sled's default tree, `c` → the chunk size, and `h` → seq (big-endian) + SHA-256 of that record: the head, written by the flusher after
+//!   the group's values and just before each sync, so it always names the end of a group that the
+//!   same sync makes durable. At open, records must reach the head (else the tail was truncated);
+//!   records past it belong to a group that was never durable (never acknowledged), and are
+//!   dropped, whole.
 //!
 //! The per-stream index of the records in sled is kept in memory ([`index`]), rebuilt at open
 //! from the records the open reads; logs written before issue 16 had it in sled as `s` + stream
@@ -719,9 +722,9 @@ pub fn check_import(r: &Record, last: u64, last_hash: [u8; 32]) -> Result<(), Lo
 }
 
 impl Shared {
-    /// Inserts a group's encoded records (one plain sled insert each) and their stream index
-    /// entries (in memory), moves the head to the last one (`hash` is its hash) and wakes the
-    /// flusher.
+    /// Stages a group's encoded records (in memory, for the flusher to write to sled as one
+    /// value at its next commit) and their stream index entries, moves the head to the last one
+    /// (`hash` is its hash) and wakes the flusher.
     fn insert_staged(
         &self,
         head: &mut Head,
@@ -731,11 +734,10 @@ impl Shared {
         let Some(&(seq, _, _)) = encoded.last() else {
             return Ok(Seq(head.seq));
         };
-        for (seq, _, bytes) in &encoded {
-            self.store.records.insert(*seq, bytes)?;
-        }
-        for (seq, stream, _) in &encoded {
-            self.index.push(stream, *seq);
+        for (seq, stream, bytes) in encoded {
+            // The record first, so that a reader finding it in the index finds it.
+            self.store.records.stage(seq, sled::IVec::from(bytes));
+            self.index.push(&stream, seq);
         }
         head.seq = seq;
         head.hash = hash;

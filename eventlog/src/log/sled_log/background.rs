@@ -187,11 +187,13 @@ pub(super) fn flush_loop(s: &Shared) {
         let mut h = Vec::with_capacity(40);
         h.extend_from_slice(&target.to_be_bytes());
         h.extend_from_slice(&hash);
+        // The group's records as one sled value per chunk, then the head naming its end: the
+        // same flush and fdatasync make both durable.
         let result = s
             .store
-            .db
-            .insert(HEAD_KEY, h)
-            .map_err(LogError::from)
+            .records
+            .write_staged(target)
+            .and_then(|_| s.store.db.insert(HEAD_KEY, h).map_err(LogError::from))
             .and_then(|_| s.store.sync());
         let mut f = s.flush.lock().expect("flush lock");
         match result {

@@ -1,25 +1,44 @@
-//! The records in sled: one sled tree per chunk of consecutive records (issue 16).
+//! The records in sled: one sled value per group of records, in one sled tree per chunk of
+//! consecutive records.
 //!
-//! Record `seq` lives in the tree named `r` + chunk (big-endian u64), chunk = (seq - 1) / size,
-//! under the key `e` + seq as before. Once the archive holds a whole chunk, its tree is dropped
-//! (`drop_tree`: sled frees its pages, no per-record removes; those were about a quarter of the
-//! control plane's CPU per report); only a chunk the archive's top cuts through loses its
-//! archived records one remove at a time. The chunk size is chosen when the log is created
-//! (4,096 records, or the segment size when that is smaller, so every segment is whole chunks)
-//! and kept in the default tree under `c`: later opens use it whatever their options.
+//! - Record `seq` belongs to the chunk (seq - 1) / size, whose tree is named `r` + chunk
+//!   (big-endian u64). Once the archive holds a whole chunk, its tree is dropped (`drop_tree`:
+//!   sled frees its pages, no per-record removes); only a chunk the archive's top cuts through
+//!   loses its archived groups one remove at a time. The chunk size is chosen when the log is
+//!   created (4,096 records, or the segment size when that is smaller, so every segment is whole
+//!   chunks) and kept in the default tree under `c`: later opens use it whatever their options.
+//! - Inside a chunk's tree, a *group* of records is one value under the key `g` + the last
+//!   sequence number it holds (big-endian u64); the value is each record as its sequence number
+//!   (8 bytes, big-endian), its length (4 bytes, big-endian) and its stored bytes, in order. The
+//!   flusher writes everything staged since the last group commit as one group per chunk (split
+//!   at [`GROUP_BYTES`]), so sled does one insert per group commit instead of one per record
+//!   (issue 16: sled's per-key work was the largest part of the CPU per report). A record is
+//!   found with one forward seek: the first group whose key is at or after `g` + seq.
+//! - Records staged and not yet written by the flusher are in [`Records`]' tail, in memory; every
+//!   read looks there first. A record leaves the tail only once its group is in sled, so a reader
+//!   that snapshots the tail and then reads sled below the tail's first record misses nothing.
 //!
-//! Logs written before issue 16 hold their records in sled's default tree; the open moves them
-//! ([`Records::migrate_legacy`]): every one is copied into its chunk's tree and made durable
-//! before any is removed from the default tree, so a crash or a power loss at any point leaves
-//! every record in one place or both (the next open finishes the move; the copies are the same
-//! bytes).
+//! Logs written before issue 16 hold one record per key, `e` + seq, in sled's default tree;
+//! logs written by the first layout of issue 16 hold the same keys in the chunks' trees. The open
+//! moves both ([`Records::migrate_legacy`]) into groups of [`MIGRATE_BLOCK`] aligned records (cut at
+//! chunk bounds):
+//! every group is written and made durable before any old key is removed, and a block is always
+//! rewritten from the union of its old keys and its group, so a crash or a power loss at any
+//! point leaves every record in one place or both, and the next open finishes the move.
 
 use super::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 const CHUNK_KEY: &[u8] = b"c";
 /// The chunk size of a new log whose segments are at least this long.
 pub(super) const CHUNK_RECORDS_MAX: u64 = 4096;
+/// A group's value is split before it grows past this (sled stores values over about 128 KiB as
+/// files of their own).
+pub(super) const GROUP_BYTES: usize = 64 << 10;
+/// Records per group when an old log is moved (aligned: block k holds k*64+1 ..= k*64+64).
+const MIGRATE_BLOCK: u64 = 64;
+/// Per record in a group: its sequence number and its length.
+const ENTRY_HEAD: usize = 12;
 
 fn tree_name(chunk: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -35,6 +54,12 @@ fn chunk_of_name(name: &[u8]) -> Option<u64> {
     name[1..].try_into().ok().map(u64::from_be_bytes)
 }
 
+fn group_key(last: u64) -> [u8; 9] {
+    let mut k = event_key(last);
+    k[0] = b'g';
+    k
+}
+
 fn read_chunk_size(db: &sled::Db) -> Result<Option<u64>, LogError> {
     Ok(db
         .get(CHUNK_KEY)?
@@ -42,11 +67,48 @@ fn read_chunk_size(db: &sled::Db) -> Result<Option<u64>, LogError> {
         .filter(|&n| n > 0))
 }
 
-/// The chunk trees of one log.
+/// Appends `seq` and `bytes` to a group's value.
+fn push_entry(value: &mut Vec<u8>, seq: u64, bytes: &[u8]) {
+    value.extend_from_slice(&seq.to_be_bytes());
+    value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    value.extend_from_slice(bytes);
+}
+
+/// The records of a group's value, each sharing the value's memory. A value that does not parse
+/// is [`LogError::Corrupt`] at `key`'s sequence number.
+fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < value.len() {
+        let head = value
+            .get(at..at + ENTRY_HEAD)
+            .ok_or_else(|| bad_group(key))?;
+        let seq = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad_group(key))?);
+        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| bad_group(key))?) as usize;
+        let start = at + ENTRY_HEAD;
+        if value.len() - start < len {
+            return Err(bad_group(key));
+        }
+        out.push((seq, value.subslice(start, len)));
+        at = start + len;
+    }
+    Ok(out)
+}
+
+fn bad_group(key: u64) -> LogError {
+    LogError::Corrupt {
+        seq: key,
+        why: format!("the group of records ending at {key} in sled does not parse"),
+    }
+}
+
+/// The chunk trees of one log, and the records staged but not yet written to them.
 pub(super) struct Records {
     db: sled::Db,
     size: u64,
     trees: RwLock<BTreeMap<u64, sled::Tree>>,
+    /// Staged records not yet in sled, in order.
+    tail: Mutex<VecDeque<(u64, sled::IVec)>>,
 }
 
 impl Records {
@@ -73,6 +135,7 @@ impl Records {
             db: db.clone(),
             size,
             trees: RwLock::new(trees),
+            tail: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -85,59 +148,207 @@ impl Records {
         self.trees.read().expect("trees lock").get(&c).cloned()
     }
 
-    pub(super) fn get(&self, seq: u64) -> Result<Option<sled::IVec>, LogError> {
-        match self.tree(seq) {
-            Some(t) => Ok(t.get(event_key(seq))?),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) fn insert(&self, seq: u64, bytes: &[u8]) -> Result<(), LogError> {
-        let tree = match self.tree(seq) {
-            Some(t) => t,
-            None => {
-                let c = self.chunk(seq);
-                let t = self.db.open_tree(tree_name(c))?;
-                self.trees.write().expect("trees lock").insert(c, t.clone());
-                t
-            }
-        };
-        tree.insert(event_key(seq), bytes)?;
-        Ok(())
-    }
-
-    pub(super) fn remove(&self, seq: u64) -> Result<(), LogError> {
+    fn tree_or_new(&self, seq: u64) -> Result<sled::Tree, LogError> {
         if let Some(t) = self.tree(seq) {
-            t.remove(event_key(seq))?;
+            return Ok(t);
         }
-        Ok(())
+        let c = self.chunk(seq);
+        let t = self.db.open_tree(tree_name(c))?;
+        self.trees.write().expect("trees lock").insert(c, t.clone());
+        Ok(t)
     }
 
-    /// Records `from ..= to` in order, as (seq from the key, bytes).
+    /// Adds a staged record to the tail (the flusher writes it to sled at its next commit).
+    pub(super) fn stage(&self, seq: u64, bytes: sled::IVec) {
+        self.tail.lock().expect("tail lock").push_back((seq, bytes));
+    }
+
+    /// Writes the staged records up to `upto` to sled, one group per chunk they fall in (split at
+    /// [`GROUP_BYTES`]), then drops them from the tail. Returns how many groups were written.
+    pub(super) fn write_staged(&self, upto: u64) -> Result<usize, LogError> {
+        let batch: Vec<(u64, sled::IVec)> = {
+            let t = self.tail.lock().expect("tail lock");
+            t.iter().take_while(|(s, _)| *s <= upto).cloned().collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let groups = self.write_groups(batch.iter().map(|(s, v)| (*s, &v[..])))?;
+        let mut t = self.tail.lock().expect("tail lock");
+        while t.front().is_some_and(|(s, _)| *s <= upto) {
+            t.pop_front();
+        }
+        Ok(groups)
+    }
+
+    /// Writes records (in order, none of them in sled yet) as groups.
+    fn write_groups<'a>(
+        &self,
+        records: impl Iterator<Item = (u64, &'a [u8])>,
+    ) -> Result<usize, LogError> {
+        let mut groups = 0;
+        let mut value: Vec<u8> = Vec::new();
+        let mut last = 0u64;
+        for (seq, bytes) in records {
+            let full = value.len() + ENTRY_HEAD + bytes.len() > GROUP_BYTES;
+            if !value.is_empty() && (self.chunk(seq) != self.chunk(last) || full) {
+                self.tree_or_new(last)?
+                    .insert(group_key(last), &value[..])?;
+                groups += 1;
+                value.clear();
+            }
+            push_entry(&mut value, seq, bytes);
+            last = seq;
+        }
+        if !value.is_empty() {
+            self.tree_or_new(last)?.insert(group_key(last), value)?;
+            groups += 1;
+        }
+        Ok(groups)
+    }
+
+    /// The staged records in `from ..= to`, and the first record still staged (records below it
+    /// are in sled).
+    fn tail_window(&self, from: u64, to: u64) -> (Vec<(u64, sled::IVec)>, u64) {
+        let t = self.tail.lock().expect("tail lock");
+        let first = t.front().map_or(u64::MAX, |(s, _)| *s);
+        let skip = t.partition_point(|(s, _)| *s < from);
+        let recs = t
+            .range(skip..)
+            .take_while(|(s, _)| *s <= to)
+            .cloned()
+            .collect();
+        (recs, first)
+    }
+
+    /// The group holding `seq` in sled, as (its key's sequence number, its value).
+    fn group_at(&self, seq: u64) -> Result<Option<(sled::Tree, u64, sled::IVec)>, LogError> {
+        let Some(tree) = self.tree(seq) else {
+            return Ok(None);
+        };
+        let found = tree
+            .range(group_key(seq)..=group_key(u64::MAX))
+            .next()
+            .transpose()?;
+        Ok(found.map(|(k, v)| (tree, key_seq(&k), v)))
+    }
+
+    pub(super) fn get(&self, seq: u64) -> Result<Option<sled::IVec>, LogError> {
+        let (staged, first) = self.tail_window(seq, seq);
+        if seq >= first {
+            return Ok(staged.into_iter().next().map(|(_, v)| v));
+        }
+        let Some((_, key, value)) = self.group_at(seq)? else {
+            return Ok(None);
+        };
+        Ok(entries(key, &value)?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, v)| v))
+    }
+
+    /// Records `from ..= to` in order, as (seq, bytes): sled's, then the tail's.
     pub(super) fn range(
         &self,
         from: u64,
         to: u64,
     ) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> {
-        let trees: Vec<sled::Tree> = if from > to {
+        let (staged, first) = if from > to {
+            (Vec::new(), u64::MAX)
+        } else {
+            self.tail_window(from, to)
+        };
+        let stored_to = to.min(first.saturating_sub(1));
+        let trees: Vec<sled::Tree> = if from > stored_to {
             Vec::new()
         } else {
             let t = self.trees.read().expect("trees lock");
-            t.range(self.chunk(from)..=self.chunk(to))
+            t.range(self.chunk(from)..=self.chunk(stored_to))
                 .map(|(_, t)| t.clone())
                 .collect()
         };
-        trees.into_iter().flat_map(move |t| {
-            t.range(event_key(from)..=event_key(to)).map(|item| {
-                let (k, v) = item?;
-                Ok((key_seq(&k), v))
-            })
-        })
+        let stored = trees.into_iter().flat_map(move |t| {
+            t.range(group_key(from)..=group_key(u64::MAX))
+                .flat_map(move |item| {
+                    let group = item
+                        .map_err(LogError::from)
+                        .and_then(|(k, v)| entries(key_seq(&k), &v));
+                    match group {
+                        Ok(recs) => recs.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(e) => vec![Err(e)],
+                    }
+                })
+                .skip_while(move |r| matches!(r, Ok((s, _)) if *s < from))
+                .take_while(move |r| !matches!(r, Ok((s, _)) if *s > stored_to))
+        });
+        stored.chain(staged.into_iter().map(Ok))
+    }
+
+    /// Rewrites the group at `key` in `tree` with only the records `keep` accepts (removed when
+    /// none is left; under a new key when its last record goes).
+    fn rewrite_group(
+        tree: &sled::Tree,
+        key: u64,
+        value: &sled::IVec,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<(), LogError> {
+        let recs = entries(key, value)?;
+        let kept: Vec<_> = recs.iter().filter(|(s, _)| keep(*s)).collect();
+        if kept.len() == recs.len() {
+            return Ok(());
+        }
+        let mut v = Vec::new();
+        for (s, b) in &kept {
+            push_entry(&mut v, *s, b);
+        }
+        match kept.last() {
+            Some((last, _)) if *last == key => {
+                tree.insert(group_key(key), v)?;
+            }
+            Some((last, _)) => {
+                tree.insert(group_key(*last), v)?;
+                tree.remove(group_key(key))?;
+            }
+            None => {
+                tree.remove(group_key(key))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes record `seq` from sled (for tools and tests that damage a log on purpose).
+    pub(super) fn remove(&self, seq: u64) -> Result<(), LogError> {
+        if let Some((tree, key, value)) = self.group_at(seq)? {
+            Self::rewrite_group(&tree, key, &value, |s| s != seq)?;
+        }
+        Ok(())
+    }
+
+    /// Sets record `seq` to `bytes` in sled, in the group that holds it or that it falls inside
+    /// of, else in a group of its own (for tools and tests that edit a log on purpose).
+    pub(super) fn put(&self, seq: u64, bytes: &[u8]) -> Result<(), LogError> {
+        let tree = self.tree_or_new(seq)?;
+        let mut recs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut key = seq;
+        if let Some((_, k, value)) = self.group_at(seq)? {
+            let es = entries(k, &value)?;
+            if es.first().is_some_and(|(s, _)| *s <= seq) {
+                key = k;
+                recs.extend(es.into_iter().map(|(s, b)| (s, b.to_vec())));
+            }
+        }
+        recs.insert(seq, bytes.to_vec());
+        let mut v = Vec::new();
+        for (s, b) in &recs {
+            push_entry(&mut v, *s, b);
+        }
+        tree.insert(group_key(key), v)?;
+        Ok(())
     }
 
     /// Removes every record at or below `upto`: whole chunks by dropping their trees, the chunk
-    /// that `upto` cuts through record by record. Each step runs under `lock` (the archive's
-    /// write lock: no reader holds a tree handle or looks for these records meanwhile).
+    /// that `upto` cuts through group by group. Each step runs under `lock` (the archive's write
+    /// lock: no reader holds a tree handle or looks for these records meanwhile).
     pub(super) fn remove_upto(&self, upto: u64, lock: &RwLock<Archive>) -> Result<(), LogError> {
         let whole: Vec<u64> = {
             let t = self.trees.read().expect("trees lock");
@@ -151,64 +362,149 @@ impl Records {
             self.trees.write().expect("trees lock").remove(&c);
             self.db.drop_tree(tree_name(c))?;
         }
-        let mut from = upto - upto % self.size + 1;
-        while from <= upto {
-            let to = upto.min(from + 4095);
-            let _w = lock.write().expect("archive lock");
-            for seq in from..=to {
-                self.remove(seq)?;
+        if upto == 0 || upto.is_multiple_of(self.size) {
+            return Ok(());
+        }
+        let Some(tree) = self.tree(upto) else {
+            return Ok(());
+        };
+        let _w = lock.write().expect("archive lock");
+        let groups: Vec<(u64, sled::IVec)> = tree
+            .range(group_key(0)..=group_key(u64::MAX))
+            .map(|i| i.map(|(k, v)| (key_seq(&k), v)))
+            .collect::<Result<_, _>>()?;
+        for (key, value) in groups {
+            if key <= upto {
+                tree.remove(group_key(key))?;
+            } else {
+                Self::rewrite_group(&tree, key, &value, |s| s > upto)?;
+                break;
             }
-            from = to + 1;
         }
         Ok(())
     }
 
-    /// Removes every record above `after`; returns how many there were.
+    /// Removes every record above `after` from sled; returns how many there were.
     pub(super) fn remove_after(&self, after: u64) -> Result<u64, LogError> {
-        let past: Vec<u64> = self
-            .range(after.saturating_add(1), u64::MAX)
-            .map(|r| r.map(|(s, _)| s))
-            .collect::<Result<_, _>>()?;
-        for &seq in &past {
-            self.remove(seq)?;
+        let trees: Vec<sled::Tree> = {
+            let t = self.trees.read().expect("trees lock");
+            t.range(self.chunk(after.saturating_add(1))..)
+                .map(|(_, t)| t.clone())
+                .collect()
+        };
+        let mut n = 0u64;
+        for tree in trees {
+            let groups: Vec<(u64, sled::IVec)> = tree
+                .range(group_key(after.saturating_add(1))..=group_key(u64::MAX))
+                .map(|i| i.map(|(k, v)| (key_seq(&k), v)))
+                .collect::<Result<_, _>>()?;
+            for (key, value) in groups {
+                n += entries(key, &value)?
+                    .iter()
+                    .filter(|(s, _)| *s > after)
+                    .count() as u64;
+                Self::rewrite_group(&tree, key, &value, |s| s <= after)?;
+            }
         }
-        Ok(past.len() as u64)
+        Ok(n)
     }
 
-    /// Moves the records of a log written before issue 16 from sled's default tree to their
-    /// chunks' trees (see the module's doc); `sync` makes sled's writes durable. Returns how
-    /// many records were moved.
+    /// Moves the records of logs written before this layout (one `e` + seq key per record, in
+    /// sled's default tree or in the chunks' trees) into groups (see the module's doc); `sync`
+    /// makes sled's writes durable. Returns how many records were moved.
     pub(super) fn migrate_legacy(
         &self,
         sync: &mut dyn FnMut() -> Result<(), LogError>,
     ) -> Result<u64, LogError> {
         let legacy = |k: &[u8]| k.len() == 9 && k[0] == b'e';
+        let mut sources: Vec<sled::Tree> = vec![(*self.db).clone()];
+        sources.extend(self.trees.read().expect("trees lock").values().cloned());
         let mut n = 0u64;
-        for item in self.db.scan_prefix(b"e") {
-            let (k, v) = item?;
-            if legacy(&k) {
-                self.insert(key_seq(&k), &v)?;
+        for src in &sources {
+            // One aligned block at a time: its old keys, united with its group if an earlier
+            // move wrote one, become that group again.
+            let mut block: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+            for item in src.scan_prefix(b"e") {
+                let (k, v) = item?;
+                if !legacy(&k) {
+                    continue;
+                }
+                let seq = key_seq(&k);
+                if block
+                    .keys()
+                    .next()
+                    .is_some_and(|&f| self.block(f) != self.block(seq))
+                {
+                    self.write_block(std::mem::take(&mut block))?;
+                }
+                block.insert(seq, v.to_vec());
                 n += 1;
             }
+            self.write_block(block)?;
         }
         if n == 0 {
             return Ok(0);
         }
         sync()?;
-        for k in self.db.scan_prefix(b"e").keys() {
-            let k = k?;
-            if legacy(&k) {
-                self.db.remove(k)?;
+        for src in &sources {
+            for k in src.scan_prefix(b"e").keys() {
+                let k = k?;
+                if legacy(&k) {
+                    src.remove(k)?;
+                }
             }
         }
         sync()?;
         Ok(n)
     }
+
+    /// The aligned block of moved records `seq` is in, as its first and last sequence numbers:
+    /// [`MIGRATE_BLOCK`] records, cut at its chunk's bounds.
+    fn block(&self, seq: u64) -> (u64, u64) {
+        let c = self.chunk(seq);
+        let b = (seq - 1) / MIGRATE_BLOCK;
+        (
+            (c * self.size + 1).max(b * MIGRATE_BLOCK + 1),
+            ((c + 1) * self.size).min(b * MIGRATE_BLOCK + MIGRATE_BLOCK),
+        )
+    }
+
+    /// Writes one aligned block of moved records as its group, with what its group already holds.
+    fn write_block(&self, mut block: BTreeMap<u64, Vec<u8>>) -> Result<(), LogError> {
+        let Some(&first) = block.keys().next() else {
+            return Ok(());
+        };
+        let (start, end) = self.block(first);
+        let tree = self.tree_or_new(first)?;
+        let old: Vec<(u64, sled::IVec)> = tree
+            .range(group_key(start)..=group_key(end))
+            .map(|i| i.map(|(k, v)| (key_seq(&k), v)))
+            .collect::<Result<_, _>>()?;
+        for (key, value) in &old {
+            for (s, b) in entries(*key, value)? {
+                block.entry(s).or_insert_with(|| b.to_vec());
+            }
+        }
+        let last = *block.keys().next_back().expect("not empty");
+        let mut v = Vec::new();
+        for (s, b) in &block {
+            push_entry(&mut v, *s, b);
+        }
+        tree.insert(group_key(last), v)?;
+        // Groups of the block written otherwise (by a tool) are in the new one now.
+        for (key, _) in old {
+            if key != last {
+                tree.remove(group_key(key))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// sled's database of a log directory as stored, for tools and tests that read or edit raw
-/// records: `e` + seq keys are routed to their chunk's tree (as the log stores them), every other
-/// key to sled's default tree. Reads over a range merge both, in key order.
+/// records: each record shows as an `e` + seq key (its bytes are in its group, in its chunk's
+/// tree, see [`Records`]), every other key is sled's default tree's. Reads over a range merge
+/// both, in key order.
 pub struct RawDb {
     db: sled::Db,
     records: Records,
@@ -242,7 +538,7 @@ impl RawDb {
     /// Sets `key` to `value`.
     pub fn insert<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, key: K, value: V) -> Result<(), LogError> {
         match Self::record_seq(key.as_ref()) {
-            Some(seq) => self.records.insert(seq, value.as_ref()),
+            Some(seq) => self.records.put(seq, value.as_ref()),
             None => {
                 self.db.insert(key.as_ref(), value.as_ref())?;
                 Ok(())
@@ -272,8 +568,16 @@ impl RawDb {
             range.end_bound().map(|k| k.as_ref().to_vec()),
         );
         all.extend(self.db.range(bounds.clone()).map(|i| i.map_err(Into::into)));
-        for t in self.records.trees.read().expect("trees lock").values() {
-            all.extend(t.range(bounds.clone()).map(|i| i.map_err(Into::into)));
+        for r in self.records.range(1, u64::MAX) {
+            match r {
+                Ok((seq, v)) => {
+                    let k = event_key(seq);
+                    if std::ops::RangeBounds::contains(&bounds, &k.to_vec()) {
+                        all.push(Ok((sled::IVec::from(&k[..]), v)));
+                    }
+                }
+                Err(e) => all.push(Err(e)),
+            }
         }
         all.sort_by(|a, b| match (a, b) {
             (Ok(a), Ok(b)) => a.0.cmp(&b.0),
