@@ -153,3 +153,39 @@ fn the_postgres_log_is_a_log_not_a_server() {
         assert!(!links(&tree, server), "nixfleet-pglog links {server}");
     }
 }
+
+#[test]
+fn unsafe_code_is_forbidden_everywhere_but_the_allocator_crate_which_only_the_control_plane_links()
+{
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("workspace manifest");
+    let members = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("members");
+    for krate in members
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| *k != "malloc")
+    {
+        let text =
+            std::fs::read_to_string(root().join(krate).join("Cargo.toml")).expect("crate manifest");
+        assert!(
+            text.contains("[lints]\nworkspace = true"),
+            "{krate} does not take the workspace's lints (unsafe_code = \"forbid\")"
+        );
+    }
+    assert!(manifest.contains("unsafe_code = \"forbid\""));
+    for krate in [
+        "nixfleet-eventlog",
+        "nixfleet-pglog",
+        "nixfleet-cli",
+        "nixfleet-agent",
+    ] {
+        assert!(
+            !links(&linked(krate), "nixfleet-malloc"),
+            "{krate} links nixfleet-malloc"
+        );
+    }
+    assert_eq!(nixfleet(&direct("malloc")), BTreeSet::new(), "malloc");
+}

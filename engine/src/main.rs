@@ -12,6 +12,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    nixfleet_malloc::tune();
     let flags = Flags::parse();
     let config = match Config::resolve(&flags) {
         Ok(c) => c,

@@ -624,8 +624,9 @@ impl EventLog for SledLog {
         }
         if stored.len() < limit {
             let index = &self.shared.index;
-            for seq in index.after(stream, after.0.max(top), limit - stored.len()) {
-                let v = store.records.get(seq)?.ok_or(LogError::Corrupt {
+            let seqs = index.after(stream, after.0.max(top), limit - stored.len());
+            for (&seq, v) in seqs.iter().zip(store.records.get_many(&seqs)?) {
+                let v = v.ok_or(LogError::Corrupt {
                     seq,
                     why: "indexed record is missing".into(),
                 })?;

@@ -39,6 +39,12 @@ pub(super) const GROUP_BYTES: usize = 64 << 10;
 const MIGRATE_BLOCK: u64 = 64;
 /// Per record in a group: its sequence number and its length.
 const ENTRY_HEAD: usize = 12;
+/// The first byte of a compressed group's value (a plain group's first byte is the high byte of
+/// its first sequence number, 0 below 2^56).
+const ZSTD_TAG: u8 = 1;
+/// zstd's level for groups: 1, the fastest of the standard levels (the flusher compresses every
+/// commit; sealed segments use 3).
+const ZSTD_LEVEL: i32 = 1;
 
 fn tree_name(chunk: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -77,6 +83,26 @@ fn push_entry(value: &mut Vec<u8>, seq: u64, bytes: &[u8]) {
 /// The records of a group's value, each sharing the value's memory. A value that does not parse
 /// is [`LogError::Corrupt`] at `key`'s sequence number.
 fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogError> {
+    if value.first() == Some(&ZSTD_TAG) {
+        let raw_len = value
+            .get(1..5)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| bad_group(key))? as usize;
+        if raw_len > 2 * GROUP_BYTES + RECORD_BYTES_MAX {
+            return Err(bad_group(key));
+        }
+        let raw = zstd::bulk::decompress(&value[5..], raw_len).map_err(|_| bad_group(key))?;
+        if raw.len() != raw_len {
+            return Err(bad_group(key));
+        }
+        return plain_entries(key, &sled::IVec::from(raw));
+    }
+    plain_entries(key, value)
+}
+
+/// [`entries`] of an uncompressed value.
+fn plain_entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < value.len() {
@@ -93,6 +119,18 @@ fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogEr
         at = start + len;
     }
     Ok(out)
+}
+
+/// A group's value from its plain entries: compressed ([`ZSTD_TAG`], the plain length, one zstd
+/// frame). Reports compress about tenfold, and sled keeps what it holds in memory.
+fn packed(plain: &[u8]) -> Result<Vec<u8>, LogError> {
+    let frame = zstd::bulk::compress(plain, ZSTD_LEVEL)
+        .map_err(|e| LogError::Io(format!("compressing a group of records: {e}")))?;
+    let mut v = Vec::with_capacity(5 + frame.len());
+    v.push(ZSTD_TAG);
+    v.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    v.extend_from_slice(&frame);
+    Ok(v)
 }
 
 fn bad_group(key: u64) -> LogError {
@@ -193,7 +231,7 @@ impl Records {
             let full = value.len() + ENTRY_HEAD + bytes.len() > GROUP_BYTES;
             if !value.is_empty() && (self.chunk(seq) != self.chunk(last) || full) {
                 self.tree_or_new(last)?
-                    .insert(group_key(last), &value[..])?;
+                    .insert(group_key(last), packed(&value)?)?;
                 groups += 1;
                 value.clear();
             }
@@ -201,7 +239,8 @@ impl Records {
             last = seq;
         }
         if !value.is_empty() {
-            self.tree_or_new(last)?.insert(group_key(last), value)?;
+            self.tree_or_new(last)?
+                .insert(group_key(last), packed(&value)?)?;
             groups += 1;
         }
         Ok(groups)
@@ -234,17 +273,36 @@ impl Records {
     }
 
     pub(super) fn get(&self, seq: u64) -> Result<Option<sled::IVec>, LogError> {
-        let (staged, first) = self.tail_window(seq, seq);
-        if seq >= first {
-            return Ok(staged.into_iter().next().map(|(_, v)| v));
+        Ok(self.get_many(&[seq])?.pop().flatten())
+    }
+
+    /// Records `seqs` (ascending), each or `None`; a group is decoded once for all the records
+    /// asked of it in a row.
+    pub(super) fn get_many(&self, seqs: &[u64]) -> Result<Vec<Option<sled::IVec>>, LogError> {
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut group: Option<(u64, Vec<(u64, sled::IVec)>)> = None;
+        for &seq in seqs {
+            if let Some((last, recs)) = &group {
+                if recs.first().is_some_and(|(f, _)| *f <= seq) && seq <= *last {
+                    out.push(recs.iter().find(|(s, _)| *s == seq).map(|(_, v)| v.clone()));
+                    continue;
+                }
+            }
+            let (staged, first) = self.tail_window(seq, seq);
+            if seq >= first {
+                out.push(staged.into_iter().next().map(|(_, v)| v));
+                continue;
+            }
+            match self.group_at(seq)? {
+                Some((_, key, value)) => {
+                    let recs = entries(key, &value)?;
+                    out.push(recs.iter().find(|(s, _)| *s == seq).map(|(_, v)| v.clone()));
+                    group = Some((key, recs));
+                }
+                None => out.push(None),
+            }
         }
-        let Some((_, key, value)) = self.group_at(seq)? else {
-            return Ok(None);
-        };
-        Ok(entries(key, &value)?
-            .into_iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, v)| v))
+        Ok(out)
     }
 
     /// Records `from ..= to` in order, as (seq, bytes): sled's, then the tail's.
@@ -303,10 +361,10 @@ impl Records {
         }
         match kept.last() {
             Some((last, _)) if *last == key => {
-                tree.insert(group_key(key), v)?;
+                tree.insert(group_key(key), packed(&v)?)?;
             }
             Some((last, _)) => {
-                tree.insert(group_key(*last), v)?;
+                tree.insert(group_key(*last), packed(&v)?)?;
                 tree.remove(group_key(key))?;
             }
             None => {
@@ -342,7 +400,7 @@ impl Records {
         for (s, b) in &recs {
             push_entry(&mut v, *s, b);
         }
-        tree.insert(group_key(key), v)?;
+        tree.insert(group_key(key), packed(&v)?)?;
         Ok(())
     }
 
@@ -490,7 +548,7 @@ impl Records {
         for (s, b) in &block {
             push_entry(&mut v, *s, b);
         }
-        tree.insert(group_key(last), v)?;
+        tree.insert(group_key(last), packed(&v)?)?;
         // Groups of the block written otherwise (by a tool) are in the new one now.
         for (key, _) in old {
             if key != last {
