@@ -552,15 +552,50 @@ pub fn write_segment(
     records: &[(&[u8], &str)],
 ) -> Result<Segment, LogError> {
     assert!(!records.is_empty(), "an empty segment");
-    let entries: Vec<packed::Entry<'_>> = records
-        .iter()
-        .map(|&(b, s)| packed::Entry::Record(b, s))
-        .collect();
     let last = first + records.len() as u64 - 1;
-    install(dir, first, last, |tmp| {
-        packed::write(tmp, first, prev_hash, &entries, 0, Vec::new()).map(|_| ())
-    })?;
-    let last_hash = hash_bytes(records.last().expect("not empty").0);
+    write_segment_with(dir, (first, last), prev_hash, |w| {
+        for &(b, s) in records {
+            w.push(packed::Entry::Record(b, s))
+                .map_err(|e| io(dir, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Like [`write_segment`], with the records `first ..= last` handed to the segment's writer one
+/// at a time by `fill` (which may refuse, with an error: nothing is installed then), so that
+/// only one block of them is in memory at once.
+pub fn write_segment_with(
+    dir: &Path,
+    (first, last): (u64, u64),
+    prev_hash: [u8; 32],
+    fill: impl FnOnce(&mut packed::Writer) -> Result<(), LogError>,
+) -> Result<Segment, LogError> {
+    let mut refused: Option<LogError> = None;
+    let mut last_hash = prev_hash;
+    let written = install(dir, first, last, |tmp| {
+        let mut w = packed::Writer::create(tmp, first, prev_hash, 0, Vec::new())?;
+        let end = fill(&mut w).and_then(|()| match w.next().0 {
+            n if n == last + 1 => Ok(()),
+            n => Err(LogError::Corrupt {
+                seq: n,
+                why: format!(
+                    "a segment of {first} to {last} was handed records up to {}",
+                    n - 1
+                ),
+            }),
+        });
+        if let Err(e) = end {
+            refused = Some(e);
+            return Err(std::io::Error::other("the segment's records were refused"));
+        }
+        last_hash = w.finish()?.1;
+        Ok(())
+    });
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    written?;
     Ok(Segment::new(
         dir,
         (first, last),
@@ -739,6 +774,39 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], (2100, b"record 2100".to_vec()));
         assert_eq!(a.get(3000).unwrap(), Some(b"record 3000".to_vec()));
+    }
+
+    #[test]
+    fn a_segment_whose_records_are_refused_midway_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = records(3000);
+        for short in [false, true] {
+            let r = write_segment_with(dir.path(), (1, 3000), [0; 32], |w| {
+                for (i, (b, s)) in recs.iter().enumerate() {
+                    if i == 2500 {
+                        if short {
+                            break;
+                        }
+                        return Err(LogError::Corrupt {
+                            seq: 2501,
+                            why: "refused".into(),
+                        });
+                    }
+                    w.push(packed::Entry::Record(b, s)).unwrap();
+                }
+                Ok(())
+            });
+            let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("2501"), "{e}");
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+        let refs: Vec<(&[u8], &str)> = recs
+            .iter()
+            .map(|(b, s)| (b.as_slice(), s.as_str()))
+            .collect();
+        let seg = write_segment(dir.path(), 1, [0; 32], &refs).unwrap();
+        assert_eq!(seg.last_hash, hash_bytes(&recs[2999].0));
     }
 
     /// Chained records of a real log, with record 5's link broken when `broken`.

@@ -73,6 +73,7 @@ pub struct PackedIndex {
 }
 
 /// What a segment holds, in order: records (their stored bytes and stream) and compacted ranges.
+#[derive(Clone, Copy)]
 pub enum Entry<'a> {
     /// A record.
     Record(&'a [u8], &'a str),
@@ -118,84 +119,157 @@ pub fn write(
     compacted_at_ms: u64,
     open_rollouts: Vec<String>,
 ) -> std::io::Result<(u64, [u8; 32])> {
-    let mut index = PackedIndex {
-        compacted_at_ms,
-        open_rollouts,
-        ..PackedIndex::default()
-    };
-    let mut streams: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
-    let (mut seq, mut prev) = (first, prev_hash);
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
-    let mut pos = super::archive::HEADER_LEN_V2;
-    // The header's last and last-hash are known only at the end: written as zeros, then patched.
-    w.write_all(&[0u8; super::archive::HEADER_LEN_V2 as usize])?;
-    let mut raw = Vec::with_capacity(256 << 10);
-    let mut ctx = zstd::bulk::Compressor::new(LEVEL)?;
-    for block in entries.chunks(BLOCK_RECORDS) {
-        index.blocks.push(BlockRef {
-            first: seq,
-            offset: pos,
-            prev_hash: prev,
-        });
-        raw.clear();
-        for e in block {
-            match *e {
-                Entry::Record(bytes, stream) => {
-                    streams
-                        .entry(stream)
-                        .or_default()
-                        .push((seq - first) as u32);
-                    raw.push(0);
-                    let head = &bytes[..bytes.len().min(HASH_SEARCH)];
-                    match head.windows(32).position(|w| w == prev) {
-                        Some(at) => {
-                            put_varint(&mut raw, at as u64 + 1);
-                            put_varint(&mut raw, bytes.len() as u64 - 32);
-                            raw.extend_from_slice(&bytes[..at]);
-                            raw.extend_from_slice(&bytes[at + 32..]);
-                        }
-                        None => {
-                            put_varint(&mut raw, 0);
-                            put_varint(&mut raw, bytes.len() as u64);
-                            raw.extend_from_slice(bytes);
-                        }
+    let mut w = Writer::create(tmp, first, prev_hash, compacted_at_ms, open_rollouts)?;
+    for e in entries {
+        w.push(*e)?;
+    }
+    w.finish()
+}
+
+/// A version 2 segment being written, one entry at a time: only the current block is held in
+/// memory (the archiver streams a segment of 65,536 records out of sled this way).
+pub struct Writer {
+    w: BufWriter<File>,
+    index: PackedIndex,
+    streams: std::collections::BTreeMap<String, Vec<u32>>,
+    first: u64,
+    prev_hash: [u8; 32],
+    compacted_at_ms: u64,
+    seq: u64,
+    prev: [u8; 32],
+    pos: u64,
+    raw: Vec<u8>,
+    in_block: usize,
+    ctx: zstd::bulk::Compressor<'static>,
+}
+
+impl Writer {
+    /// Starts a segment whose first entry is record `first`, the one after a record hashing to
+    /// `prev_hash`, in `tmp`.
+    pub fn create(
+        tmp: &Path,
+        first: u64,
+        prev_hash: [u8; 32],
+        compacted_at_ms: u64,
+        open_rollouts: Vec<String>,
+    ) -> std::io::Result<Writer> {
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
+        // The header's last and last-hash are known only at the end: written as zeros, then
+        // patched.
+        w.write_all(&[0u8; super::archive::HEADER_LEN_V2 as usize])?;
+        Ok(Writer {
+            w,
+            index: PackedIndex {
+                compacted_at_ms,
+                open_rollouts,
+                ..PackedIndex::default()
+            },
+            streams: Default::default(),
+            first,
+            prev_hash,
+            compacted_at_ms,
+            seq: first,
+            prev: prev_hash,
+            pos: super::archive::HEADER_LEN_V2,
+            raw: Vec::with_capacity(256 << 10),
+            in_block: 0,
+            ctx: zstd::bulk::Compressor::new(LEVEL)?,
+        })
+    }
+
+    /// The next entry's sequence number, and the hash of the record before it.
+    pub fn next(&self) -> (u64, [u8; 32]) {
+        (self.seq, self.prev)
+    }
+
+    /// Adds the next entry.
+    pub fn push(&mut self, e: Entry<'_>) -> std::io::Result<()> {
+        if self.in_block == 0 {
+            self.index.blocks.push(BlockRef {
+                first: self.seq,
+                offset: self.pos,
+                prev_hash: self.prev,
+            });
+            self.raw.clear();
+        }
+        let raw = &mut self.raw;
+        match e {
+            Entry::Record(bytes, stream) => {
+                let ord = (self.seq - self.first) as u32;
+                match self.streams.get_mut(stream) {
+                    Some(v) => v.push(ord),
+                    None => {
+                        self.streams.insert(stream.to_owned(), vec![ord]);
                     }
-                    prev = hash_bytes(bytes);
-                    seq += 1;
                 }
-                Entry::Compacted(count, hash) => {
-                    index.compacted.push(Compacted {
-                        first: seq,
-                        last: seq + count - 1,
-                        last_hash: hash,
-                    });
-                    raw.push(1);
-                    put_varint(&mut raw, count);
-                    raw.extend_from_slice(&hash);
-                    prev = hash;
-                    seq += count;
+                raw.push(0);
+                let head = &bytes[..bytes.len().min(HASH_SEARCH)];
+                match head.windows(32).position(|w| w == self.prev) {
+                    Some(at) => {
+                        put_varint(raw, at as u64 + 1);
+                        put_varint(raw, bytes.len() as u64 - 32);
+                        raw.extend_from_slice(&bytes[..at]);
+                        raw.extend_from_slice(&bytes[at + 32..]);
+                    }
+                    None => {
+                        put_varint(raw, 0);
+                        put_varint(raw, bytes.len() as u64);
+                        raw.extend_from_slice(bytes);
+                    }
                 }
+                self.prev = hash_bytes(bytes);
+                self.seq += 1;
+            }
+            Entry::Compacted(count, hash) => {
+                self.index.compacted.push(Compacted {
+                    first: self.seq,
+                    last: self.seq + count - 1,
+                    last_hash: hash,
+                });
+                raw.push(1);
+                put_varint(raw, count);
+                raw.extend_from_slice(&hash);
+                self.prev = hash;
+                self.seq += count;
             }
         }
-        let packed = ctx.compress(&raw)?;
-        w.write_all(&(raw.len() as u32).to_be_bytes())?;
-        w.write_all(&(packed.len() as u32).to_be_bytes())?;
-        w.write_all(&packed)?;
-        pos += 8 + packed.len() as u64;
+        self.in_block += 1;
+        if self.in_block == BLOCK_RECORDS {
+            self.end_block()?;
+        }
+        Ok(())
     }
-    let last = seq - 1;
-    index.streams = super::archive::stream_list(streams);
-    super::archive::write_index(&mut w, pos, &index)?;
-    let mut f = w.into_inner().map_err(|e| e.into_error())?;
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(MAGIC_V2)?;
-    f.write_all(&first.to_be_bytes())?;
-    f.write_all(&last.to_be_bytes())?;
-    f.write_all(&prev_hash)?;
-    f.write_all(&prev)?;
-    f.write_all(&compacted_at_ms.to_be_bytes())?;
-    f.sync_all()?;
-    Ok((last, prev))
+
+    fn end_block(&mut self) -> std::io::Result<()> {
+        let packed = self.ctx.compress(&self.raw)?;
+        self.w.write_all(&(self.raw.len() as u32).to_be_bytes())?;
+        self.w.write_all(&(packed.len() as u32).to_be_bytes())?;
+        self.w.write_all(&packed)?;
+        self.pos += 8 + packed.len() as u64;
+        self.in_block = 0;
+        Ok(())
+    }
+
+    /// Writes the last block, the index and the header, and fsyncs the file. Returns the last
+    /// record's number and hash.
+    pub fn finish(mut self) -> std::io::Result<(u64, [u8; 32])> {
+        if self.in_block > 0 {
+            self.end_block()?;
+        }
+        let last = self.seq - 1;
+        self.index.streams = std::mem::take(&mut self.streams).into_iter().collect();
+        super::archive::write_index(&mut self.w, self.pos, &self.index)?;
+        let mut f = self.w.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(MAGIC_V2)?;
+        f.write_all(&self.first.to_be_bytes())?;
+        f.write_all(&last.to_be_bytes())?;
+        f.write_all(&self.prev_hash)?;
+        f.write_all(&self.prev)?;
+        f.write_all(&self.compacted_at_ms.to_be_bytes())?;
+        f.sync_all()?;
+        Ok((last, self.prev))
+    }
 }
 
 /// Records with their sequence numbers.

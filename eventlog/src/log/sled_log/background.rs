@@ -123,39 +123,39 @@ pub(super) fn archive_one(
     n: u64,
 ) -> Result<(), LogError> {
     let (first, last) = (top + 1, top + n);
-    // Read and check them: a segment only ever holds a gap-free chain.
-    let mut recs: Vec<(sled::IVec, String)> = Vec::with_capacity(n as usize);
-    let mut prev = top_hash;
-    for item in s.store.records.range(first, last) {
-        let (k, v) = item?;
-        let seq = first + recs.len() as u64;
-        if k != seq {
-            return Err(LogError::Corrupt {
-                seq,
-                why: format!("record {seq} is missing (found {k} next)"),
-            });
-        }
-        // The envelope alone: the chain check and the stream need nothing of the event.
-        let rec = super::super::codec::decode_record_head(&v)
-            .map_err(|why| LogError::Corrupt { seq, why })?;
-        if rec.seq != seq || rec.prev_hash != prev {
-            return Err(LogError::Corrupt {
-                seq,
-                why: "hash chain broken: this record or the one before it was altered".into(),
-            });
-        }
-        prev = hash_bytes(&v);
-        recs.push((v, rec.stream));
-    }
-    if recs.len() as u64 != n {
-        return Err(LogError::Corrupt {
-            seq: first + recs.len() as u64,
-            why: "a durable record is missing from sled".into(),
-        });
-    }
     let dir = s.store.archive().dir().to_path_buf();
-    let refs: Vec<(&[u8], &str)> = recs.iter().map(|(v, st)| (&v[..], st.as_str())).collect();
-    let seg = archive::write_segment(&dir, first, top_hash, &refs)?;
+    // Read, check and write them one at a time (a segment only ever holds a gap-free chain;
+    // only the writer's current block is in memory).
+    let seg = archive::write_segment_with(&dir, (first, last), top_hash, |w| {
+        for item in s.store.records.range(first, last) {
+            let (k, v) = item?;
+            let (seq, prev) = w.next();
+            if k != seq {
+                return Err(LogError::Corrupt {
+                    seq,
+                    why: format!("record {seq} is missing (found {k} next)"),
+                });
+            }
+            // The envelope alone: the chain check and the stream need nothing of the event.
+            let rec = super::super::codec::decode_record_head(&v)
+                .map_err(|why| LogError::Corrupt { seq, why })?;
+            if rec.seq != seq || rec.prev_hash != prev {
+                return Err(LogError::Corrupt {
+                    seq,
+                    why: "hash chain broken: this record or the one before it was altered".into(),
+                });
+            }
+            w.push(super::super::packed::Entry::Record(&v, &rec.stream))
+                .map_err(|e| LogError::Io(format!("writing a segment: {e}")))?;
+        }
+        if w.next().0 <= last {
+            return Err(LogError::Corrupt {
+                seq: w.next().0,
+                why: "a durable record is missing from sled".into(),
+            });
+        }
+        Ok(())
+    })?;
     // From here the segment is durable and is the record of these events.
     s.store.archive.write().expect("archive lock").push(seg);
     s.archived.store(last, Ordering::SeqCst);
