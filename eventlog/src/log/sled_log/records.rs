@@ -92,7 +92,16 @@ fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogEr
         if raw_len > 2 * GROUP_BYTES + RECORD_BYTES_MAX {
             return Err(bad_group(key));
         }
-        let raw = zstd::bulk::decompress(&value[5..], raw_len).map_err(|_| bad_group(key))?;
+        let raw = ZSTD
+            .with(|z| {
+                let mut z = z.borrow_mut();
+                let d = match &mut z.1 {
+                    Some(d) => d,
+                    d => d.insert(zstd::bulk::Decompressor::new()?),
+                };
+                d.decompress(&value[5..], raw_len)
+            })
+            .map_err(|_| bad_group(key))?;
         if raw.len() != raw_len {
             return Err(bad_group(key));
         }
@@ -121,10 +130,29 @@ fn plain_entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>,
     Ok(out)
 }
 
+/// Each thread's zstd contexts, made at its first use (making one per group cost about 2 % of the
+/// control plane's CPU under load).
+type Contexts = (
+    Option<zstd::bulk::Compressor<'static>>,
+    Option<zstd::bulk::Decompressor<'static>>,
+);
+
+thread_local! {
+    static ZSTD: std::cell::RefCell<Contexts> = const { std::cell::RefCell::new((None, None)) };
+}
+
 /// A group's value from its plain entries: compressed ([`ZSTD_TAG`], the plain length, one zstd
 /// frame). Reports compress about tenfold, and sled keeps what it holds in memory.
 fn packed(plain: &[u8]) -> Result<Vec<u8>, LogError> {
-    let frame = zstd::bulk::compress(plain, ZSTD_LEVEL)
+    let frame = ZSTD
+        .with(|z| {
+            let mut z = z.borrow_mut();
+            let c = match &mut z.0 {
+                Some(c) => c,
+                c => c.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            };
+            c.compress(plain)
+        })
         .map_err(|e| LogError::Io(format!("compressing a group of records: {e}")))?;
     let mut v = Vec::with_capacity(5 + frame.len());
     v.push(ZSTD_TAG);
