@@ -213,3 +213,57 @@ fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let _ = c.tls.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
+
+#[test]
+fn sigterm_closes_idle_connections_at_once_and_lets_a_long_poll_finish() {
+    // Given a control plane, an agent connection idle after its report, and an operator's long
+    // poll for events in progress
+    let (_d, mut cp) = setup();
+    let key = bootstrap(&cp);
+    let mut idle = Conn::open(&cp, "web-01");
+    idle.send(&report_request(1, 0));
+    idle.expect(200, "report");
+    let mut poll = Conn::open(&cp, "operator");
+    poll.send(
+        format!(
+            "GET /api/v1/events?after=1000000&wait=3 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // When the control plane gets SIGTERM
+    let sent = std::time::Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &cp.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Then the idle connection is closed at once
+    let mut rest = Vec::new();
+    let _ = idle.tls.read_to_end(&mut rest);
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the idle connection was closed after {:?}",
+        sent.elapsed()
+    );
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // And the long poll is answered when its wait ends, with the connection closed after it
+    let (status, head, _) = poll.response("the long poll");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // And the control plane exits, well within the 10 s it gives open requests
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while cp.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 8 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "exited {:?} after SIGTERM",
+        sent.elapsed()
+    );
+    assert!(cp.log_text().contains("SIGTERM"), "{}", cp.log_text());
+}
