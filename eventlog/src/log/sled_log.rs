@@ -83,8 +83,8 @@ pub struct LogOptions {
 }
 
 impl LogOptions {
-    /// The default segment size: 65,536 records, about 12 MB of reports; sled then holds 64 Ki to
-    /// 128 Ki records. At 2,000 reports/s a segment fills in 16 s, at one report per machine per
+    /// The default segment size: 65,536 records, about 12 MB of reports; sled then holds 16 Ki to
+    /// 80 Ki records. At 2,000 reports/s a segment fills in 16 s, at one report per machine per
     /// minute on 10,000 machines in 3.3 minutes.
     pub const DEFAULT_SEGMENT_RECORDS: u64 = 1 << 16;
 
@@ -94,11 +94,18 @@ impl LogOptions {
         keep_records: u64::MAX / 2,
     };
 
-    /// Segments of `segment_records` records, keeping as many in sled.
+    /// Durable records sled keeps behind the head at least, by default: a start from a recent
+    /// snapshot and reads of the recent past find them there. Was the segment size (65,536)
+    /// before issue 16; sled keeps what it holds in memory (about 95 B a record), and the archive
+    /// reads the rest quickly (docs/benchmarks.md, "A lean control plane").
+    pub const DEFAULT_KEEP_RECORDS: u64 = 1 << 14;
+
+    /// Segments of `segment_records` records, keeping as many in sled, but no more than
+    /// [`Self::DEFAULT_KEEP_RECORDS`].
     pub fn segments_of(segment_records: u64) -> LogOptions {
         LogOptions {
             segment_records: segment_records.max(1),
-            keep_records: segment_records.max(1),
+            keep_records: segment_records.clamp(1, Self::DEFAULT_KEEP_RECORDS),
         }
     }
 }
@@ -582,7 +589,7 @@ impl EventLog for SledLog {
                 )));
             }
             hash = hash_bytes(&bytes);
-            encoded.push((seq, stream, bytes));
+            encoded.push((seq, stream, bytes, hash));
         }
         self.shared.insert_staged(&mut head, encoded, hash)
     }
@@ -689,7 +696,7 @@ impl EventLog for SledLog {
                 )));
             }
             hash = hash_bytes(&bytes);
-            encoded.push((seq, r.stream.clone(), bytes));
+            encoded.push((seq, r.stream.clone(), bytes, hash));
         }
         let last = self.shared.insert_staged(&mut head, encoded, hash)?;
         drop(head);
@@ -729,15 +736,15 @@ impl Shared {
     fn insert_staged(
         &self,
         head: &mut Head,
-        encoded: Vec<(u64, String, Vec<u8>)>,
+        encoded: Vec<(u64, String, Vec<u8>, [u8; 32])>,
         hash: [u8; 32],
     ) -> Result<Seq, LogError> {
-        let Some(&(seq, _, _)) = encoded.last() else {
+        let Some(&(seq, _, _, _)) = encoded.last() else {
             return Ok(Seq(head.seq));
         };
-        for (seq, stream, bytes) in encoded {
+        for (seq, stream, bytes, h) in encoded {
             // The record first, so that a reader finding it in the index finds it.
-            self.store.records.stage(seq, sled::IVec::from(bytes));
+            self.store.records.stage(seq, sled::IVec::from(bytes), h);
             self.index.push(&stream, seq);
         }
         head.seq = seq;

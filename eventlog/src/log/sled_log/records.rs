@@ -42,6 +42,16 @@ const ENTRY_HEAD: usize = 12;
 /// The first byte of a compressed group's value (a plain group's first byte is the high byte of
 /// its first sequence number, 0 below 2^56).
 const ZSTD_TAG: u8 = 1;
+/// The first byte of a compressed group whose records (all but its first) were stored without
+/// the previous record's hash, as sealed segments store them ([`super::super::packed`]): each entry
+/// is its sequence number, its stored length, and `hash_at` (u16: 0 kept whole, `k`: the 32
+/// bytes at offset `k - 1` were the hash of the record before, taken out). 32 of a report's 180
+/// bytes are that hash, which zstd cannot compress; the reader hashes each record anyway.
+const ZSTD_ELIDED_TAG: u8 = 2;
+/// Per record in an elided group: its sequence number, stored length and `hash_at`.
+const ELIDED_HEAD: usize = 14;
+/// The previous record's hash is looked for in a record's first bytes only (the envelope).
+const HASH_SEARCH: usize = 512;
 /// zstd's level for groups: 1, the fastest of the standard levels (the flusher compresses every
 /// commit; sealed segments use 3).
 const ZSTD_LEVEL: i32 = 1;
@@ -83,7 +93,8 @@ fn push_entry(value: &mut Vec<u8>, seq: u64, bytes: &[u8]) {
 /// The records of a group's value, each sharing the value's memory. A value that does not parse
 /// is [`LogError::Corrupt`] at `key`'s sequence number.
 fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogError> {
-    if value.first() == Some(&ZSTD_TAG) {
+    let tag = value.first().copied();
+    if tag == Some(ZSTD_TAG) || tag == Some(ZSTD_ELIDED_TAG) {
         let raw_len = value
             .get(1..5)
             .and_then(|b| b.try_into().ok())
@@ -105,9 +116,50 @@ fn entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogEr
         if raw.len() != raw_len {
             return Err(bad_group(key));
         }
+        if tag == Some(ZSTD_ELIDED_TAG) {
+            return elided_entries(key, &raw);
+        }
         return plain_entries(key, &sled::IVec::from(raw));
     }
     plain_entries(key, value)
+}
+
+/// [`entries`] of a decompressed elided group: each record put back whole (the hash taken out of
+/// it is the hash of the record before it in the group).
+fn elided_entries(key: u64, raw: &[u8]) -> Result<Vec<(u64, sled::IVec)>, LogError> {
+    let mut whole: Vec<u8> = Vec::with_capacity(raw.len() + raw.len() / 4);
+    let mut spans: Vec<(u64, usize, usize)> = Vec::new();
+    let mut at = 0usize;
+    while at < raw.len() {
+        let head = raw
+            .get(at..at + ELIDED_HEAD)
+            .ok_or_else(|| bad_group(key))?;
+        let seq = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad_group(key))?);
+        let len = u32::from_be_bytes(head[8..12].try_into().map_err(|_| bad_group(key))?) as usize;
+        let hash_at =
+            u16::from_be_bytes(head[12..].try_into().map_err(|_| bad_group(key))?) as usize;
+        let stored = raw
+            .get(at + ELIDED_HEAD..at + ELIDED_HEAD + len)
+            .ok_or_else(|| bad_group(key))?;
+        let start = whole.len();
+        if hash_at == 0 {
+            whole.extend_from_slice(stored);
+        } else {
+            let &(_, ps, pl) = spans.last().ok_or_else(|| bad_group(key))?;
+            let prev = hash_bytes(&whole[ps..ps + pl]);
+            let cut = (hash_at - 1).min(stored.len());
+            whole.extend_from_slice(&stored[..cut]);
+            whole.extend_from_slice(&prev);
+            whole.extend_from_slice(&stored[cut..]);
+        }
+        spans.push((seq, start, whole.len() - start));
+        at += ELIDED_HEAD + len;
+    }
+    let whole = sled::IVec::from(whole);
+    Ok(spans
+        .into_iter()
+        .map(|(seq, s, l)| (seq, whole.subslice(s, l)))
+        .collect())
 }
 
 /// [`entries`] of an uncompressed value.
@@ -144,6 +196,11 @@ thread_local! {
 /// A group's value from its plain entries: compressed ([`ZSTD_TAG`], the plain length, one zstd
 /// frame). Reports compress about tenfold, and sled keeps what it holds in memory.
 fn packed(plain: &[u8]) -> Result<Vec<u8>, LogError> {
+    packed_as(ZSTD_TAG, plain)
+}
+
+/// [`packed`] with the tag of the entries' form.
+fn packed_as(tag: u8, plain: &[u8]) -> Result<Vec<u8>, LogError> {
     let frame = ZSTD
         .with(|z| {
             let mut z = z.borrow_mut();
@@ -155,7 +212,7 @@ fn packed(plain: &[u8]) -> Result<Vec<u8>, LogError> {
         })
         .map_err(|e| LogError::Io(format!("compressing a group of records: {e}")))?;
     let mut v = Vec::with_capacity(5 + frame.len());
-    v.push(ZSTD_TAG);
+    v.push(tag);
     v.extend_from_slice(&(plain.len() as u32).to_be_bytes());
     v.extend_from_slice(&frame);
     Ok(v)
@@ -174,7 +231,8 @@ pub(super) struct Records {
     size: u64,
     trees: RwLock<BTreeMap<u64, sled::Tree>>,
     /// Staged records not yet in sled, in order.
-    tail: Mutex<VecDeque<(u64, sled::IVec)>>,
+    /// Each with its hash (the next record's group stores it without the hash it holds).
+    tail: Mutex<VecDeque<(u64, sled::IVec, [u8; 32])>>,
 }
 
 impl Records {
@@ -225,50 +283,72 @@ impl Records {
     }
 
     /// Adds a staged record to the tail (the flusher writes it to sled at its next commit).
-    pub(super) fn stage(&self, seq: u64, bytes: sled::IVec) {
-        self.tail.lock().expect("tail lock").push_back((seq, bytes));
+    pub(super) fn stage(&self, seq: u64, bytes: sled::IVec, hash: [u8; 32]) {
+        self.tail
+            .lock()
+            .expect("tail lock")
+            .push_back((seq, bytes, hash));
     }
 
     /// Writes the staged records up to `upto` to sled, one group per chunk they fall in (split at
     /// [`GROUP_BYTES`]), then drops them from the tail. Returns how many groups were written.
     pub(super) fn write_staged(&self, upto: u64) -> Result<usize, LogError> {
-        let batch: Vec<(u64, sled::IVec)> = {
+        let batch: Vec<(u64, sled::IVec, [u8; 32])> = {
             let t = self.tail.lock().expect("tail lock");
-            t.iter().take_while(|(s, _)| *s <= upto).cloned().collect()
+            t.iter()
+                .take_while(|(s, _, _)| *s <= upto)
+                .cloned()
+                .collect()
         };
         if batch.is_empty() {
             return Ok(0);
         }
-        let groups = self.write_groups(batch.iter().map(|(s, v)| (*s, &v[..])))?;
+        let groups = self.write_elided(&batch)?;
         let mut t = self.tail.lock().expect("tail lock");
-        while t.front().is_some_and(|(s, _)| *s <= upto) {
+        while t.front().is_some_and(|(s, _, _)| *s <= upto) {
             t.pop_front();
         }
         Ok(groups)
     }
 
-    /// Writes records (in order, none of them in sled yet) as groups.
-    fn write_groups<'a>(
-        &self,
-        records: impl Iterator<Item = (u64, &'a [u8])>,
-    ) -> Result<usize, LogError> {
+    /// Writes staged records (in order, none of them in sled yet, each with its hash) as elided
+    /// groups ([`ZSTD_ELIDED_TAG`]).
+    fn write_elided(&self, records: &[(u64, sled::IVec, [u8; 32])]) -> Result<usize, LogError> {
         let mut groups = 0;
         let mut value: Vec<u8> = Vec::new();
-        let mut last = 0u64;
-        for (seq, bytes) in records {
-            let full = value.len() + ENTRY_HEAD + bytes.len() > GROUP_BYTES;
-            if !value.is_empty() && (self.chunk(seq) != self.chunk(last) || full) {
+        let (mut last, mut prev) = (0u64, [0u8; 32]);
+        for (seq, bytes, hash) in records {
+            let full = value.len() + ELIDED_HEAD + bytes.len() > GROUP_BYTES;
+            if !value.is_empty() && (self.chunk(*seq) != self.chunk(last) || full) {
                 self.tree_or_new(last)?
-                    .insert(group_key(last), packed(&value)?)?;
+                    .insert(group_key(last), packed_as(ZSTD_ELIDED_TAG, &value)?)?;
                 groups += 1;
                 value.clear();
             }
-            push_entry(&mut value, seq, bytes);
-            last = seq;
+            let head = &bytes[..bytes.len().min(HASH_SEARCH)];
+            let at = match value.is_empty() {
+                true => None,
+                false => head.windows(32).position(|w| w == prev),
+            };
+            value.extend_from_slice(&seq.to_be_bytes());
+            match at {
+                Some(at) => {
+                    value.extend_from_slice(&(bytes.len() as u32 - 32).to_be_bytes());
+                    value.extend_from_slice(&(at as u16 + 1).to_be_bytes());
+                    value.extend_from_slice(&bytes[..at]);
+                    value.extend_from_slice(&bytes[at + 32..]);
+                }
+                None => {
+                    value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    value.extend_from_slice(&0u16.to_be_bytes());
+                    value.extend_from_slice(bytes);
+                }
+            }
+            (last, prev) = (*seq, *hash);
         }
         if !value.is_empty() {
             self.tree_or_new(last)?
-                .insert(group_key(last), packed(&value)?)?;
+                .insert(group_key(last), packed_as(ZSTD_ELIDED_TAG, &value)?)?;
             groups += 1;
         }
         Ok(groups)
@@ -278,12 +358,12 @@ impl Records {
     /// are in sled).
     fn tail_window(&self, from: u64, to: u64) -> (Vec<(u64, sled::IVec)>, u64) {
         let t = self.tail.lock().expect("tail lock");
-        let first = t.front().map_or(u64::MAX, |(s, _)| *s);
-        let skip = t.partition_point(|(s, _)| *s < from);
+        let first = t.front().map_or(u64::MAX, |(s, _, _)| *s);
+        let skip = t.partition_point(|(s, _, _)| *s < from);
         let recs = t
             .range(skip..)
-            .take_while(|(s, _)| *s <= to)
-            .cloned()
+            .take_while(|(s, _, _)| *s <= to)
+            .map(|(s, v, _)| (*s, v.clone()))
             .collect();
         (recs, first)
     }
