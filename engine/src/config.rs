@@ -41,9 +41,9 @@ pub struct Flags {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "NIXFLEET_CP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Records per archive segment: once more than twice this many records are in the embedded
-    /// store, the oldest segment moves to a sealed file in `DATA_DIR/log/archive` (default
-    /// 65536, at least 16).
+    /// Records per archive segment: once more than this many plus 16384 (or twice this many,
+    /// when smaller) records are in the embedded store, the oldest segment moves to a sealed
+    /// file in `DATA_DIR/log/archive` (default 65536, at least 16).
     #[arg(long, env = "NIXFLEET_CP_LOG_SEGMENT_RECORDS")]
     pub log_segment_records: Option<u64>,
     /// Retention: report and health events older than this many days leave the sealed segments
