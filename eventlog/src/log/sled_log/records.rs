@@ -131,13 +131,7 @@ fn elided_entries(key: u64, raw: &[u8]) -> Result<Vec<(u64, sled::IVec)>, LogErr
     let mut spans: Vec<(u64, usize, usize)> = Vec::new();
     let mut at = 0usize;
     while at < raw.len() {
-        let head = raw
-            .get(at..at + ELIDED_HEAD)
-            .ok_or_else(|| bad_group(key))?;
-        let seq = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad_group(key))?);
-        let len = u32::from_be_bytes(head[8..12].try_into().map_err(|_| bad_group(key))?) as usize;
-        let hash_at =
-            u16::from_be_bytes(head[12..].try_into().map_err(|_| bad_group(key))?) as usize;
+        let (seq, len, hash_at) = entry_head(key, raw, at, true)?;
         let stored = raw
             .get(at + ELIDED_HEAD..at + ELIDED_HEAD + len)
             .ok_or_else(|| bad_group(key))?;
@@ -162,16 +156,31 @@ fn elided_entries(key: u64, raw: &[u8]) -> Result<Vec<(u64, sled::IVec)>, LogErr
         .collect())
 }
 
+/// The head of the entry at `at` of a group's plain entries (`elided`: of an elided group): its
+/// sequence number, stored length and `hash_at` (0 in a plain group).
+fn entry_head(
+    key: u64,
+    entries: &[u8],
+    at: usize,
+    elided: bool,
+) -> Result<(u64, usize, usize), LogError> {
+    let n = if elided { ELIDED_HEAD } else { ENTRY_HEAD };
+    let head = entries.get(at..at + n).ok_or_else(|| bad_group(key))?;
+    let word = |r: std::ops::Range<usize>| {
+        head[r]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    };
+    let hash_at = if elided { word(12..14) as usize } else { 0 };
+    Ok((word(0..8), word(8..12) as usize, hash_at))
+}
+
 /// [`entries`] of an uncompressed value.
 fn plain_entries(key: u64, value: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>, LogError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < value.len() {
-        let head = value
-            .get(at..at + ENTRY_HEAD)
-            .ok_or_else(|| bad_group(key))?;
-        let seq = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad_group(key))?);
-        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| bad_group(key))?) as usize;
+        let (seq, len, _) = entry_head(key, value, at, false)?;
         let start = at + ENTRY_HEAD;
         if value.len() - start < len {
             return Err(bad_group(key));
