@@ -201,14 +201,27 @@ fn a_group_commit_is_one_sled_value() {
         let db = raw(dir.path());
         let db = db.default_tree();
         let name = db.tree_names().into_iter().find(|n| n[0] == b'r').unwrap();
-        db.open_tree(name).unwrap().iter().next().unwrap().unwrap().1
+        db.open_tree(name)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+            .unwrap()
+            .1
     };
     assert_eq!(value[0], 2, "an elided, compressed group");
-    assert!(value.len() * 4 < stored, "{} bytes for {stored}", value.len());
+    assert!(
+        value.len() * 4 < stored,
+        "{} bytes for {stored}",
+        value.len()
+    );
     let mut seen = Vec::new();
     let log = SledLog::open(dir.path(), |r| seen.push(r.seq.0)).unwrap();
     assert_eq!(seen, (1..=300).collect::<Vec<_>>());
-    assert_eq!(log.read_stream("machine:m-150", Seq(0), 10).unwrap().len(), 1);
+    assert_eq!(
+        log.read_stream("machine:m-150", Seq(0), 10).unwrap().len(),
+        1
+    );
 }
 
 #[test]
