@@ -678,7 +678,7 @@ impl Records {
 
 /// sled's database of a log directory as stored, for tools and tests that read or edit raw
 /// records: each record shows as an `e` + seq key (its bytes are in its group, in its chunk's
-/// tree, see [`Records`]), every other key is sled's default tree's. Reads over a range merge
+/// tree, see the module's doc), every other key is sled's default tree's. Reads over a range merge
 /// both, in key order.
 pub struct RawDb {
     db: sled::Db,
