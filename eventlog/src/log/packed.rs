@@ -153,7 +153,8 @@ impl Writer {
         compacted_at_ms: u64,
         open_rollouts: Vec<String>,
     ) -> std::io::Result<Writer> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
+        // Blocks are written whole (20 to 40 KB compressed for reports): a small buffer does.
+        let mut w = BufWriter::with_capacity(128 << 10, File::create(tmp)?);
         // The header's last and last-hash are known only at the end: written as zeros, then
         // patched.
         w.write_all(&[0u8; super::archive::HEADER_LEN_V2 as usize])?;
