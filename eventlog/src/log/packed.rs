@@ -109,6 +109,13 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// Where in `bytes` (a stored record) the 32 bytes of `prev`, the hash of the record before it,
+/// stand, if they do in its envelope: what a segment, and a group in sled, leave out.
+pub(super) fn hash_at(bytes: &[u8], prev: &[u8; 32]) -> Option<usize> {
+    let head = &bytes[..bytes.len().min(HASH_SEARCH)];
+    head.windows(32).position(|w| w == prev)
+}
+
 /// Writes a version 2 segment of `entries` (starting at record `first`, the one after a record
 /// hashing to `prev_hash`) to `tmp`, fsynced. Returns the last record's number and hash.
 pub fn write(
@@ -204,8 +211,7 @@ impl Writer {
                     }
                 }
                 raw.push(0);
-                let head = &bytes[..bytes.len().min(HASH_SEARCH)];
-                match head.windows(32).position(|w| w == self.prev) {
+                match hash_at(bytes, &self.prev) {
                     Some(at) => {
                         put_varint(raw, at as u64 + 1);
                         put_varint(raw, bytes.len() as u64 - 32);

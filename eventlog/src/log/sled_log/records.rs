@@ -50,8 +50,6 @@ const ZSTD_TAG: u8 = 1;
 const ZSTD_ELIDED_TAG: u8 = 2;
 /// Per record in an elided group: its sequence number, stored length and `hash_at`.
 const ELIDED_HEAD: usize = 14;
-/// The previous record's hash is looked for in a record's first bytes only (the envelope).
-const HASH_SEARCH: usize = 512;
 /// zstd's level for groups: 1, the fastest of the standard levels (the flusher compresses every
 /// commit; sealed segments use 3).
 const ZSTD_LEVEL: i32 = 1;
@@ -334,10 +332,9 @@ impl Records {
                 groups += 1;
                 value.clear();
             }
-            let head = &bytes[..bytes.len().min(HASH_SEARCH)];
             let at = match value.is_empty() {
                 true => None,
-                false => head.windows(32).position(|w| w == prev),
+                false => super::super::packed::hash_at(bytes, &prev),
             };
             value.extend_from_slice(&seq.to_be_bytes());
             match at {
